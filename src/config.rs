@@ -1,0 +1,331 @@
+//! cedargate's configuration: one TOML file, every key optional with a default.
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default), and
+//! every error names the file, the key and what was expected.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::spiffe;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub policies: PoliciesConfig,
+    pub identity: IdentityConfig,
+    pub limits: LimitsConfig,
+    pub response: ResponseConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `host:port`, or `unix:/path/to.sock` for a sidecar on the same host.
+    pub listen: ListenAddr,
+    /// How long a shutdown waits for in-flight Checks before giving up.
+    #[serde(deserialize_with = "human_duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: ListenAddr::Tcp("127.0.0.1:9191".to_owned()),
+            shutdown_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoliciesConfig {
+    /// Directory with `schema.cedarschema`, `*.cedar` and optionally `entities.json`.
+    pub dir: PathBuf,
+}
+
+impl Default for PoliciesConfig {
+    fn default() -> Self {
+        PoliciesConfig { dir: PathBuf::from("policies") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Trust domains whose workloads may call at all; empty allows every trust domain
+    /// Envoy's CA accepted (policies then decide).
+    pub trust_domains: Vec<String>,
+    /// Deny when Envoy did not forward the peer certificate
+    /// (`include_peer_certificate: true`). Without it the X.509-SVID rules cannot be
+    /// checked and only `source.principal` is known.
+    pub require_certificate: bool,
+    /// Tolerated clock difference when checking certificate validity windows.
+    #[serde(deserialize_with = "human_duration")]
+    pub clock_skew: Duration,
+    /// Largest accepted `source.certificate` (URL-encoded PEM), in bytes.
+    pub max_certificate_bytes: usize,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            trust_domains: Vec::new(),
+            require_certificate: true,
+            clock_skew: Duration::from_secs(30),
+            max_certificate_bytes: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most request headers a Check may carry (Envoy's own default limit is 100).
+    pub max_headers: usize,
+    /// Largest single header value, in bytes.
+    pub max_header_bytes: usize,
+    /// Largest `:path` (with query), in bytes.
+    pub max_path_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { max_headers: 200, max_header_bytes: 16 * 1024, max_path_bytes: 8 * 1024 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResponseConfig {
+    /// Header set on allowed requests to the caller's SPIFFE ID; empty to not set it.
+    /// A client-sent copy is always removed.
+    pub principal_header: String,
+    /// Header carrying the decision id, to the upstream on allow and to the client on
+    /// deny; empty to not set it.
+    pub decision_id_header: String,
+}
+
+impl Default for ResponseConfig {
+    fn default() -> Self {
+        ResponseConfig {
+            principal_header: "x-cedargate-principal".to_owned(),
+            decision_id_header: "x-cedargate-decision-id".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `cedargate=debug,info`, ... (`RUST_LOG` overrides).
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".to_owned(), format: LogFormat::Text }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the gRPC server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("`unix:` needs a socket path, as in `unix:/run/cedargate.sock`".to_owned());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse::<std::net::SocketAddr>()
+            .map(|_| ListenAddr::Tcp(s.to_owned()))
+            .map_err(|_| format!("`{s}` is not `ip:port` or `unix:/path`"))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => f.write_str(addr),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ListenAddr::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `250ms`, `30s`, `5m`, `2h`, `1d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("`{s}` is not a duration like `30s`, `5m` or `250ms`"))?;
+    let scale = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{s}` has no unit: use ms, s, m, h or d")),
+    };
+    n.checked_mul(scale).map(Duration::from_secs).ok_or_else(|| format!("`{s}` is too long"))
+}
+
+fn human_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// A configuration that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file `{path}`: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file `{path}`: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config `{origin}`: key `{key}`: {message}")]
+    Invalid { origin: String, key: &'static str, message: String },
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let config = Config::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Parses TOML text (without validating values across keys).
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        // toml's message names the key and shows the line and column.
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// Checks values that types alone cannot; `origin` names where they came from.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { origin: origin.to_owned(), key, message };
+        for td in &self.identity.trust_domains {
+            if !spiffe::is_valid_trust_domain(td) {
+                return Err(invalid(
+                    "identity.trust_domains",
+                    format!("`{td}` is not a trust domain (lowercase letters, digits, `.`, `-`, `_`)"),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("limits.max_headers", self.limits.max_headers),
+            ("limits.max_header_bytes", self.limits.max_header_bytes),
+            ("limits.max_path_bytes", self.limits.max_path_bytes),
+            ("identity.max_certificate_bytes", self.identity.max_certificate_bytes),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0".to_owned()));
+            }
+        }
+        for (key, value) in [
+            ("response.principal_header", &self.response.principal_header),
+            ("response.decision_id_header", &self.response.decision_id_header),
+        ] {
+            if !value.is_empty() && !is_header_name(value) {
+                return Err(invalid(key, format!("`{value}` is not a lowercase HTTP header name")));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", format!("`{}` is not a log filter: {e}", self.log.level)));
+        }
+        Ok(())
+    }
+}
+
+fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.server.listen, ListenAddr::Tcp("127.0.0.1:9191".into()));
+        assert_eq!(config.policies.dir, PathBuf::from("policies"));
+        assert!(config.identity.require_certificate);
+    }
+
+    #[test]
+    fn shipped_example_config_parses_and_validates() {
+        let text = include_str!("../cedargate.toml");
+        let config = Config::from_toml(text).unwrap();
+        config.validate("cedargate.toml").unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_named_in_the_error() {
+        let err = Config::from_toml("[server]\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(err.contains("lisen"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn wrong_value_says_what_was_expected() {
+        let err = Config::from_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(err.contains("ip:port"), "{err}");
+        let err = Config::from_toml("[identity]\nclock_skew = \"30\"\n").unwrap_err();
+        assert!(err.contains("no unit"), "{err}");
+        let err = Config::from_toml("[limits]\nmax_headers = \"many\"\n").unwrap_err();
+        assert!(err.contains("max_headers"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_file_and_key() {
+        let mut config = Config::default();
+        config.identity.trust_domains = vec!["Example.ORG".into()];
+        let err = config.validate("x.toml").unwrap_err().to_string();
+        assert!(err.contains("x.toml") && err.contains("identity.trust_domains"), "{err}");
+        let mut config = Config::default();
+        config.response.principal_header = "X Bad".into();
+        assert!(config.validate("x.toml").unwrap_err().to_string().contains("response.principal_header"));
+    }
+
+    #[test]
+    fn unix_socket_listen_address() {
+        assert_eq!(ListenAddr::parse("unix:/run/c.sock"), Ok(ListenAddr::Unix("/run/c.sock".into())));
+        assert!(ListenAddr::parse("unix:").is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("5w").is_err());
+    }
+}

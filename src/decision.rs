@@ -1,0 +1,91 @@
+//! The answer to a Check, and every reason it can be a deny.
+//!
+//! Each failure is a small typed error from the module that found it; `DenyReason`
+//! wraps them and gives each exactly one reason code (the metric label, the audit
+//! field and the JSON body's `reason`) and one HTTP status.
+
+use std::time::Duration;
+
+use crate::cedar_request::RequestError;
+use crate::identity::{IdentityError, PeerIdentity};
+
+/// Allow or deny, with why.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// Unique per Check; returned to Envoy so access logs and upstreams can join on it.
+    pub id: String,
+    pub outcome: Outcome,
+    /// The caller, when one was established.
+    pub peer: Option<PeerIdentity>,
+    /// Ids of the policies that determined the outcome (the permits that allowed, or
+    /// the forbids that denied). Empty for a default deny.
+    pub policies: Vec<String>,
+    /// Policy evaluation errors (policy id and message). Never sent to the client.
+    pub errors: Vec<String>,
+    /// Version (content hash) of the policy set that decided.
+    pub policy_version: String,
+    /// Time spent deciding.
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Allow,
+    Deny(DenyReason),
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self.outcome, Outcome::Allow)
+    }
+
+    /// `allow`, or the deny reason code.
+    pub fn code(&self) -> &'static str {
+        match &self.outcome {
+            Outcome::Allow => "allow",
+            Outcome::Deny(reason) => reason.code(),
+        }
+    }
+}
+
+/// Why a Check was denied.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DenyReason {
+    /// No usable caller identity: answered with 401.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The request cannot be turned into a Cedar request (malformed or over limits).
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// No permit applied, or a forbid did.
+    #[error("denied by policy")]
+    PolicyDenied,
+    /// A forbid policy failed to evaluate: it might have applied, so cedargate denies.
+    #[error("a forbid policy failed to evaluate")]
+    PolicyError,
+    /// Cedar rejected the request cedargate built (a bug or a schema drift).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl DenyReason {
+    /// Stable, lowercase reason code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DenyReason::Identity(e) => e.code(),
+            DenyReason::Request(e) => e.code(),
+            DenyReason::PolicyDenied => "policy_denied",
+            DenyReason::PolicyError => "policy_error",
+            DenyReason::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The HTTP status Envoy sends to the client.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            DenyReason::Identity(e) => e.http_status(),
+            DenyReason::Request(e) => e.http_status(),
+            DenyReason::PolicyDenied | DenyReason::PolicyError | DenyReason::Internal(_) => 403,
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The gRPC layer: tonic's `Authorization/Check` and `grpc.health.v1`, bound to TCP
+//! or a Unix socket. It only translates (`wire`) and delegates (`check`).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::{Request, Response, Status};
+
+use crate::check::Checker;
+use crate::config::ListenAddr;
+use crate::decision::{Decision, DenyReason, Outcome};
+use crate::input::CheckInput;
+use crate::proto::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
+use crate::proto::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use crate::wire;
+
+/// `envoy.service.auth.v3.Authorization`, backed by a `Checker`.
+pub struct AuthorizationService {
+    checker: Arc<Checker>,
+}
+
+impl AuthorizationService {
+    pub fn new(checker: Arc<Checker>) -> Self {
+        AuthorizationService { checker }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthorizationService {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let input = wire::check_input(request.into_inner());
+        // The pipeline is written not to panic; if it ever does, the answer is still
+        // a deny, never a dropped stream that a misconfigured Envoy could fail open on.
+        let decision = std::panic::catch_unwind(AssertUnwindSafe(|| self.checker.check(&input)))
+            .unwrap_or_else(|_| panicked_decision(&self.checker));
+        log_decision(&decision, &input);
+        Ok(Response::new(wire::check_response(&decision, &self.checker.config().response)))
+    }
+}
+
+fn panicked_decision(checker: &Checker) -> Decision {
+    Decision {
+        id: uuid::Uuid::new_v4().to_string(),
+        outcome: Outcome::Deny(DenyReason::Internal("the check panicked".to_owned())),
+        peer: None,
+        policies: Vec::new(),
+        errors: Vec::new(),
+        policy_version: checker.policies().version.clone(),
+        elapsed: Default::default(),
+    }
+}
+
+fn log_decision(decision: &Decision, input: &CheckInput) {
+    let principal = decision.peer.as_ref().map(|p| p.spiffe_id.as_str()).unwrap_or(&input.source.principal);
+    let (method, path) = input.http.as_ref().map_or(("", ""), |h| {
+        // The query string can carry secrets; the log gets the path only.
+        (h.method.as_str(), h.path.split(['?', '#']).next().unwrap_or_default())
+    });
+    let elapsed_us = u64::try_from(decision.elapsed.as_micros()).unwrap_or(u64::MAX);
+    match &decision.outcome {
+        Outcome::Allow => tracing::debug!(
+            decision.id = %decision.id, decision = "allow", authz.principal = principal, http.method = method,
+            http.path = path, authz.policies = ?decision.policies, elapsed_us, "allowed"
+        ),
+        Outcome::Deny(reason) => tracing::info!(
+            decision.id = %decision.id, decision = "deny", reason = reason.code(), detail = %reason,
+            authz.principal = principal, http.method = method, http.path = path,
+            authz.policies = ?decision.policies, authz.errors = ?decision.errors, elapsed_us, "denied"
+        ),
+    }
+}
+
+/// A bound listener, before serving.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    pub async fn bind(addr: &ListenAddr) -> std::io::Result<Listener> {
+        match addr {
+            ListenAddr::Tcp(addr) => Ok(Listener::Tcp(TcpListener::bind(addr).await?)),
+            ListenAddr::Unix(path) => {
+                remove_stale_socket(path)?;
+                Ok(Listener::Unix(UnixListener::bind(path)?, path.clone()))
+            }
+        }
+    }
+
+    /// `ip:port` actually bound (port 0 resolved), or `unix:/path`.
+    pub fn local_addr(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Listener::Unix(_, path) => format!("unix:{}", path.display()),
+        }
+    }
+}
+
+/// A socket file left by a previous run would make bind fail; anything that is not
+/// a socket is left alone.
+fn remove_stale_socket(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),
+        _ => Ok(()),
+    }
+}
+
+/// Serves Check and health until `shutdown` completes, then drains in-flight Checks.
+pub async fn serve(
+    listener: Listener,
+    checker: Arc<Checker>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    // The policy set was loaded and validated before the server was built.
+    health.set_serving::<AuthorizationServer<AuthorizationService>>().await;
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let shutdown = async move {
+        shutdown.await;
+        health.set_not_serving::<AuthorizationServer<AuthorizationService>>().await;
+        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    };
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(AuthorizationServer::new(AuthorizationService::new(checker)));
+    match listener {
+        Listener::Tcp(l) => {
+            let incoming = TcpListenerStream::new(l);
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+        Listener::Unix(l, path) => {
+            let result = router.serve_with_incoming_shutdown(UnixListenerStream::new(l), shutdown).await;
+            let _ = remove_stale_socket(&path);
+            result
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! What a Check asks, as plain Rust: the domain form of Envoy's `AttributeContext`.
+//!
+//! `wire` fills these from protobuf; nothing after it sees a prost type. Every field
+//! is as Envoy sent it (untrusted, unvalidated): `identity` and `cedar_request`
+//! decide what is usable.
+
+use std::net::IpAddr;
+
+/// One ext_authz Check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckInput {
+    pub source: PeerInput,
+    pub destination: PeerInput,
+    /// `None` when Envoy sent no `request.http` (a network-filter check, or a bug).
+    pub http: Option<HttpInput>,
+    /// Envoy's per-route `context_extensions`, sorted by key.
+    pub context_extensions: Vec<(String, String)>,
+}
+
+/// One end of the connection, as Envoy saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerInput {
+    /// IP address, when the peer is on a socket (not a pipe).
+    pub ip: Option<IpAddr>,
+    pub port: Option<u16>,
+    /// URI SAN (else DNS SAN, else subject) of the peer certificate; empty without mTLS.
+    pub principal: String,
+    /// URL-encoded PEM of the peer's leaf certificate; empty unless Envoy was told
+    /// `include_peer_certificate: true`.
+    pub certificate: String,
+}
+
+/// The HTTP request being authorized.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpInput {
+    /// Envoy's request id (`x-request-id`), for correlation only.
+    pub id: String,
+    pub method: String,
+    /// Raw `:path`, with the query string; not decoded.
+    pub path: String,
+    /// `:authority` / `Host`.
+    pub host: String,
+    pub scheme: String,
+    pub protocol: String,
+    /// Lowercase names; Envoy joins repeated headers with `,`. Sorted by name.
+    pub headers: Vec<(String, String)>,
+}
+
+impl HttpInput {
+    /// The value of one header (names are lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()
+            .and_then(|i| self.headers.get(i))
+            .map(|(_, v)| v.as_str())
+    }
+}

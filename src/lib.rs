@@ -1,0 +1,24 @@
+//! cedargate: an Envoy external authorization server that authorizes SPIFFE
+//! workloads with Cedar policies.
+//!
+//! A Check flows through the modules in this order: `grpc` (tonic) → `wire`
+//! (protobuf → `input`) → `check` (the pipeline) → `identity` (`spiffe`,
+//! `certificate`) → `cedar_request` (`http_path`) → Cedar evaluation against a
+//! `policy_set` snapshot → `decision` → `wire` (→ `CheckResponse`).
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cedar_request;
+pub mod certificate;
+pub mod check;
+pub mod check_json;
+pub mod config;
+pub mod decision;
+pub mod grpc;
+pub mod http_path;
+pub mod identity;
+pub mod input;
+pub mod policy_set;
+pub mod proto;
+pub mod spiffe;
+pub mod wire;

@@ -1,0 +1,395 @@
+//! Loading a policy directory into one immutable, validated snapshot.
+//!
+//! Everything expensive happens here, once per load: parsing the schema, parsing and
+//! strictly validating every policy, loading `entities.json` with its hierarchy, and
+//! checking that the schema declares the types cedargate fills in per request. A
+//! Check only reads a snapshot. Failures come back as diagnostics that point at
+//! file, line and column, and a failed load never replaces a good snapshot.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Effect, Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema, ValidationMode,
+    Validator,
+};
+use sha2::{Digest, Sha256};
+
+use crate::cedar_request;
+use crate::spiffe::SpiffeId;
+
+pub const SCHEMA_FILE: &str = "schema.cedarschema";
+pub const ENTITIES_FILE: &str = "entities.json";
+pub const POLICY_EXTENSION: &str = "cedar";
+
+/// A loaded, validated policy directory.
+pub struct PolicySnapshot {
+    /// Content hash of every file that was loaded (12 hex digits).
+    pub version: String,
+    pub schema: Schema,
+    pub policies: PolicySet,
+    /// `entities.json`, with transitive closure computed.
+    pub entities: Entities,
+    /// Entity type names cedargate builds requests from, parsed once.
+    pub types: CedarTypes,
+    /// Action uid for each HTTP method the schema declares (`Action::"GET"`, ...).
+    pub actions_by_method: HashMap<String, EntityUid>,
+    /// Parents given to a workload in `entities.json` (groups), by SPIFFE ID.
+    pub workload_parents: HashMap<String, Vec<EntityUid>>,
+    /// Policies whose effect is `forbid`: an error in one of them denies.
+    pub forbid_ids: HashSet<PolicyId>,
+    /// Where each policy was written, for diagnostics and `explain`.
+    pub policy_files: HashMap<PolicyId, String>,
+    pub authorizer: Authorizer,
+}
+
+impl fmt::Debug for PolicySnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicySnapshot")
+            .field("version", &self.version)
+            .field("policies", &self.policy_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicySnapshot {
+    pub fn policy_count(&self) -> usize {
+        self.policies.policies().count()
+    }
+}
+
+/// The entity types of cedargate's policy model (see README, "Policy model").
+#[derive(Debug, Clone)]
+pub struct CedarTypes {
+    pub workload: EntityTypeName,
+    pub trust_domain: EntityTypeName,
+    pub namespace: EntityTypeName,
+    pub path: EntityTypeName,
+    pub http_request: EntityTypeName,
+    pub headers: EntityTypeName,
+    pub query: EntityTypeName,
+    pub route: EntityTypeName,
+}
+
+impl CedarTypes {
+    fn new() -> Result<Self, String> {
+        let t = |name: &str| EntityTypeName::from_str(name).map_err(|e| format!("entity type `{name}`: {e}"));
+        Ok(CedarTypes {
+            workload: t("Workload")?,
+            trust_domain: t("TrustDomain")?,
+            namespace: t("Namespace")?,
+            path: t("Path")?,
+            http_request: t("HttpRequest")?,
+            headers: t("Headers")?,
+            query: t("Query")?,
+            route: t("Route")?,
+        })
+    }
+}
+
+/// One problem found while loading, located as precisely as Cedar allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    /// 1-based line and column, when the problem has a location.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl Diagnostic {
+    fn file_level(file: impl Into<String>, message: impl Into<String>) -> Self {
+        Diagnostic { file: file.into(), line: None, column: None, message: message.into(), help: None }
+    }
+
+    /// Builds a diagnostic from a Cedar (miette) error whose spans point into `text`.
+    fn from_cedar(file: &str, text: &str, error: &dyn miette::Diagnostic) -> Self {
+        let offset = error.labels().and_then(|mut labels| labels.next()).map(|label| label.offset());
+        let (line, column) = match offset {
+            Some(offset) => {
+                let (l, c) = line_column(text, offset);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        Diagnostic {
+            file: file.to_owned(),
+            line,
+            column,
+            message: error.to_string(),
+            help: error.help().map(|h| h.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => write!(f, "{}:{line}:{column}: {}", self.file, self.message)?,
+            _ => write!(f, "{}: {}", self.file, self.message)?,
+        }
+        if let Some(help) = &self.help {
+            write!(f, "\n  help: {help}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A policy directory that cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("policy set in `{dir}` is invalid:\n{}", render(.diagnostics))]
+pub struct LoadError {
+    pub dir: PathBuf,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+fn render(diagnostics: &[Diagnostic]) -> String {
+    diagnostics.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n")
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Loads and validates a policy directory.
+pub fn load_dir(dir: &Path) -> Result<PolicySnapshot, LoadError> {
+    let fail = |diagnostics: Vec<Diagnostic>| LoadError { dir: dir.to_owned(), diagnostics };
+    let files = read_dir(dir).map_err(|d| fail(vec![d]))?;
+    load_files(&files).map_err(fail)
+}
+
+/// The text of every file of a policy directory, by file name.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyFiles {
+    pub schema: String,
+    /// `*.cedar` files, sorted by name.
+    pub policies: BTreeMap<String, String>,
+    pub entities: Option<String>,
+}
+
+fn read_dir(dir: &Path) -> Result<PolicyFiles, Diagnostic> {
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).map_err(|e| Diagnostic::file_level(name, format!("cannot read: {e}")))
+    };
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Diagnostic::file_level(dir.display().to_string(), format!("cannot read directory: {e}")))?;
+    let mut files = PolicyFiles { schema: read(SCHEMA_FILE)?, ..PolicyFiles::default() };
+    for entry in entries {
+        let entry = entry.map_err(|e| Diagnostic::file_level(dir.display().to_string(), e.to_string()))?;
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some(POLICY_EXTENSION) {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let text = read(&name)?;
+        files.policies.insert(name, text);
+    }
+    if dir.join(ENTITIES_FILE).exists() {
+        files.entities = Some(read(ENTITIES_FILE)?);
+    }
+    Ok(files)
+}
+
+/// Builds a snapshot from file contents (also used by tests and tools).
+pub fn load_files(files: &PolicyFiles) -> Result<PolicySnapshot, Vec<Diagnostic>> {
+    let types = CedarTypes::new().map_err(|e| vec![Diagnostic::file_level(SCHEMA_FILE, e)])?;
+    let schema = Schema::from_cedarschema_str(&files.schema)
+        .map(|(schema, _warnings)| schema)
+        .map_err(|e| vec![Diagnostic::from_cedar(SCHEMA_FILE, &files.schema, &e)])?;
+
+    let mut diagnostics = Vec::new();
+    let mut policies = PolicySet::new();
+    let mut policy_files = HashMap::new();
+    for (file, text) in &files.policies {
+        match parse_policy_file(file, text) {
+            Ok(parsed) => {
+                for policy in parsed {
+                    let id = policy.id().clone();
+                    if let Some(first) = policy_files.get(&id) {
+                        diagnostics.push(Diagnostic::file_level(
+                            file.clone(),
+                            format!("policy id `{id}` is already used in `{first}`"),
+                        ));
+                        continue;
+                    }
+                    if let Err(e) = policies.add(policy) {
+                        diagnostics.push(Diagnostic::file_level(file.clone(), e.to_string()));
+                        continue;
+                    }
+                    policy_files.insert(id, file.clone());
+                }
+            }
+            Err(mut errors) => diagnostics.append(&mut errors),
+        }
+    }
+    if !diagnostics.is_empty() {
+        return Err(diagnostics);
+    }
+
+    let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+    for error in validation.validation_errors() {
+        let file = policy_files.get(error.policy_id()).cloned().unwrap_or_default();
+        let text = files.policies.get(&file).map(String::as_str).unwrap_or_default();
+        diagnostics.push(Diagnostic::from_cedar(&file, text, error));
+    }
+    for warning in validation.validation_warnings() {
+        tracing::warn!(policy = %warning.policy_id(), "policy validation warning: {warning}");
+    }
+    if !diagnostics.is_empty() {
+        return Err(diagnostics);
+    }
+
+    let (entities, workload_parents) = match &files.entities {
+        Some(text) => load_entities(text, &schema, &types)?,
+        None => (
+            Entities::empty()
+                .add_entities([], Some(&schema))
+                .map_err(|e| vec![Diagnostic::file_level(ENTITIES_FILE, e.to_string())])?,
+            HashMap::new(),
+        ),
+    };
+    let forbid_ids = policies.policies().filter(|p| p.effect() == Effect::Forbid).map(|p| p.id().clone()).collect();
+    let actions_by_method = schema
+        .actions()
+        .filter(|uid| uid.type_name().to_string() == "Action" && is_method_token(uid.id().unescaped()))
+        .map(|uid| (uid.id().unescaped().to_owned(), uid.clone()))
+        .collect();
+
+    let snapshot = PolicySnapshot {
+        version: version_of(files),
+        schema,
+        policies,
+        entities,
+        types,
+        actions_by_method,
+        workload_parents,
+        forbid_ids,
+        policy_files,
+        authorizer: Authorizer::new(),
+    };
+    cedar_request::check_schema_contract(&snapshot).map_err(|message| {
+        vec![Diagnostic {
+            help: Some(
+                "the schema must declare the types cedargate fills in for every request; compare with the shipped \
+                 policies/schema.cedarschema"
+                    .to_owned(),
+            ),
+            ..Diagnostic::file_level(SCHEMA_FILE, message)
+        }]
+    })?;
+    Ok(snapshot)
+}
+
+/// Parses one `.cedar` file; each policy is named by its `@id("...")` annotation, or
+/// `file.cedar#N` for the N-th policy of the file (1-based).
+fn parse_policy_file(file: &str, text: &str) -> Result<Vec<Policy>, Vec<Diagnostic>> {
+    let parsed =
+        PolicySet::from_str(text).map_err(|errors| errors.iter().map(|e| Diagnostic::from_cedar(file, text, e)).collect::<Vec<_>>())?;
+    if parsed.templates().next().is_some() {
+        return Err(vec![Diagnostic::file_level(file, "policy templates (`?principal`, `?resource`) are not supported")]);
+    }
+    // Cedar names a file's policies `policy0`, `policy1`, ... in the order written.
+    let mut numbered: Vec<(usize, &Policy)> = parsed
+        .policies()
+        .map(|p| (p.id().to_string().strip_prefix("policy").and_then(|n| n.parse().ok()).unwrap_or(usize::MAX), p))
+        .collect();
+    numbered.sort_by_key(|(n, _)| *n);
+    Ok(numbered
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, policy))| {
+            let id = match policy.annotation("id") {
+                Some(id) => id.to_owned(),
+                None => format!("{file}#{}", i + 1),
+            };
+            policy.new_id(PolicyId::new(id))
+        })
+        .collect())
+}
+
+/// Loads `entities.json`. Workload entries may only name parents (groups): their
+/// attributes come from the SPIFFE ID and certificate at request time, so cedargate
+/// fills them in here and remembers the parents for the per-request principal.
+fn load_entities(
+    text: &str,
+    schema: &Schema,
+    types: &CedarTypes,
+) -> Result<(Entities, HashMap<String, Vec<EntityUid>>), Vec<Diagnostic>> {
+    let err = |message: String| vec![Diagnostic::file_level(ENTITIES_FILE, message)];
+    let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        vec![Diagnostic {
+            line: Some(e.line()),
+            column: Some(e.column()),
+            ..Diagnostic::file_level(ENTITIES_FILE, e.to_string())
+        }]
+    })?;
+    let entries = value.as_array_mut().ok_or_else(|| err("must be a JSON array of entities".to_owned()))?;
+    let mut workload_parents = HashMap::new();
+    for entry in entries.iter_mut() {
+        let Some(uid) = entry.get("uid").cloned() else { continue };
+        let Ok(uid) = EntityUid::from_json(uid) else { continue };
+        if uid.type_name() != &types.workload {
+            continue;
+        }
+        let id: SpiffeId = uid
+            .id()
+            .unescaped()
+            .parse()
+            .map_err(|e| err(format!("`{uid}` is not a valid SPIFFE ID: {e}")))?;
+        if entry.get("attrs").and_then(|a| a.as_object()).is_some_and(|a| !a.is_empty()) {
+            return Err(err(format!(
+                "`{uid}` has attrs; a workload's attributes come from its SPIFFE ID and certificate, list only `parents`"
+            )));
+        }
+        let parents: Vec<EntityUid> = entry
+            .get("parents")
+            .and_then(|p| p.as_array())
+            .map(|parents| parents.iter().filter_map(|p| EntityUid::from_json(p.clone()).ok()).collect())
+            .unwrap_or_default();
+        let filled = cedar_request::workload_json(&id, &parents, types);
+        workload_parents.insert(id.as_str().to_owned(), parents);
+        *entry = filled;
+    }
+    let entities = Entities::from_json_value(value, Some(schema)).map_err(|e| vec![Diagnostic::from_cedar(ENTITIES_FILE, text, &e)])?;
+    Ok((entities, workload_parents))
+}
+
+fn is_method_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+}
+
+fn version_of(files: &PolicyFiles) -> String {
+    let mut hash = Sha256::new();
+    let mut add = |name: &str, text: &str| {
+        hash.update((name.len() as u64).to_le_bytes());
+        hash.update(name.as_bytes());
+        hash.update((text.len() as u64).to_le_bytes());
+        hash.update(text.as_bytes());
+    };
+    add(SCHEMA_FILE, &files.schema);
+    for (name, text) in &files.policies {
+        add(name, text);
+    }
+    if let Some(text) = &files.entities {
+        add(ENTITIES_FILE, text);
+    }
+    crate::certificate::hex(&hash.finalize()).chars().take(12).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column_are_one_based() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+        assert_eq!(line_column("ab", 99), (1, 3));
+    }
+}

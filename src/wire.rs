@@ -1,0 +1,176 @@
+//! The one place where protobuf meets the domain: Envoy's `CheckRequest` becomes a
+//! `CheckInput`, a `Decision` becomes a `CheckResponse`. Conversion never fails:
+//! anything missing stays empty and the pipeline decides what that means.
+
+use std::net::IpAddr;
+
+use prost_types::{value::Kind, ListValue, Struct, Value};
+
+use crate::config::ResponseConfig;
+use crate::decision::{Decision, Outcome};
+use crate::input::{CheckInput, HttpInput, PeerInput};
+use crate::proto::envoy::config::core::v3::{
+    address, header_value_option::HeaderAppendAction, Address, HeaderValue, HeaderValueOption,
+};
+use crate::proto::envoy::r#type::v3::HttpStatus;
+use crate::proto::envoy::service::auth::v3::{
+    attribute_context::{HttpRequest, Peer},
+    check_response::HttpResponse,
+    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+};
+use crate::proto::google::rpc::Status;
+
+/// gRPC status codes Envoy reads from `CheckResponse.status`.
+const GRPC_OK: i32 = 0;
+const GRPC_PERMISSION_DENIED: i32 = 7;
+const GRPC_UNAUTHENTICATED: i32 = 16;
+
+/// Envoy's `CheckRequest` as a domain `CheckInput`.
+pub fn check_input(request: CheckRequest) -> CheckInput {
+    let Some(attributes) = request.attributes else {
+        return CheckInput::default();
+    };
+    let mut context_extensions: Vec<(String, String)> = attributes.context_extensions.into_iter().collect();
+    context_extensions.sort();
+    CheckInput {
+        source: peer(attributes.source),
+        destination: peer(attributes.destination),
+        http: attributes.request.and_then(|r| r.http).map(http),
+        context_extensions,
+    }
+}
+
+fn peer(peer: Option<Peer>) -> PeerInput {
+    let Some(peer) = peer else {
+        return PeerInput::default();
+    };
+    let (ip, port) = socket(peer.address);
+    PeerInput { ip, port, principal: peer.principal, certificate: peer.certificate }
+}
+
+fn socket(address: Option<Address>) -> (Option<IpAddr>, Option<u16>) {
+    match address.and_then(|a| a.address) {
+        Some(address::Address::SocketAddress(s)) => {
+            let port = match s.port_specifier {
+                Some(crate::proto::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p)) => {
+                    u16::try_from(p).ok()
+                }
+                _ => None,
+            };
+            (s.address.parse().ok(), port)
+        }
+        _ => (None, None),
+    }
+}
+
+fn http(http: HttpRequest) -> HttpInput {
+    let mut headers: Vec<(String, String)> = if http.headers.is_empty() {
+        // `encode_raw_headers: true` sends repeated, unjoined raw headers instead.
+        let mut joined: std::collections::BTreeMap<String, String> = Default::default();
+        for h in http.header_map.map(|m| m.headers).unwrap_or_default() {
+            let value =
+                if h.raw_value.is_empty() { h.value } else { String::from_utf8_lossy(&h.raw_value).into_owned() };
+            joined
+                .entry(h.key.to_ascii_lowercase())
+                .and_modify(|v| {
+                    v.push(',');
+                    v.push_str(&value);
+                })
+                .or_insert(value);
+        }
+        joined.into_iter().collect()
+    } else {
+        http.headers.into_iter().collect()
+    };
+    headers.sort();
+    HttpInput {
+        id: http.id,
+        method: http.method,
+        path: http.path,
+        host: http.host,
+        scheme: http.scheme,
+        protocol: http.protocol,
+        headers,
+    }
+}
+
+/// A `Decision` as Envoy's `CheckResponse`.
+pub fn check_response(decision: &Decision, config: &ResponseConfig) -> CheckResponse {
+    let metadata = dynamic_metadata(decision);
+    match &decision.outcome {
+        Outcome::Allow => {
+            let mut headers = Vec::new();
+            let mut headers_to_remove = Vec::new();
+            if !config.principal_header.is_empty() {
+                match &decision.peer {
+                    Some(peer) => headers.push(overwrite(&config.principal_header, peer.spiffe_id.as_str())),
+                    // Never let a client-sent copy through as if cedargate had set it.
+                    None => headers_to_remove.push(config.principal_header.clone()),
+                }
+            }
+            if !config.decision_id_header.is_empty() {
+                headers.push(overwrite(&config.decision_id_header, &decision.id));
+            }
+            CheckResponse {
+                status: Some(Status { code: GRPC_OK, ..Status::default() }),
+                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                    headers,
+                    headers_to_remove,
+                    response_headers_to_add: Vec::new(),
+                })),
+                dynamic_metadata: Some(metadata),
+            }
+        }
+        Outcome::Deny(reason) => {
+            let status = reason.http_status();
+            let grpc = if status == 401 { GRPC_UNAUTHENTICATED } else { GRPC_PERMISSION_DENIED };
+            let mut headers = vec![overwrite("content-type", "application/json")];
+            if !config.decision_id_header.is_empty() {
+                headers.push(overwrite(&config.decision_id_header, &decision.id));
+            }
+            // Only the reason code and decision id: policy internals stay in the logs.
+            let body = serde_json::json!({ "reason": reason.code(), "decision_id": decision.id }).to_string();
+            CheckResponse {
+                status: Some(Status { code: grpc, message: reason.code().to_owned(), details: Vec::new() }),
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus { code: i32::from(status) }),
+                    headers,
+                    body,
+                })),
+                dynamic_metadata: Some(metadata),
+            }
+        }
+    }
+}
+
+/// Overwrite, never append: appending would let a spoofed client copy travel on
+/// as `spoofed,real`.
+fn overwrite(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue { key: key.to_owned(), value: value.to_owned(), raw_value: Vec::new() }),
+        append: None,
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        keep_empty_value: false,
+    }
+}
+
+/// Metadata Envoy stores under `envoy.filters.http.ext_authz`, for access logs
+/// (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:decision_id)%`).
+fn dynamic_metadata(decision: &Decision) -> Struct {
+    let string = |s: &str| Value { kind: Some(Kind::StringValue(s.to_owned())) };
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert("decision_id".to_owned(), string(&decision.id));
+    fields.insert("decision".to_owned(), string(if decision.is_allowed() { "allow" } else { "deny" }));
+    fields.insert("reason".to_owned(), string(decision.code()));
+    fields.insert("policy_version".to_owned(), string(&decision.policy_version));
+    fields.insert(
+        "policies".to_owned(),
+        Value {
+            kind: Some(Kind::ListValue(ListValue { values: decision.policies.iter().map(|p| string(p)).collect() })),
+        },
+    );
+    if let Some(peer) = &decision.peer {
+        fields.insert("principal".to_owned(), string(peer.spiffe_id.as_str()));
+    }
+    Struct { fields }
+}
