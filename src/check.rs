@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::decision::{Decision, DenyReason, Outcome};
 use crate::identity::{self, PeerIdentity};
 use crate::input::CheckInput;
-use crate::policy_set::PolicySnapshot;
+use crate::policy_set::{self, LoadError, PolicySnapshot};
 
 /// Where "now" comes from: the system clock in production, a fixed instant in tests
 /// that replay captured requests.
@@ -58,6 +58,12 @@ struct Verdict {
 impl Checker {
     pub fn new(config: Arc<Config>, policies: Arc<ArcSwap<PolicySnapshot>>, clock: Arc<dyn Clock>) -> Self {
         Checker { config, policies, clock }
+    }
+
+    /// A checker over the policy directory named in `config`.
+    pub fn load(config: Config, clock: Arc<dyn Clock>) -> Result<Self, LoadError> {
+        let snapshot = policy_set::load_dir(&config.policies.dir)?;
+        Ok(Checker::new(Arc::new(config), Arc::new(ArcSwap::from_pointee(snapshot)), clock))
     }
 
     /// The snapshot Checks currently use.

@@ -1,0 +1,179 @@
+//! Helpers shared by the integration tests: a PKI generated at test time, a
+//! cedargate server on a free loopback port, and CheckRequest builders.
+#![allow(dead_code)]
+
+pub mod pki;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use cedargate::app::{self, Running};
+use cedargate::check::{Clock, FixedClock, SystemClock};
+use cedargate::config::{Config, ListenAddr};
+use cedargate::proto::envoy::config::core::v3::{address, socket_address::PortSpecifier, Address, SocketAddress};
+use cedargate::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use cedargate::proto::envoy::service::auth::v3::{attribute_context, AttributeContext, CheckRequest, CheckResponse};
+
+pub fn repo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn shipped_policies() -> PathBuf {
+    repo_dir().join("policies")
+}
+
+/// Default configuration for tests: shipped policies, loopback port 0.
+pub fn test_config(policies: PathBuf) -> Config {
+    let mut config = Config::default();
+    config.server.listen = ListenAddr::Tcp("127.0.0.1:0".to_owned());
+    config.server.shutdown_timeout = Duration::from_secs(5);
+    config.policies.dir = policies;
+    config.identity.trust_domains = vec!["example.org".to_owned()];
+    config
+}
+
+pub async fn start(config: Config) -> Running {
+    start_with_clock(config, Arc::new(SystemClock)).await
+}
+
+pub async fn start_at(config: Config, now: SystemTime) -> Running {
+    start_with_clock(config, Arc::new(FixedClock(now))).await
+}
+
+pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Running {
+    app::start(config, clock).await.expect("cedargate starts")
+}
+
+pub async fn client(addr: &str) -> AuthorizationClient<tonic::transport::Channel> {
+    AuthorizationClient::connect(format!("http://{addr}")).await.expect("connect to cedargate")
+}
+
+pub async fn check(running: &Running, request: CheckRequest) -> CheckResponse {
+    client(&running.local_addr).await.check(request).await.expect("Check succeeds at the gRPC level").into_inner()
+}
+
+/// A CheckRequest as Envoy sends it for an mTLS listener.
+#[derive(Clone, Debug)]
+pub struct Req {
+    pub principal: String,
+    pub certificate: String,
+    pub method: String,
+    pub path: String,
+    pub host: String,
+    pub headers: Vec<(String, String)>,
+    pub context_extensions: Vec<(String, String)>,
+    pub destination_principal: String,
+}
+
+impl Req {
+    pub fn new(principal: &str, certificate_pem: Option<&str>) -> Req {
+        Req {
+            principal: principal.to_owned(),
+            certificate: certificate_pem.map(pki::url_encode).unwrap_or_default(),
+            method: "GET".to_owned(),
+            path: "/api/orders/1".to_owned(),
+            host: "orders.example.org".to_owned(),
+            headers: Vec::new(),
+            context_extensions: Vec::new(),
+            destination_principal: "spiffe://example.org/ns/default/sa/orders".to_owned(),
+        }
+    }
+
+    pub fn method(mut self, m: &str) -> Req {
+        self.method = m.to_owned();
+        self
+    }
+
+    pub fn path(mut self, p: &str) -> Req {
+        self.path = p.to_owned();
+        self
+    }
+
+    pub fn host(mut self, h: &str) -> Req {
+        self.host = h.to_owned();
+        self
+    }
+
+    pub fn header(mut self, k: &str, v: &str) -> Req {
+        self.headers.push((k.to_owned(), v.to_owned()));
+        self
+    }
+
+    pub fn route(mut self, k: &str, v: &str) -> Req {
+        self.context_extensions.push((k.to_owned(), v.to_owned()));
+        self
+    }
+
+    pub fn destination(mut self, p: &str) -> Req {
+        self.destination_principal = p.to_owned();
+        self
+    }
+
+    pub fn build(&self) -> CheckRequest {
+        let mut headers: HashMap<String, String> = self.headers.iter().cloned().collect();
+        headers.insert(":method".into(), self.method.clone());
+        headers.insert(":path".into(), self.path.clone());
+        headers.insert(":authority".into(), self.host.clone());
+        let socket = |port| Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: "127.0.0.1".into(),
+                port_specifier: Some(PortSpecifier::PortValue(port)),
+                ..Default::default()
+            })),
+        };
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(attribute_context::Peer {
+                    address: Some(socket(40000)),
+                    principal: self.principal.clone(),
+                    certificate: self.certificate.clone(),
+                    ..Default::default()
+                }),
+                destination: Some(attribute_context::Peer {
+                    address: Some(socket(10000)),
+                    principal: self.destination_principal.clone(),
+                    ..Default::default()
+                }),
+                request: Some(attribute_context::Request {
+                    time: None,
+                    http: Some(attribute_context::HttpRequest {
+                        id: "1".into(),
+                        method: self.method.clone(),
+                        headers,
+                        path: self.path.clone(),
+                        host: self.host.clone(),
+                        scheme: "https".into(),
+                        protocol: "HTTP/2".into(),
+                        ..Default::default()
+                    }),
+                }),
+                context_extensions: self.context_extensions.iter().cloned().collect(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    pub fn input(&self) -> cedargate::input::CheckInput {
+        cedargate::wire::check_input(self.build())
+    }
+}
+
+/// The HTTP status and the reason code of a response (200/"allow" for an allow).
+pub fn outcome(response: &CheckResponse) -> (u16, String) {
+    use cedargate::proto::envoy::service::auth::v3::check_response::HttpResponse;
+    match &response.http_response {
+        Some(HttpResponse::OkResponse(_)) => {
+            assert_eq!(response.status.as_ref().map(|s| s.code), Some(0));
+            (200, "allow".to_owned())
+        }
+        Some(HttpResponse::DeniedResponse(denied)) => {
+            let body: serde_json::Value = serde_json::from_str(&denied.body).expect("deny body is JSON");
+            let status = denied.status.as_ref().map_or(0, |s| s.code);
+            assert_ne!(response.status.as_ref().map(|s| s.code), Some(0), "a deny never has gRPC status OK");
+            (u16::try_from(status).unwrap(), body["reason"].as_str().unwrap_or_default().to_owned())
+        }
+        None => panic!("response without http_response"),
+    }
+}
