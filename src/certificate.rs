@@ -105,11 +105,10 @@ pub fn parse_der(der: &[u8]) -> Result<PeerCertificate, CertificateError> {
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    use std::fmt::Write;
     let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
     }
     out
 }

@@ -37,7 +37,7 @@ pub struct PolicySnapshot {
     /// Action uid for each HTTP method the schema declares (`Action::"GET"`, ...).
     pub actions_by_method: HashMap<String, EntityUid>,
     /// Parents given to a workload in `entities.json` (groups), by SPIFFE ID.
-    pub workload_parents: HashMap<String, Vec<EntityUid>>,
+    pub workload_parents: WorkloadParents,
     /// Policies whose effect is `forbid`: an error in one of them denies.
     pub forbid_ids: HashSet<PolicyId>,
     /// Where each policy was written, for diagnostics and `explain`.
@@ -313,6 +313,9 @@ fn parse_policy_file(file: &str, text: &str) -> Result<Vec<Policy>, Vec<Diagnost
         .collect())
 }
 
+/// Parents given to a workload in `entities.json`, by SPIFFE ID.
+type WorkloadParents = HashMap<String, Vec<EntityUid>>;
+
 /// Loads `entities.json`. Workload entries may only name parents (groups): their
 /// attributes come from the SPIFFE ID and certificate at request time, so cedargate
 /// fills them in here and remembers the parents for the per-request principal.
@@ -320,7 +323,7 @@ fn load_entities(
     text: &str,
     schema: &Schema,
     types: &CedarTypes,
-) -> Result<(Entities, HashMap<String, Vec<EntityUid>>), Vec<Diagnostic>> {
+) -> Result<(Entities, WorkloadParents), Vec<Diagnostic>> {
     let err = |message: String| vec![Diagnostic::file_level(ENTITIES_FILE, message)];
     let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
         vec![Diagnostic {

@@ -5,6 +5,8 @@
 //!
 //! Everything binds 127.0.0.1; every process started here is ended here.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 mod common;
 
 use std::io::{Read, Write};

@@ -1,6 +1,8 @@
 //! The gRPC server with a real tonic client: Envoy's captured CheckRequests, the
 //! response shape Envoy relies on, bad input, health, Unix sockets and shutdown.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 mod common;
 
 use std::path::PathBuf;
