@@ -247,9 +247,10 @@ pub fn load_files(files: &PolicyFiles) -> Result<PolicySnapshot, Vec<Diagnostic>
 
     let (entities, workload_parents) = match &files.entities {
         Some(text) => load_entities(text, &schema, &types)?,
+        // `from_entities` with a schema adds the action hierarchy (`GET in read`);
+        // without it `action in Action::"read"` would never match.
         None => (
-            Entities::empty()
-                .add_entities([], Some(&schema))
+            Entities::from_entities([], Some(&schema))
                 .map_err(|e| vec![Diagnostic::file_level(ENTITIES_FILE, e.to_string())])?,
             HashMap::new(),
         ),

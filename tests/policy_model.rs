@@ -176,3 +176,13 @@ fn decision_carries_id_version_and_latency() {
     assert_eq!(a.policy_version.len(), 12);
     assert!(a.elapsed > Duration::ZERO);
 }
+
+#[test]
+fn action_groups_work_without_an_entities_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(shipped_policies().join("schema.cedarschema"), dir.path().join("schema.cedarschema")).unwrap();
+    std::fs::write(dir.path().join("p.cedar"), "permit (principal, action in Action::\"read\", resource);\n").unwrap();
+    let w = World::with_checker(Checker::load(test_config(dir.path().to_owned()), Arc::new(SystemClock)).unwrap());
+    assert!(w.decide(&w.from(FRONTEND)).is_allowed());
+    assert_eq!(code(&w.decide(&w.from(FRONTEND).method("POST"))), "policy_denied");
+}

@@ -1,0 +1,124 @@
+//! Criterion benches of the hot steps of a Check (no cache exists yet: every
+//! number here is the cold path). See benches/README.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+#[path = "../tests/common/pki.rs"]
+mod pki;
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use cedargate::check::{Checker, SystemClock};
+use cedargate::config::Config;
+use cedargate::proto::envoy::service::auth::v3::{attribute_context, AttributeContext, CheckRequest};
+use cedargate::{http_path, identity, wire};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+
+const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
+
+fn request(principal: &str, cert_pem: &str, path: &str) -> CheckRequest {
+    let headers = [
+        (":authority", "orders.example.org"),
+        (":method", "GET"),
+        (":path", path),
+        (":scheme", "https"),
+        ("accept", "*/*"),
+        ("user-agent", "bench/1.0"),
+        ("x-request-id", "490d00d3-f9bc-4dd8-a2fb-5a839fa62e7b"),
+        ("x-forwarded-proto", "https"),
+    ];
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(attribute_context::Peer {
+                principal: principal.into(),
+                certificate: pki::url_encode(cert_pem),
+                ..Default::default()
+            }),
+            destination: Some(attribute_context::Peer {
+                principal: "spiffe://example.org/ns/default/sa/orders".into(),
+                ..Default::default()
+            }),
+            request: Some(attribute_context::Request {
+                time: None,
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: path.into(),
+                    host: "orders.example.org".into(),
+                    scheme: "https".into(),
+                    headers: headers.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn checker(dir: &Path) -> Checker {
+    let mut config = Config::default();
+    config.policies.dir = dir.to_owned();
+    config.identity.trust_domains = vec!["example.org".into()];
+    Checker::load(config, Arc::new(SystemClock)).unwrap()
+}
+
+/// A policy directory with the shipped schema and `n` permits, one per workload
+/// `svc-i`, each on its own path prefix: only one can apply to a request.
+fn generated_policies(n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    std::fs::copy(shipped.join("schema.cedarschema"), dir.path().join("schema.cedarschema")).unwrap();
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(&format!(
+            "permit (principal == Workload::\"spiffe://example.org/ns/default/sa/svc-{i}\", action in Action::\"read\", resource in Path::\"/api/svc-{i}\") when {{ resource.host == \"orders.example.org\" }};\n"
+        ));
+    }
+    std::fs::write(dir.path().join("generated.cedar"), text).unwrap();
+    dir
+}
+
+fn benches(c: &mut Criterion) {
+    let pki = pki::Pki::new();
+    let cert = pki.svid(FRONTEND);
+    let req = request(FRONTEND, &cert.cert_pem, "/api/orders/42?expand=items");
+    let input = wire::check_input(req.clone());
+
+    c.bench_function("input/from_check_request", |b| b.iter(|| wire::check_input(black_box(req.clone()))));
+    let id_config = Config::default().identity;
+    c.bench_function("identity/svid_with_certificate", |b| {
+        b.iter(|| identity::establish(black_box(&input.source), SystemTime::now(), &id_config).unwrap())
+    });
+    c.bench_function("path/normalize", |b| {
+        b.iter(|| http_path::normalize(black_box("/api/orders/../orders/42//items?expand=items&x=%20"), 8192).unwrap())
+    });
+
+    let shipped = checker(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"));
+    c.bench_function("check/shipped_policies_allow", |b| {
+        b.iter(|| assert!(shipped.check(black_box(&input)).is_allowed()))
+    });
+
+    let mut group = c.benchmark_group("check/policies");
+    for n in [10usize, 100, 1_000] {
+        let dir = generated_policies(n);
+        let checker = checker(dir.path());
+        let id = "spiffe://example.org/ns/default/sa/svc-0";
+        let leaf = pki.svid(id);
+        let input = wire::check_input(request(id, &leaf.cert_pem, "/api/svc-0/x"));
+        let probe = checker.check(&input);
+        assert!(probe.is_allowed(), "{probe:?}");
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| checker.check(black_box(&input)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = hot_path;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = benches
+}
+criterion_main!(hot_path);
