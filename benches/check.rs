@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 #[path = "../tests/common/pki.rs"]
+#[allow(dead_code)]
 mod pki;
 
 use std::hint::black_box;

@@ -91,31 +91,49 @@ pub fn build(
 ) -> Result<CedarInput, RequestError> {
     let path = http_path::normalize(&http.path, limits.max_path_bytes)?;
     let action = snapshot.actions_by_method.get(http.method.as_str()).ok_or(RequestError::MethodUnknown)?;
-    let types = &snapshot.types;
-    let build_err = |e: &dyn std::fmt::Display| RequestError::Build(e.to_string());
-
-    let principal = workload_entity(peer, snapshot).map_err(|e| build_err(&e))?;
-    let headers = tag_entity(&types.headers, http.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .map_err(|e| build_err(&e))?;
-    let query = tag_entity(&types.query, path.query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .map_err(|e| build_err(&e))?;
-    let route = tag_entity(&types.route, input.context_extensions.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .map_err(|e| build_err(&e))?;
-    let resource = request_entity(types, http, &path, headers.uid(), query.uid()).map_err(|e| build_err(&e))?;
-    let context = context(input, route.uid(), now).map_err(|e| build_err(&e))?;
-
-    let principal_uid = principal.uid();
-    let resource_uid = resource.uid();
+    let parts = request_parts(snapshot, peer, input, http, &path, now).map_err(RequestError::Build)?;
     // Schema conformance of these entities is proven once per load by
     // `check_schema_contract`, so it is not re-checked on every request.
     let entities = snapshot
         .entities
         .clone()
-        .upsert_entities([principal, resource, headers, query, route], None)
-        .map_err(|e| build_err(&e))?;
-    let request = Request::new(principal_uid, action.clone(), resource_uid, context, Some(&snapshot.schema))
-        .map_err(|e| build_err(&e))?;
+        .upsert_entities(parts.entities, None)
+        .map_err(|e| RequestError::Build(e.to_string()))?;
+    let request = Request::new(parts.principal, action.clone(), parts.resource, parts.context, Some(&snapshot.schema))
+        .map_err(|e| RequestError::Build(e.to_string()))?;
     Ok(CedarInput { request, entities })
+}
+
+/// What one request adds to the base entity store, and its context.
+struct RequestParts {
+    /// Principal, resource, headers, query and route entities.
+    entities: [Entity; 5],
+    principal: EntityUid,
+    resource: EntityUid,
+    context: Context,
+}
+
+fn request_parts(
+    snapshot: &PolicySnapshot,
+    peer: &PeerIdentity,
+    input: &CheckInput,
+    http: &HttpInput,
+    path: &NormalizedPath,
+    now: SystemTime,
+) -> Result<RequestParts, String> {
+    let types = &snapshot.types;
+    let principal = workload_entity(peer, snapshot)?;
+    let headers = tag_entity(&types.headers, http.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    let query = tag_entity(&types.query, path.query.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    let route = tag_entity(&types.route, input.context_extensions.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    let resource = request_entity(types, http, path, headers.uid(), query.uid())?;
+    let context = context(input, route.uid(), now)?;
+    Ok(RequestParts {
+        principal: principal.uid(),
+        resource: resource.uid(),
+        entities: [principal, resource, headers, query, route],
+        context,
+    })
 }
 
 fn uid(type_name: &cedar_policy::EntityTypeName, id: &str) -> EntityUid {
@@ -315,14 +333,13 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot) -> Result<(), String> {
         uri_sans: vec![id.as_str().to_owned()],
     };
     let peer = PeerIdentity { spiffe_id: id, certificate: Some(cert) };
-    let method = snapshot
+    let (method, action) = snapshot
         .actions_by_method
-        .keys()
-        .min()
-        .cloned()
+        .iter()
+        .min_by(|a, b| a.0.cmp(b.0))
         .ok_or("the schema declares no HTTP method actions (`action \"GET\" appliesTo { ... }`)")?;
     let http = HttpInput {
-        method,
+        method: method.clone(),
         path: "/contract/check?q=1".into(),
         host: "contract.example.org".into(),
         scheme: "https".into(),
@@ -331,22 +348,15 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot) -> Result<(), String> {
     };
     let input = CheckInput {
         source: crate::input::PeerInput { ip: Some([127, 0, 0, 1].into()), ..Default::default() },
-        http: Some(http.clone()),
         context_extensions: vec![("k".into(), "v".into())],
         ..CheckInput::default()
     };
-    let types = &snapshot.types;
     let path = http_path::normalize(&http.path, usize::MAX).map_err(|e| e.to_string())?;
-    let headers = tag_entity(&types.headers, [("x-contract", "1")].into_iter())?;
-    let query = tag_entity(&types.query, [("q", "1")].into_iter())?;
-    let route = tag_entity(&types.route, [("k", "v")].into_iter())?;
-    let resource = request_entity(types, &http, &path, headers.uid(), query.uid())?;
-    let principal = workload_entity(&peer, snapshot)?;
-    Entities::from_entities([principal, resource, headers, query, route], Some(&snapshot.schema))
+    let parts = request_parts(snapshot, &peer, &input, &http, &path, SystemTime::UNIX_EPOCH)?;
+    Entities::from_entities(parts.entities, Some(&snapshot.schema))
         .map_err(|e| format!("the entities cedargate builds do not conform to the schema: {e}"))?;
-    let built = build(snapshot, &peer, &input, &http, SystemTime::UNIX_EPOCH, &LimitsConfig::default())
-        .map_err(|e| e.to_string())?;
-    drop(built);
+    Request::new(parts.principal, action.clone(), parts.resource, parts.context, Some(&snapshot.schema))
+        .map_err(|e| format!("the request cedargate builds does not conform to the schema: {e}"))?;
     Ok(())
 }
 

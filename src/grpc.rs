@@ -55,6 +55,10 @@ fn panicked_decision(checker: &Checker) -> Decision {
 }
 
 fn log_decision(decision: &Decision, input: &CheckInput) {
+    // Allows are logged at debug: skip building their fields on the hot path.
+    if decision.is_allowed() && !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
     let principal = decision.peer.as_ref().map(|p| p.spiffe_id.as_str()).unwrap_or(&input.source.principal);
     let (method, path) = input.http.as_ref().map_or(("", ""), |h| {
         // The query string can carry secrets; the log gets the path only.

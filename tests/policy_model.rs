@@ -186,3 +186,18 @@ fn action_groups_work_without_an_entities_file() {
     assert!(w.decide(&w.from(FRONTEND)).is_allowed());
     assert_eq!(code(&w.decide(&w.from(FRONTEND).method("POST"))), "policy_denied");
 }
+
+#[test]
+fn a_schema_that_drifted_from_the_model_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = std::fs::read_to_string(shipped_policies().join("schema.cedarschema")).unwrap();
+    let drifted = schema.replace("  source_ip?: ipaddr,", "");
+    assert_ne!(schema, drifted);
+    std::fs::write(dir.path().join("schema.cedarschema"), drifted).unwrap();
+    std::fs::write(dir.path().join("p.cedar"), "permit (principal, action, resource);\n").unwrap();
+    let err = match Checker::load(test_config(dir.path().to_owned()), Arc::new(SystemClock)) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("loaded a schema that does not declare context.source_ip"),
+    };
+    assert!(err.contains("schema.cedarschema") && err.contains("does not conform"), "{err}");
+}
