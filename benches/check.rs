@@ -110,9 +110,7 @@ fn benches(c: &mut Criterion) {
         let input = wire::check_input(request(id, &leaf.cert_pem, "/api/svc-0/x"));
         let probe = checker.check(&input);
         assert!(probe.is_allowed(), "{probe:?}");
-        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
-            b.iter(|| checker.check(black_box(&input)))
-        });
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| b.iter(|| checker.check(black_box(&input))));
     }
     group.finish();
 }

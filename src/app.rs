@@ -3,19 +3,17 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::check::{Checker, Clock};
+use crate::check::{Checker, Clock, SetupError};
 use crate::config::Config;
 use crate::grpc::{self, Listener};
-use crate::policy_set::{self, LoadError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
-    Policies(#[from] LoadError),
+    Setup(#[from] SetupError),
     #[error("cannot listen on `{addr}`: {source}")]
     Bind { addr: String, source: std::io::Error },
     #[error("grpc server failed: {0}")]
@@ -31,24 +29,29 @@ pub struct Running {
     pub checker: Arc<Checker>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), AppError>>,
+    /// JWKS and revocation refreshers.
+    background: Vec<JoinHandle<()>>,
     shutdown_timeout: std::time::Duration,
 }
 
-/// Loads the policies (refusing to start on an invalid set), binds and serves.
+/// Loads the policies and credential sources (refusing to start on an invalid
+/// policy set, JWKS file or revocation file), binds and serves.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, AppError> {
-    let snapshot = policy_set::load_dir(&config.policies.dir)?;
+    let listen = config.server.listen.clone();
+    let shutdown_timeout = config.server.shutdown_timeout;
+    let checker = Arc::new(Checker::load(config, clock)?);
+    let snapshot = checker.policies();
     tracing::info!(
         policies = snapshot.policy_count(),
         version = %snapshot.version,
-        dir = %config.policies.dir.display(),
+        dir = %checker.config().policies.dir.display(),
+        issuers = checker.config().tokens.issuers.len(),
         "policy set loaded"
     );
-    let listener = Listener::bind(&config.server.listen)
-        .await
-        .map_err(|source| AppError::Bind { addr: config.server.listen.to_string(), source })?;
+    let listener =
+        Listener::bind(&listen).await.map_err(|source| AppError::Bind { addr: listen.to_string(), source })?;
     let local_addr = listener.local_addr();
-    let shutdown_timeout = config.server.shutdown_timeout;
-    let checker = Arc::new(Checker::new(Arc::new(config), Arc::new(ArcSwap::from_pointee(snapshot)), clock));
+    let background = checker.credentials().spawn_refreshers();
     let (tx, rx) = oneshot::channel::<()>();
     let serve_checker = Arc::clone(&checker);
     let task = tokio::spawn(async move {
@@ -59,12 +62,15 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
         .map_err(AppError::from)
     });
     tracing::info!(addr = %local_addr, "cedargate listening");
-    Ok(Running { local_addr, checker, shutdown: Some(tx), task, shutdown_timeout })
+    Ok(Running { local_addr, checker, shutdown: Some(tx), task, background, shutdown_timeout })
 }
 
 impl Running {
     /// Stops accepting, lets in-flight Checks finish (up to the shutdown timeout).
     pub async fn shutdown(mut self) -> Result<(), AppError> {
+        for task in &self.background {
+            task.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

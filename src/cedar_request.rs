@@ -11,12 +11,13 @@ use std::time::SystemTime;
 use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request, RestrictedExpression};
 
 use crate::certificate::PeerCertificate;
-use crate::config::LimitsConfig;
+use crate::config::{ClaimType, LimitsConfig, PrincipalFrom};
 use crate::http_path::{self, NormalizedPath, PathError};
 use crate::identity::{unix_seconds, PeerIdentity};
 use crate::input::{CheckInput, HttpInput};
 use crate::policy_set::{CedarTypes, PolicySnapshot};
 use crate::spiffe::SpiffeId;
+use crate::token::{ClaimValue, VerifiedToken};
 
 /// A request ready for the authorizer.
 #[derive(Debug)]
@@ -84,6 +85,7 @@ const REQUEST_ID: &str = "request";
 pub fn build(
     snapshot: &PolicySnapshot,
     peer: &PeerIdentity,
+    token: Option<&VerifiedToken>,
     input: &CheckInput,
     http: &HttpInput,
     now: SystemTime,
@@ -91,7 +93,7 @@ pub fn build(
 ) -> Result<CedarInput, RequestError> {
     let path = http_path::normalize(&http.path, limits.max_path_bytes)?;
     let action = snapshot.actions_by_method.get(http.method.as_str()).ok_or(RequestError::MethodUnknown)?;
-    let parts = request_parts(snapshot, peer, input, http, &path, now).map_err(RequestError::Build)?;
+    let parts = request_parts(snapshot, peer, token, input, http, &path, now).map_err(RequestError::Build)?;
     // Schema conformance of these entities is proven once per load by
     // `check_schema_contract`, so it is not re-checked on every request.
     let entities = snapshot
@@ -106,8 +108,9 @@ pub fn build(
 
 /// What one request adds to the base entity store, and its context.
 struct RequestParts {
-    /// Principal, resource, headers, query and route entities.
-    entities: [Entity; 5],
+    /// The peer workload, resource, headers, query and route entities, and the token
+    /// subject when it is the principal and not already in `entities.json`.
+    entities: Vec<Entity>,
     principal: EntityUid,
     resource: EntityUid,
     context: Context,
@@ -116,24 +119,29 @@ struct RequestParts {
 fn request_parts(
     snapshot: &PolicySnapshot,
     peer: &PeerIdentity,
+    token: Option<&VerifiedToken>,
     input: &CheckInput,
     http: &HttpInput,
     path: &NormalizedPath,
     now: SystemTime,
 ) -> Result<RequestParts, String> {
     let types = &snapshot.types;
-    let principal = workload_entity(peer, snapshot)?;
+    let workload = workload_entity(peer, snapshot)?;
     let headers = tag_entity(&types.headers, http.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     let query = tag_entity(&types.query, path.query.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     let route = tag_entity(&types.route, input.context_extensions.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     let resource = request_entity(types, http, path, headers.uid(), query.uid())?;
-    let context = context(input, route.uid(), now)?;
-    Ok(RequestParts {
-        principal: principal.uid(),
-        resource: resource.uid(),
-        entities: [principal, resource, headers, query, route],
-        context,
-    })
+    let context = context(input, workload.uid(), token, route.uid(), now)?;
+    let mut principal = workload.uid();
+    let mut entities = vec![workload, resource.clone(), headers, query, route];
+    if let Some(token) = token.filter(|t| t.principal == PrincipalFrom::Subject) {
+        principal = uid(&types.user, &token.sub);
+        // A user listed in entities.json keeps its attributes and groups from there.
+        if snapshot.entities.get(&principal).is_none() {
+            entities.push(Entity::new_no_attrs(principal.clone(), HashSet::new()));
+        }
+    }
+    Ok(RequestParts { principal, resource: resource.uid(), entities, context })
 }
 
 fn uid(type_name: &cedar_policy::EntityTypeName, id: &str) -> EntityUid {
@@ -159,10 +167,8 @@ fn workload_entity(peer: &PeerIdentity, snapshot: &PolicySnapshot) -> Result<Ent
 }
 
 fn identity_attrs(id: &SpiffeId) -> Vec<(String, RestrictedExpression)> {
-    let mut attrs = vec![
-        ("trust_domain".to_owned(), string(id.trust_domain())),
-        ("path".to_owned(), string(id.path())),
-    ];
+    let mut attrs =
+        vec![("trust_domain".to_owned(), string(id.trust_domain())), ("path".to_owned(), string(id.path()))];
     if let Some((namespace, service_account)) = id.kubernetes() {
         attrs.push(("namespace".to_owned(), string(namespace)));
         attrs.push(("service_account".to_owned(), string(service_account)));
@@ -271,10 +277,17 @@ fn request_entity(
     Entity::new_with_tags(uid(&types.http_request, REQUEST_ID), attrs, parents, []).map_err(|e| e.to_string())
 }
 
-fn context(input: &CheckInput, route: EntityUid, now: SystemTime) -> Result<Context, String> {
+fn context(
+    input: &CheckInput,
+    peer: EntityUid,
+    token: Option<&VerifiedToken>,
+    route: EntityUid,
+    now: SystemTime,
+) -> Result<Context, String> {
     let millis = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_millis()).unwrap_or(0);
     let mut pairs = vec![
         ("time".to_owned(), RestrictedExpression::new_datetime(cedar_datetime(unix_seconds(now), millis)?)),
+        ("peer".to_owned(), RestrictedExpression::new_entity_uid(peer)),
         (
             "destination".to_owned(),
             RestrictedExpression::new_record([("principal".to_owned(), string(&input.destination.principal))])
@@ -285,7 +298,46 @@ fn context(input: &CheckInput, route: EntityUid, now: SystemTime) -> Result<Cont
     if let Some(ip) = input.source.ip {
         pairs.push(("source_ip".to_owned(), RestrictedExpression::new_ip(ip.to_string())));
     }
+    if let Some(token) = token {
+        pairs.push(("token".to_owned(), token_record(token)?));
+    }
     Context::from_pairs(pairs).map_err(|e| e.to_string())
+}
+
+fn string_set(items: &[String]) -> RestrictedExpression {
+    RestrictedExpression::new_set(items.iter().map(|s| string(s)))
+}
+
+/// `context.token`: the verified claims.
+fn token_record(token: &VerifiedToken) -> Result<RestrictedExpression, String> {
+    let mut fields = vec![
+        ("iss".to_owned(), string(&token.iss)),
+        ("sub".to_owned(), string(&token.sub)),
+        ("aud".to_owned(), string_set(&token.aud)),
+        ("scope".to_owned(), string_set(&token.scope)),
+        ("exp".to_owned(), RestrictedExpression::new_datetime(cedar_datetime(token.exp, 0)?)),
+        ("bound".to_owned(), RestrictedExpression::new_bool(token.bound)),
+    ];
+    if let Some(jti) = &token.jti {
+        fields.push(("jti".to_owned(), string(jti)));
+    }
+    if let Some(client_id) = &token.client_id {
+        fields.push(("client_id".to_owned(), string(client_id)));
+    }
+    if let Some(iat) = token.iat {
+        fields.push(("iat".to_owned(), RestrictedExpression::new_datetime(cedar_datetime(iat, 0)?)));
+    }
+    let claims = token.claims.iter().map(|(name, value)| {
+        let value = match value {
+            ClaimValue::String(s) => string(s),
+            ClaimValue::Long(n) => RestrictedExpression::new_long(*n),
+            ClaimValue::Bool(b) => RestrictedExpression::new_bool(*b),
+            ClaimValue::StringSet(items) => string_set(items),
+        };
+        (name.clone(), value)
+    });
+    fields.push(("claims".to_owned(), RestrictedExpression::new_record(claims).map_err(|e| e.to_string())?));
+    RestrictedExpression::new_record(fields).map_err(|e| e.to_string())
 }
 
 /// `:authority` without port or trailing dot, lowercase: `Orders.Example.org.:8443`
@@ -319,7 +371,7 @@ fn cedar_datetime(seconds: i64, millis: u32) -> Result<String, String> {
 /// request, with the types it uses: sample entities and a sample request are
 /// checked against the schema. A schema that drifted from the model is refused at
 /// load instead of failing (closed, but silently) on every Check.
-pub fn check_schema_contract(snapshot: &PolicySnapshot) -> Result<(), String> {
+pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> Result<(), String> {
     let id: SpiffeId = "spiffe://example.org/ns/default/sa/contract-check"
         .parse()
         .map_err(|e: crate::spiffe::SpiffeIdError| e.to_string())?;
@@ -352,12 +404,84 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot) -> Result<(), String> {
         ..CheckInput::default()
     };
     let path = http_path::normalize(&http.path, usize::MAX).map_err(|e| e.to_string())?;
-    let parts = request_parts(snapshot, &peer, &input, &http, &path, SystemTime::UNIX_EPOCH)?;
-    Entities::from_entities(parts.entities, Some(&snapshot.schema))
-        .map_err(|e| format!("the entities cedargate builds do not conform to the schema: {e}"))?;
-    Request::new(parts.principal, action.clone(), parts.resource, parts.context, Some(&snapshot.schema))
-        .map_err(|e| format!("the request cedargate builds does not conform to the schema: {e}"))?;
+    let mut samples = vec![None];
+    if tokens.enabled {
+        samples.push(Some(tokens.sample(PrincipalFrom::Peer)));
+    }
+    if tokens.subject_principal {
+        samples.push(Some(tokens.sample(PrincipalFrom::Subject)));
+    }
+    for token in &samples {
+        let parts = request_parts(snapshot, &peer, token.as_ref(), &input, &http, &path, SystemTime::UNIX_EPOCH)?;
+        let what = match token {
+            None => "without a token".to_owned(),
+            Some(t) if t.principal == PrincipalFrom::Subject => {
+                "with a token whose subject is the principal (User)".to_owned()
+            }
+            Some(_) => format!(
+                "with a token (context.token, with the custom claims the config maps: {:?})",
+                tokens.claims.keys().collect::<Vec<_>>()
+            ),
+        };
+        Entities::from_entities(parts.entities, Some(&snapshot.schema))
+            .map_err(|e| format!("the entities cedargate builds {what} do not conform to the schema: {e}"))?;
+        Request::new(parts.principal, action.clone(), parts.resource, parts.context, Some(&snapshot.schema))
+            .map_err(|e| format!("the request cedargate builds {what} does not conform to the schema: {e}"))?;
+    }
     Ok(())
+}
+
+/// What the configured issuers put into requests, for the schema contract check.
+#[derive(Debug, Clone, Default)]
+pub struct TokenModel {
+    /// Some issuer is configured: requests may carry `context.token`.
+    pub enabled: bool,
+    /// Some issuer makes the token subject the principal (`User`).
+    pub subject_principal: bool,
+    /// Custom claims of all issuers, with their declared types.
+    pub claims: BTreeMap<String, ClaimType>,
+}
+
+impl TokenModel {
+    pub fn from_config(tokens: &crate::config::TokensConfig) -> TokenModel {
+        TokenModel {
+            enabled: !tokens.issuers.is_empty(),
+            subject_principal: tokens.issuers.iter().any(|i| i.principal == PrincipalFrom::Subject),
+            claims: tokens.issuers.iter().flat_map(|i| i.claims.iter().map(|(k, v)| (k.clone(), *v))).collect(),
+        }
+    }
+
+    /// A token with every optional field and custom claim present.
+    fn sample(&self, principal: PrincipalFrom) -> VerifiedToken {
+        let claims = self
+            .claims
+            .iter()
+            .map(|(name, kind)| {
+                let value = match kind {
+                    ClaimType::String => ClaimValue::String("s".into()),
+                    ClaimType::Long => ClaimValue::Long(1),
+                    ClaimType::Bool => ClaimValue::Bool(true),
+                    ClaimType::StringSet => ClaimValue::StringSet(vec!["s".into()]),
+                };
+                (name.clone(), value)
+            })
+            .collect();
+        VerifiedToken {
+            iss: "https://issuer.example".into(),
+            sub: "contract-check".into(),
+            aud: vec!["a".into()],
+            scope: vec!["s".into()],
+            jti: Some("j".into()),
+            client_id: Some("c".into()),
+            iat: Some(0),
+            exp: 60,
+            bound: true,
+            claims,
+            fingerprint: String::new(),
+            principal,
+            forward: Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]

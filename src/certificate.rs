@@ -14,7 +14,8 @@ use x509_parser::extensions::GeneralName;
 pub struct PeerCertificate {
     /// SHA-256 of the DER encoding (what RFC 8705 `x5t#S256` binds to).
     pub sha256: [u8; 32],
-    /// Serial number, lowercase hex without separators.
+    /// Serial number, lowercase hex without separators or leading zero bytes (as
+    /// `openssl x509 -serial` prints it, lowercased).
     pub serial: String,
     /// Issuer distinguished name, RFC 4514 form.
     pub issuer: String,
@@ -73,13 +74,11 @@ pub fn parse_url_encoded_pem(encoded: &str, max_bytes: usize) -> Result<PeerCert
 
 /// Parses one DER-encoded certificate.
 pub fn parse_der(der: &[u8]) -> Result<PeerCertificate, CertificateError> {
-    let (rest, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| CertificateError::NotDer(e.to_string()))?;
+    let (rest, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| CertificateError::NotDer(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CertificateError::TrailingData);
     }
-    let basic_constraints =
-        cert.basic_constraints().map_err(|e| CertificateError::BadExtensions(e.to_string()))?;
+    let basic_constraints = cert.basic_constraints().map_err(|e| CertificateError::BadExtensions(e.to_string()))?;
     let san = cert.subject_alternative_name().map_err(|e| CertificateError::BadExtensions(e.to_string()))?;
     let uri_sans = san
         .map(|ext| {
@@ -95,7 +94,7 @@ pub fn parse_der(der: &[u8]) -> Result<PeerCertificate, CertificateError> {
         .unwrap_or_default();
     Ok(PeerCertificate {
         sha256: Sha256::digest(der).into(),
-        serial: hex(cert.raw_serial()),
+        serial: serial_hex(cert.raw_serial()),
         issuer: cert.issuer().to_string(),
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
@@ -111,6 +110,13 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         let _ = write!(out, "{b:02x}");
     }
     out
+}
+
+/// The serial as an integer in hex: DER pads a serial with a high bit set with a
+/// leading zero byte, which is not part of the number.
+pub fn serial_hex(raw: &[u8]) -> String {
+    let first = raw.iter().position(|b| *b != 0).unwrap_or(raw.len().saturating_sub(1));
+    hex(raw.get(first..).unwrap_or(raw))
 }
 
 #[cfg(test)]
@@ -133,10 +139,7 @@ mod tests {
     #[test]
     fn other_pem_labels_are_rejected() {
         let pem = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
-        assert_eq!(
-            parse_url_encoded_pem(pem, 16384),
-            Err(CertificateError::WrongLabel("PRIVATE KEY".to_owned()))
-        );
+        assert_eq!(parse_url_encoded_pem(pem, 16384), Err(CertificateError::WrongLabel("PRIVATE KEY".to_owned())));
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! One Check, top to bottom: limits → identity → Cedar request → evaluation →
-//! decision. Free of tonic and protobuf, so the CLI, tests and benchmarks run the
-//! very pipeline the server runs.
+//! One Check, top to bottom: limits → peer identity → bearer token → Cedar request
+//! → evaluation → decision. Free of tonic and protobuf, so the CLI, tests and
+//! benchmarks run the very pipeline the server runs.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -8,12 +8,15 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use cedar_policy::Decision as CedarDecision;
 
+use crate::cedar_request::TokenModel;
 use crate::cedar_request::{self, CedarInput};
 use crate::config::Config;
+use crate::credentials::{Credentials, CredentialsError};
 use crate::decision::{Decision, DenyReason, Outcome};
-use crate::identity::{self, PeerIdentity};
+use crate::identity::{self, IdentityError, PeerIdentity};
 use crate::input::CheckInput;
 use crate::policy_set::{self, LoadError, PolicySnapshot};
+use crate::token::TokenError;
 
 /// Where "now" comes from: the system clock in production, a fixed instant in tests
 /// that replay captured requests.
@@ -44,7 +47,17 @@ impl Clock for FixedClock {
 pub struct Checker {
     config: Arc<Config>,
     policies: Arc<ArcSwap<PolicySnapshot>>,
+    credentials: Arc<Credentials>,
     clock: Arc<dyn Clock>,
+}
+
+/// Why a checker could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Policies(#[from] LoadError),
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
 }
 
 /// What Cedar said about one request.
@@ -56,14 +69,25 @@ struct Verdict {
 }
 
 impl Checker {
-    pub fn new(config: Arc<Config>, policies: Arc<ArcSwap<PolicySnapshot>>, clock: Arc<dyn Clock>) -> Self {
-        Checker { config, policies, clock }
+    pub fn new(
+        config: Arc<Config>,
+        policies: Arc<ArcSwap<PolicySnapshot>>,
+        credentials: Arc<Credentials>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Checker { config, policies, credentials, clock }
     }
 
-    /// A checker over the policy directory named in `config`.
-    pub fn load(config: Config, clock: Arc<dyn Clock>) -> Result<Self, LoadError> {
-        let snapshot = policy_set::load_dir(&config.policies.dir)?;
-        Ok(Checker::new(Arc::new(config), Arc::new(ArcSwap::from_pointee(snapshot)), clock))
+    /// A checker over the policy directory and credential sources named in `config`.
+    /// Remote JWKS are not fetched here: `app::start` starts their refreshers.
+    pub fn load(config: Config, clock: Arc<dyn Clock>) -> Result<Self, SetupError> {
+        let snapshot = policy_set::load_dir(&config.policies.dir, &TokenModel::from_config(&config.tokens))?;
+        let credentials = Credentials::load(&config)?;
+        Ok(Checker::new(Arc::new(config), Arc::new(ArcSwap::from_pointee(snapshot)), Arc::new(credentials), clock))
+    }
+
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
     }
 
     /// The snapshot Checks currently use.
@@ -84,6 +108,7 @@ impl Checker {
             id: uuid::Uuid::new_v4().to_string(),
             outcome: Outcome::Allow,
             peer: None,
+            token: None,
             policies: Vec::new(),
             errors: Vec::new(),
             policy_version: snapshot.version.clone(),
@@ -97,6 +122,20 @@ impl Checker {
         decision
     }
 
+    /// After a `token_key_unknown` deny: refreshes that issuer's JWKS once and says
+    /// whether its keys changed, so the Check is worth deciding again. Key rotation
+    /// then needs no restart and fails no request; the refresh is rate-limited per
+    /// issuer, so made-up `kid`s cost nothing.
+    pub async fn refresh_keys_for(&self, decision: &Decision) -> bool {
+        let Outcome::Deny(DenyReason::Token(TokenError::KeyUnknown { issuer, generation })) = &decision.outcome else {
+            return false;
+        };
+        match self.credentials.tokens.keys_of(*issuer) {
+            Some(keys) => keys.refresh_for_unknown_kid(*generation).await,
+            None => false,
+        }
+    }
+
     fn decide(
         &self,
         snapshot: &PolicySnapshot,
@@ -106,8 +145,16 @@ impl Checker {
     ) -> Result<(), DenyReason> {
         let http = cedar_request::check_limits(input, &self.config.limits)?;
         let peer: PeerIdentity = identity::establish(&input.source, now, &self.config.identity)?;
+        let revoked = self.credentials.revocations.current();
+        if let Some(cert) = &peer.certificate {
+            if revoked.certificate(&cert.serial, &cert.fingerprint()).is_some() {
+                return Err(IdentityError::CertificateRevoked.into());
+            }
+        }
         decision.peer = Some(peer.clone());
-        let cedar = cedar_request::build(snapshot, &peer, input, http, now, &self.config.limits)?;
+        let token = self.credentials.tokens.verify(input, http, peer.certificate.as_ref(), &revoked, now)?;
+        let cedar = cedar_request::build(snapshot, &peer, token.as_ref(), input, http, now, &self.config.limits)?;
+        decision.token = token;
         let verdict = evaluate(snapshot, &cedar);
         decision.policies = verdict.policies;
         decision.errors = verdict.errors;

@@ -67,12 +67,11 @@ fn string(value: &Value, name: &'static str, key: &str) -> Result<String, CheckJ
 }
 
 fn string_map(value: Option<&Value>, name: &'static str) -> Result<HashMap<String, String>, CheckJsonError> {
-    let Some(value) = value else { return Ok(HashMap::new()) };
+    let Some(value) = value else {
+        return Ok(HashMap::new());
+    };
     let object = value.as_object().ok_or(CheckJsonError::WrongType(name))?;
-    object
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), v.as_str().ok_or(CheckJsonError::WrongType(name))?.to_owned())))
-        .collect()
+    object.iter().map(|(k, v)| Ok((k.clone(), v.as_str().ok_or(CheckJsonError::WrongType(name))?.to_owned()))).collect()
 }
 
 fn peer(value: &Value) -> Result<attribute_context::Peer, CheckJsonError> {
@@ -109,7 +108,9 @@ fn http(value: &Value) -> Result<attribute_context::HttpRequest, CheckJsonError>
     let size = match field(value, "size") {
         None => 0,
         // int64 is a string in protobuf's JSON mapping.
-        Some(v) => v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).ok_or(CheckJsonError::WrongType("size"))?,
+        Some(v) => {
+            v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).ok_or(CheckJsonError::WrongType("size"))?
+        }
     };
     Ok(attribute_context::HttpRequest {
         id: string(value, "id", "id")?,

@@ -3,6 +3,7 @@
 //! Unknown keys are errors (a typo must not silently fall back to a default), and
 //! every error names the file, the key and what was expected.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +20,7 @@ pub struct Config {
     pub policies: PoliciesConfig,
     pub identity: IdentityConfig,
     pub limits: LimitsConfig,
+    pub tokens: TokensConfig,
     pub response: ResponseConfig,
     pub log: LogConfig,
 }
@@ -35,10 +37,7 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig {
-            listen: ListenAddr::Tcp("127.0.0.1:9191".to_owned()),
-            shutdown_timeout: Duration::from_secs(15),
-        }
+        ServerConfig { listen: ListenAddr::Tcp("127.0.0.1:9191".to_owned()), shutdown_timeout: Duration::from_secs(15) }
     }
 }
 
@@ -70,6 +69,13 @@ pub struct IdentityConfig {
     pub clock_skew: Duration,
     /// Largest accepted `source.certificate` (URL-encoded PEM), in bytes.
     pub max_certificate_bytes: usize,
+    /// Longest accepted certificate validity (`not_after - not_before`); a longer-lived
+    /// certificate is refused with `certificate_long_lived`. Unset: no limit.
+    #[serde(deserialize_with = "optional_duration")]
+    pub max_certificate_lifetime: Option<Duration>,
+    /// File of revoked credentials (token `jti` or subject, certificate serial or
+    /// fingerprint), re-read within a second of a change. Unset: nothing is revoked.
+    pub revocation_file: Option<PathBuf>,
 }
 
 impl Default for IdentityConfig {
@@ -79,6 +85,8 @@ impl Default for IdentityConfig {
             require_certificate: true,
             clock_skew: Duration::from_secs(30),
             max_certificate_bytes: 16 * 1024,
+            max_certificate_lifetime: None,
+            revocation_file: None,
         }
     }
 }
@@ -99,6 +107,125 @@ impl Default for LimitsConfig {
         LimitsConfig { max_headers: 200, max_header_bytes: 16 * 1024, max_path_bytes: 8 * 1024 }
     }
 }
+
+/// Bearer tokens (JWTs): where they come from and which issuers are trusted.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokensConfig {
+    /// Refuse a request without a token (401 with a `Bearer` challenge). A route can
+    /// override this with the context extension `cedargate.token = "required"` or
+    /// `"optional"`.
+    pub required: bool,
+    /// Largest accepted token, in bytes; larger ones are refused before parsing.
+    pub max_token_bytes: usize,
+    /// Remove the `authorization` header from allowed requests, so the upstream
+    /// never sees the caller's token.
+    pub strip_authorization: bool,
+    pub issuers: Vec<IssuerConfig>,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        TokensConfig { required: false, max_token_bytes: 8 * 1024, strip_authorization: false, issuers: Vec::new() }
+    }
+}
+
+/// One trusted token issuer.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The exact `iss` value.
+    pub issuer: String,
+    /// A token's `aud` must contain at least one of these.
+    pub audiences: Vec<String>,
+    /// JWKS from a local file, re-read when it changes. Exactly one of `jwks_file`
+    /// and `jwks_url`.
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS from an `https://` URL, refreshed every `jwks_refresh` and (at most once
+    /// per `jwks_min_refresh`) when a token names an unknown `kid`.
+    pub jwks_url: Option<String>,
+    /// PEM CA bundle to verify the JWKS server with; default: the system's roots.
+    pub jwks_ca_file: Option<PathBuf>,
+    #[serde(deserialize_with = "human_duration")]
+    pub jwks_refresh: Duration,
+    #[serde(deserialize_with = "human_duration")]
+    pub jwks_min_refresh: Duration,
+    /// Accepted `alg` values: RS256/384/512, PS256/384/512, ES256/384, EdDSA.
+    /// Symmetric (HS*) and `none` are never accepted.
+    pub algorithms: Vec<String>,
+    /// Clock difference tolerated for `exp`, `nbf` and `iat`.
+    #[serde(deserialize_with = "human_duration")]
+    pub leeway: Duration,
+    /// Longest accepted `exp - iat`; longer-lived tokens are refused (`token_long_lived`).
+    #[serde(deserialize_with = "optional_duration")]
+    pub max_lifetime: Option<Duration>,
+    /// Claims that must be present (besides `iss`, `aud`, `exp`, which always must).
+    pub required_claims: Vec<String>,
+    /// Required JOSE `typ` header, such as `at+jwt` (RFC 9068); unset: any.
+    pub typ: Option<String>,
+    /// Request header carrying the token. For `authorization` the `Bearer` scheme
+    /// is required; any other header carries the bare token.
+    pub header: String,
+    /// Require `cnf["x5t#S256"]` binding the token to the peer's certificate
+    /// (RFC 8705). A token that carries the binding is always checked.
+    pub require_binding: bool,
+    /// JWT-SVID profile: `sub` must be a SPIFFE ID and only RS/PS/ES algorithms apply.
+    pub spiffe: bool,
+    /// Who the Cedar principal is: the mTLS `peer` (the token goes in
+    /// `context.token`), or the token's `subject` as a `User` entity (the peer is
+    /// still `context.peer`).
+    pub principal: PrincipalFrom,
+    /// Further claims handed to policies as `context.token.claims.<name>`, with their
+    /// type: `String`, `Long`, `Bool` or `Set<String>`.
+    pub claims: BTreeMap<String, ClaimType>,
+    /// Headers added to allowed requests from claims: `{ "x-user" = "sub" }`.
+    pub forward: BTreeMap<String, String>,
+}
+
+impl Default for IssuerConfig {
+    fn default() -> Self {
+        IssuerConfig {
+            issuer: String::new(),
+            audiences: Vec::new(),
+            jwks_file: None,
+            jwks_url: None,
+            jwks_ca_file: None,
+            jwks_refresh: Duration::from_secs(300),
+            jwks_min_refresh: Duration::from_secs(10),
+            algorithms: vec!["RS256".to_owned(), "ES256".to_owned(), "EdDSA".to_owned()],
+            leeway: Duration::from_secs(30),
+            max_lifetime: Some(Duration::from_secs(3600)),
+            required_claims: Vec::new(),
+            typ: None,
+            header: "authorization".to_owned(),
+            require_binding: false,
+            spiffe: false,
+            principal: PrincipalFrom::Peer,
+            claims: BTreeMap::new(),
+            forward: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PrincipalFrom {
+    Peer,
+    Subject,
+}
+
+/// The Cedar type a custom claim is handed to policies as.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum ClaimType {
+    String,
+    Long,
+    Bool,
+    #[serde(rename = "Set<String>")]
+    StringSet,
+}
+
+/// Claims cedargate hands to policies itself; a custom claim may not shadow them.
+pub const STANDARD_CLAIMS: &[&str] = &["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "scope", "client_id", "cnf"];
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -194,6 +321,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     n.checked_mul(scale).map(Duration::from_secs).ok_or_else(|| format!("`{s}` is too long"))
 }
 
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
 fn human_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
@@ -213,8 +345,10 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates a config file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let config = Config::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let config =
+            Config::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
         config.validate(&path.display().to_string())?;
         Ok(config)
     }
@@ -227,7 +361,8 @@ impl Config {
 
     /// Checks values that types alone cannot; `origin` names where they came from.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| ConfigError::Invalid { origin: origin.to_owned(), key, message };
+        let invalid =
+            |key: &'static str, message: String| ConfigError::Invalid { origin: origin.to_owned(), key, message };
         for td in &self.identity.trust_domains {
             if !spiffe::is_valid_trust_domain(td) {
                 return Err(invalid(
@@ -254,6 +389,28 @@ impl Config {
                 return Err(invalid(key, format!("`{value}` is not a lowercase HTTP header name")));
             }
         }
+        if self.tokens.max_token_bytes == 0 {
+            return Err(invalid("tokens.max_token_bytes", "must be greater than 0".to_owned()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for issuer in &self.tokens.issuers {
+            issuer
+                .validate()
+                .map_err(|(key, message)| invalid(key, format!("issuer `{}`: {message}", issuer.issuer)))?;
+            if !seen.insert(issuer.issuer.as_str()) {
+                return Err(invalid("tokens.issuers.issuer", format!("`{}` is configured twice", issuer.issuer)));
+            }
+        }
+        // All issuers share `context.token.claims`: one name, one type.
+        let mut claim_types: BTreeMap<&str, ClaimType> = BTreeMap::new();
+        for (name, kind) in self.tokens.issuers.iter().flat_map(|i| i.claims.iter()) {
+            if *claim_types.entry(name).or_insert(*kind) != *kind {
+                return Err(invalid(
+                    "tokens.issuers.claims",
+                    format!("claim `{name}` is mapped with two different types"),
+                ));
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("`{}` is not a log filter: {e}", self.log.level)));
         }
@@ -261,9 +418,72 @@ impl Config {
     }
 }
 
+impl IssuerConfig {
+    /// The accepted algorithms, parsed. Only asymmetric algorithms exist here: a
+    /// symmetric one would make every JWKS public key a shared secret.
+    pub fn parsed_algorithms(&self) -> Result<Vec<jsonwebtoken::Algorithm>, String> {
+        use jsonwebtoken::{Algorithm, AlgorithmFamily};
+        self.algorithms
+            .iter()
+            .map(|name| {
+                let alg: Algorithm = name.parse().map_err(|_| format!("`{name}` is not a JWS algorithm"))?;
+                match alg.family() {
+                    AlgorithmFamily::Hmac => {
+                        Err(format!("`{name}` is symmetric; only public-key algorithms are accepted"))
+                    }
+                    AlgorithmFamily::Ed if self.spiffe => {
+                        Err(format!("`{name}` is not allowed for JWT-SVIDs (RS, PS, ES only)"))
+                    }
+                    _ => Ok(alg),
+                }
+            })
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.issuer.is_empty() {
+            return Err(("tokens.issuers.issuer", "must be set".to_owned()));
+        }
+        if self.audiences.is_empty() || self.audiences.iter().any(String::is_empty) {
+            return Err(("tokens.issuers.audiences", "list at least one non-empty audience".to_owned()));
+        }
+        match (&self.jwks_file, &self.jwks_url) {
+            (Some(_), None) => {}
+            (None, Some(url)) if url.starts_with("https://") => {}
+            (None, Some(url)) => return Err(("tokens.issuers.jwks_url", format!("`{url}` is not an https:// URL"))),
+            _ => return Err(("tokens.issuers.jwks_file", "set exactly one of jwks_file and jwks_url".to_owned())),
+        }
+        if self.algorithms.is_empty() {
+            return Err(("tokens.issuers.algorithms", "list at least one algorithm".to_owned()));
+        }
+        self.parsed_algorithms().map_err(|m| ("tokens.issuers.algorithms", m))?;
+        if !is_header_name(&self.header) {
+            return Err(("tokens.issuers.header", format!("`{}` is not a lowercase header name", self.header)));
+        }
+        if self.jwks_refresh.is_zero() || self.jwks_min_refresh.is_zero() {
+            return Err(("tokens.issuers.jwks_refresh", "refresh intervals must be greater than 0".to_owned()));
+        }
+        for name in self.claims.keys() {
+            let identifier = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !identifier || STANDARD_CLAIMS.contains(&name.as_str()) {
+                return Err((
+                    "tokens.issuers.claims",
+                    format!("`{name}` must be a Cedar identifier and not one of {STANDARD_CLAIMS:?}"),
+                ));
+            }
+        }
+        for header in self.forward.keys() {
+            if !is_header_name(header) || header == "authorization" {
+                return Err(("tokens.issuers.forward", format!("`{header}` is not a lowercase header name to set")));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn is_header_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]
@@ -312,6 +532,35 @@ mod tests {
         let mut config = Config::default();
         config.response.principal_header = "X Bad".into();
         assert!(config.validate("x.toml").unwrap_err().to_string().contains("response.principal_header"));
+    }
+
+    #[test]
+    fn issuers_are_validated() {
+        let text = r#"
+            [[tokens.issuers]]
+            issuer = "https://idp.example.org"
+            audiences = ["orders"]
+            jwks_file = "jwks.json"
+            algorithms = ["RS256", "HS256"]
+        "#;
+        let err = Config::from_toml(text).unwrap().validate("x.toml").unwrap_err().to_string();
+        assert!(err.contains("tokens.issuers.algorithms") && err.contains("symmetric"), "{err}");
+        let err = Config::from_toml(&text.replace(", \"HS256\"", ", \"none\""))
+            .unwrap()
+            .validate("x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a JWS algorithm"), "{err}");
+        let ok = Config::from_toml(&text.replace(", \"HS256\"", "")).unwrap();
+        ok.validate("x.toml").unwrap();
+        assert_eq!(ok.tokens.issuers[0].max_lifetime, Some(Duration::from_secs(3600)));
+        let both = text.replace(", \"HS256\"", "").replace("jwks_file", "jwks_url = \"https://x\"\njwks_file");
+        let err = Config::from_toml(&both).unwrap().validate("x.toml").unwrap_err().to_string();
+        assert!(err.contains("exactly one"), "{err}");
+        let plain =
+            text.replace(", \"HS256\"", "").replace("jwks_file = \"jwks.json\"", "jwks_url = \"http://idp/jwks\"");
+        let err = Config::from_toml(&plain).unwrap().validate("x.toml").unwrap_err().to_string();
+        assert!(err.contains("https://"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::cedar_request::RequestError;
 use crate::identity::{IdentityError, PeerIdentity};
+use crate::token::{TokenError, VerifiedToken};
 
 /// Allow or deny, with why.
 #[derive(Debug, Clone)]
@@ -17,6 +18,8 @@ pub struct Decision {
     pub outcome: Outcome,
     /// The caller, when one was established.
     pub peer: Option<PeerIdentity>,
+    /// The verified bearer token, when the request carried one.
+    pub token: Option<VerifiedToken>,
     /// Ids of the policies that determined the outcome (the permits that allowed, or
     /// the forbids that denied). Empty for a default deny.
     pub policies: Vec<String>,
@@ -54,6 +57,10 @@ pub enum DenyReason {
     /// No usable caller identity: answered with 401.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// The bearer token is missing (where required) or unusable: answered with 401
+    /// and an RFC 6750 challenge.
+    #[error(transparent)]
+    Token(#[from] TokenError),
     /// The request cannot be turned into a Cedar request (malformed or over limits).
     #[error(transparent)]
     Request(#[from] RequestError),
@@ -73,6 +80,7 @@ impl DenyReason {
     pub fn code(&self) -> &'static str {
         match self {
             DenyReason::Identity(e) => e.code(),
+            DenyReason::Token(e) => e.code(),
             DenyReason::Request(e) => e.code(),
             DenyReason::PolicyDenied => "policy_denied",
             DenyReason::PolicyError => "policy_error",
@@ -84,6 +92,7 @@ impl DenyReason {
     pub fn http_status(&self) -> u16 {
         match self {
             DenyReason::Identity(e) => e.http_status(),
+            DenyReason::Token(_) => 401,
             DenyReason::Request(e) => e.http_status(),
             DenyReason::PolicyDenied | DenyReason::PolicyError | DenyReason::Internal(_) => 403,
         }

@@ -35,10 +35,16 @@ impl Authorization for AuthorizationService {
         let input = wire::check_input(request.into_inner());
         // The pipeline is written not to panic; if it ever does, the answer is still
         // a deny, never a dropped stream that a misconfigured Envoy could fail open on.
-        let decision = std::panic::catch_unwind(AssertUnwindSafe(|| self.checker.check(&input)))
-            .unwrap_or_else(|_| panicked_decision(&self.checker));
+        let check = || {
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.checker.check(&input)))
+                .unwrap_or_else(|_| panicked_decision(&self.checker))
+        };
+        let mut decision = check();
+        if self.checker.refresh_keys_for(&decision).await {
+            decision = check();
+        }
         log_decision(&decision, &input);
-        Ok(Response::new(wire::check_response(&decision, &self.checker.config().response)))
+        Ok(Response::new(wire::check_response(&decision, self.checker.config())))
     }
 }
 
@@ -47,6 +53,7 @@ fn panicked_decision(checker: &Checker) -> Decision {
         id: uuid::Uuid::new_v4().to_string(),
         outcome: Outcome::Deny(DenyReason::Internal("the check panicked".to_owned())),
         peer: None,
+        token: None,
         policies: Vec::new(),
         errors: Vec::new(),
         policy_version: checker.policies().version.clone(),
@@ -65,15 +72,20 @@ fn log_decision(decision: &Decision, input: &CheckInput) {
         (h.method.as_str(), h.path.split(['?', '#']).next().unwrap_or_default())
     });
     let elapsed_us = u64::try_from(decision.elapsed.as_micros()).unwrap_or(u64::MAX);
+    // The token by issuer, subject and fingerprint only; never the token itself.
+    let (token_iss, token_sub, token_fp) =
+        decision.token.as_ref().map_or(("", "", ""), |t| (t.iss.as_str(), t.sub.as_str(), t.fingerprint.as_str()));
     match &decision.outcome {
         Outcome::Allow => tracing::debug!(
             decision.id = %decision.id, decision = "allow", authz.principal = principal, http.method = method,
-            http.path = path, authz.policies = ?decision.policies, elapsed_us, "allowed"
+            http.path = path, token.iss = token_iss, token.sub = token_sub, token.fingerprint = token_fp,
+            authz.policies = ?decision.policies, elapsed_us, "allowed"
         ),
         Outcome::Deny(reason) => tracing::info!(
             decision.id = %decision.id, decision = "deny", reason = reason.code(), detail = %reason,
-            authz.principal = principal, http.method = method, http.path = path,
-            authz.policies = ?decision.policies, authz.errors = ?decision.errors, elapsed_us, "denied"
+            authz.principal = principal, http.method = method, http.path = path, token.iss = token_iss,
+            token.sub = token_sub, token.fingerprint = token_fp, authz.policies = ?decision.policies,
+            authz.errors = ?decision.errors, elapsed_us, "denied"
         ),
     }
 }

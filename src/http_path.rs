@@ -72,8 +72,8 @@ pub fn normalize(raw: &str, max_bytes: usize) -> Result<NormalizedPath, PathErro
             s => segments.push(s.to_owned()),
         }
     }
-    let trailing_slash = !segments.is_empty()
-        && (decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/.."));
+    let trailing_slash =
+        !segments.is_empty() && (decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/.."));
     let mut path = String::with_capacity(decoded.len());
     for segment in &segments {
         path.push('/');

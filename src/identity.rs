@@ -47,6 +47,10 @@ pub enum IdentityError {
     CertificateNotYetValid,
     #[error("trust domain `{0}` is not allowed")]
     TrustDomainNotAllowed(String),
+    #[error("peer certificate lifetime exceeds the configured maximum (a long-lived certificate)")]
+    CertificateLongLived,
+    #[error("peer certificate has been revoked")]
+    CertificateRevoked,
 }
 
 impl IdentityError {
@@ -63,6 +67,8 @@ impl IdentityError {
             IdentityError::CertificateExpired => "certificate_expired",
             IdentityError::CertificateNotYetValid => "certificate_not_yet_valid",
             IdentityError::TrustDomainNotAllowed(_) => "trust_domain_not_allowed",
+            IdentityError::CertificateLongLived => "certificate_long_lived",
+            IdentityError::CertificateRevoked => "certificate_revoked",
         }
     }
 
@@ -121,6 +127,11 @@ fn check_validity(cert: &PeerCertificate, now: SystemTime, config: &IdentityConf
     }
     if now < cert.not_before.saturating_sub(skew) {
         return Err(IdentityError::CertificateNotYetValid);
+    }
+    if let Some(max) = config.max_certificate_lifetime {
+        if cert.lifetime_seconds() > i64::try_from(max.as_secs()).unwrap_or(i64::MAX) {
+            return Err(IdentityError::CertificateLongLived);
+        }
     }
     Ok(())
 }

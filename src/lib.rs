@@ -3,8 +3,9 @@
 //!
 //! A Check flows through the modules in this order: `grpc` (tonic) → `wire`
 //! (protobuf → `input`) → `check` (the pipeline) → `identity` (`spiffe`,
-//! `certificate`) → `cedar_request` (`http_path`) → Cedar evaluation against a
-//! `policy_set` snapshot → `decision` → `wire` (→ `CheckResponse`).
+//! `certificate`) → `token` (`jwks`, `revocation`, kept fresh by `credentials`) →
+//! `cedar_request` (`http_path`) → Cedar evaluation against a `policy_set` snapshot
+//! → `decision` → `wire` (→ `CheckResponse`).
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -13,12 +14,16 @@ pub mod certificate;
 pub mod check;
 pub mod check_json;
 pub mod config;
+pub mod credentials;
 pub mod decision;
 pub mod grpc;
 pub mod http_path;
 pub mod identity;
 pub mod input;
+pub mod jwks;
 pub mod policy_set;
 pub mod proto;
+pub mod revocation;
 pub mod spiffe;
+pub mod token;
 pub mod wire;

@@ -4,13 +4,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use cedargate::cedar_request::TokenModel;
 use cedargate::check::SystemClock;
 use cedargate::config::{Config, ListenAddr, LogFormat};
 use cedargate::policy_set;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cedargate", version, about = "Envoy external authorization with SPIFFE identities and Cedar policies")]
+#[command(
+    name = "cedargate",
+    version,
+    about = "Envoy external authorization with SPIFFE identities and Cedar policies"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,6 +40,10 @@ enum Command {
         /// Policy directory.
         #[arg(long, default_value = "policies")]
         policies: PathBuf,
+        /// Configuration file, to also check the schema declares the configured
+        /// token claims (`tokens.issuers.claims`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -42,12 +51,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, listen, policies } => serve(config, listen, policies),
-        Command::Validate { policies } => validate(&policies),
+        Command::Validate { policies, config } => validate(&policies, config.as_deref()),
     }
 }
 
-fn validate(dir: &std::path::Path) -> ExitCode {
-    match policy_set::load_dir(dir) {
+fn validate(dir: &std::path::Path, config: Option<&std::path::Path>) -> ExitCode {
+    let tokens = match config.map(Config::from_file).transpose() {
+        Ok(config) => config.map(|c| TokenModel::from_config(&c.tokens)).unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match policy_set::load_dir(dir, &tokens) {
         Ok(snapshot) => {
             println!("{}: {} policies valid (version {})", dir.display(), snapshot.policy_count(), snapshot.version);
             ExitCode::SUCCESS

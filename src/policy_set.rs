@@ -17,7 +17,7 @@ use cedar_policy::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::cedar_request;
+use crate::cedar_request::{self, TokenModel};
 use crate::spiffe::SpiffeId;
 
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
@@ -71,6 +71,7 @@ pub struct CedarTypes {
     pub headers: EntityTypeName,
     pub query: EntityTypeName,
     pub route: EntityTypeName,
+    pub user: EntityTypeName,
 }
 
 impl CedarTypes {
@@ -85,6 +86,7 @@ impl CedarTypes {
             headers: t("Headers")?,
             query: t("Query")?,
             route: t("Route")?,
+            user: t("User")?,
         })
     }
 }
@@ -157,11 +159,12 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Loads and validates a policy directory.
-pub fn load_dir(dir: &Path) -> Result<PolicySnapshot, LoadError> {
+/// Loads and validates a policy directory. `tokens` says what the configured token
+/// issuers add to requests, which the schema must declare too.
+pub fn load_dir(dir: &Path, tokens: &TokenModel) -> Result<PolicySnapshot, LoadError> {
     let fail = |diagnostics: Vec<Diagnostic>| LoadError { dir: dir.to_owned(), diagnostics };
     let files = read_dir(dir).map_err(|d| fail(vec![d]))?;
-    load_files(&files).map_err(fail)
+    load_files(&files, tokens).map_err(fail)
 }
 
 /// The text of every file of a policy directory, by file name.
@@ -197,7 +200,7 @@ fn read_dir(dir: &Path) -> Result<PolicyFiles, Diagnostic> {
 }
 
 /// Builds a snapshot from file contents (also used by tests and tools).
-pub fn load_files(files: &PolicyFiles) -> Result<PolicySnapshot, Vec<Diagnostic>> {
+pub fn load_files(files: &PolicyFiles, tokens: &TokenModel) -> Result<PolicySnapshot, Vec<Diagnostic>> {
     let types = CedarTypes::new().map_err(|e| vec![Diagnostic::file_level(SCHEMA_FILE, e)])?;
     let schema = Schema::from_cedarschema_str(&files.schema)
         .map(|(schema, _warnings)| schema)
@@ -274,7 +277,7 @@ pub fn load_files(files: &PolicyFiles) -> Result<PolicySnapshot, Vec<Diagnostic>
         policy_files,
         authorizer: Authorizer::new(),
     };
-    cedar_request::check_schema_contract(&snapshot).map_err(|message| {
+    cedar_request::check_schema_contract(&snapshot, tokens).map_err(|message| {
         vec![Diagnostic {
             help: Some(
                 "the schema must declare the types cedargate fills in for every request; compare with the shipped \
@@ -290,10 +293,13 @@ pub fn load_files(files: &PolicyFiles) -> Result<PolicySnapshot, Vec<Diagnostic>
 /// Parses one `.cedar` file; each policy is named by its `@id("...")` annotation, or
 /// `file.cedar#N` for the N-th policy of the file (1-based).
 fn parse_policy_file(file: &str, text: &str) -> Result<Vec<Policy>, Vec<Diagnostic>> {
-    let parsed =
-        PolicySet::from_str(text).map_err(|errors| errors.iter().map(|e| Diagnostic::from_cedar(file, text, e)).collect::<Vec<_>>())?;
+    let parsed = PolicySet::from_str(text)
+        .map_err(|errors| errors.iter().map(|e| Diagnostic::from_cedar(file, text, e)).collect::<Vec<_>>())?;
     if parsed.templates().next().is_some() {
-        return Err(vec![Diagnostic::file_level(file, "policy templates (`?principal`, `?resource`) are not supported")]);
+        return Err(vec![Diagnostic::file_level(
+            file,
+            "policy templates (`?principal`, `?resource`) are not supported",
+        )]);
     }
     // Cedar names a file's policies `policy0`, `policy1`, ... in the order written.
     let mut numbered: Vec<(usize, &Policy)> = parsed
@@ -336,16 +342,17 @@ fn load_entities(
     let entries = value.as_array_mut().ok_or_else(|| err("must be a JSON array of entities".to_owned()))?;
     let mut workload_parents = HashMap::new();
     for entry in entries.iter_mut() {
-        let Some(uid) = entry.get("uid").cloned() else { continue };
-        let Ok(uid) = EntityUid::from_json(uid) else { continue };
+        let Some(uid) = entry.get("uid").cloned() else {
+            continue;
+        };
+        let Ok(uid) = EntityUid::from_json(uid) else {
+            continue;
+        };
         if uid.type_name() != &types.workload {
             continue;
         }
-        let id: SpiffeId = uid
-            .id()
-            .unescaped()
-            .parse()
-            .map_err(|e| err(format!("`{uid}` is not a valid SPIFFE ID: {e}")))?;
+        let id: SpiffeId =
+            uid.id().unescaped().parse().map_err(|e| err(format!("`{uid}` is not a valid SPIFFE ID: {e}")))?;
         if entry.get("attrs").and_then(|a| a.as_object()).is_some_and(|a| !a.is_empty()) {
             return Err(err(format!(
                 "`{uid}` has attrs; a workload's attributes come from its SPIFFE ID and certificate, list only `parents`"
@@ -360,7 +367,8 @@ fn load_entities(
         workload_parents.insert(id.as_str().to_owned(), parents);
         *entry = filled;
     }
-    let entities = Entities::from_json_value(value, Some(schema)).map_err(|e| vec![Diagnostic::from_cedar(ENTITIES_FILE, text, &e)])?;
+    let entities = Entities::from_json_value(value, Some(schema))
+        .map_err(|e| vec![Diagnostic::from_cedar(ENTITIES_FILE, text, &e)])?;
     Ok((entities, workload_parents))
 }
 

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use prost_types::{value::Kind, ListValue, Struct, Value};
 
-use crate::config::ResponseConfig;
-use crate::decision::{Decision, Outcome};
+use crate::config::Config;
+use crate::decision::{Decision, DenyReason, Outcome};
 use crate::input::{CheckInput, HttpInput, PeerInput};
 use crate::proto::envoy::config::core::v3::{
     address, header_value_option::HeaderAppendAction, Address, HeaderValue, HeaderValueOption,
@@ -95,7 +95,8 @@ fn http(http: HttpRequest) -> HttpInput {
 }
 
 /// A `Decision` as Envoy's `CheckResponse`.
-pub fn check_response(decision: &Decision, config: &ResponseConfig) -> CheckResponse {
+pub fn check_response(decision: &Decision, full_config: &Config) -> CheckResponse {
+    let config = &full_config.response;
     let metadata = dynamic_metadata(decision);
     match &decision.outcome {
         Outcome::Allow => {
@@ -110,6 +111,20 @@ pub fn check_response(decision: &Decision, config: &ResponseConfig) -> CheckResp
             }
             if !config.decision_id_header.is_empty() {
                 headers.push(overwrite(&config.decision_id_header, &decision.id));
+            }
+            // Claim headers: set from the verified token, removed otherwise, so a
+            // client can never supply them itself.
+            let forwarded = decision.token.as_ref().map(|t| t.forward.as_slice()).unwrap_or_default();
+            for (name, value) in forwarded {
+                headers.push(overwrite(name, value));
+            }
+            for name in full_config.tokens.issuers.iter().flat_map(|i| i.forward.keys()) {
+                if !forwarded.iter().any(|(n, _)| n == name) && !headers_to_remove.contains(name) {
+                    headers_to_remove.push(name.clone());
+                }
+            }
+            if full_config.tokens.strip_authorization {
+                headers_to_remove.push("authorization".to_owned());
             }
             CheckResponse {
                 status: Some(Status { code: GRPC_OK, ..Status::default() }),
@@ -127,6 +142,9 @@ pub fn check_response(decision: &Decision, config: &ResponseConfig) -> CheckResp
             let mut headers = vec![overwrite("content-type", "application/json")];
             if !config.decision_id_header.is_empty() {
                 headers.push(overwrite(&config.decision_id_header, &decision.id));
+            }
+            if let DenyReason::Token(e) = reason {
+                headers.push(overwrite("www-authenticate", &e.challenge()));
             }
             // Only the reason code and decision id: policy internals stay in the logs.
             let body = serde_json::json!({ "reason": reason.code(), "decision_id": decision.id }).to_string();
@@ -171,6 +189,11 @@ fn dynamic_metadata(decision: &Decision) -> Struct {
     );
     if let Some(peer) = &decision.peer {
         fields.insert("principal".to_owned(), string(peer.spiffe_id.as_str()));
+    }
+    if let Some(token) = &decision.token {
+        fields.insert("token_issuer".to_owned(), string(&token.iss));
+        fields.insert("token_subject".to_owned(), string(&token.sub));
+        fields.insert("token_fingerprint".to_owned(), string(&token.fingerprint));
     }
     Struct { fields }
 }

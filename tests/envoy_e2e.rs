@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cedargate::config::IssuerConfig;
+use common::jwt::{self, Signer};
 use common::pki::{Leaf, LeafSpec, Pki};
 use common::{shipped_policies, start, test_config};
 use time::OffsetDateTime;
@@ -117,7 +119,11 @@ impl Envoy {
             ("port_value: 8080", format!("port_value: {upstream_port}"), 1),
             ("/etc/cedargate/certs/", certs, 3),
         ] {
-            assert_eq!(template.matches(from).count(), count, "envoy-config/envoy.yaml must contain `{from}` exactly {count} time(s)");
+            assert_eq!(
+                template.matches(from).count(),
+                count,
+                "envoy-config/envoy.yaml must contain `{from}` exactly {count} time(s)"
+            );
             config = config.replace(from, &to);
         }
         let config_path = dir.join("envoy.yaml");
@@ -198,13 +204,20 @@ impl Client<'_> {
             .arg(dir.join("ca.pem"))
             .args(["--resolve", &format!("orders.example.org:{port}:127.0.0.1")]);
         if let Some(name) = client {
-            cmd.arg("--cert").arg(dir.join(format!("{name}.pem"))).arg("--key").arg(dir.join(format!("{name}-key.pem")));
+            cmd.arg("--cert")
+                .arg(dir.join(format!("{name}.pem")))
+                .arg("--key")
+                .arg(dir.join(format!("{name}-key.pem")));
         }
         cmd.args(extra).arg(format!("https://orders.example.org:{port}{path}"));
         let out = cmd.output().expect("curl runs");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
-        Reply { exit: out.status.code().unwrap_or(-1), status: status.trim().parse().unwrap_or(0), body: body.to_owned() }
+        Reply {
+            exit: out.status.code().unwrap_or(-1),
+            status: status.trim().parse().unwrap_or(0),
+            body: body.to_owned(),
+        }
     }
 }
 
@@ -229,7 +242,8 @@ async fn requests_through_real_envoy_are_authorized_by_cedargate() {
     let mut server_spec = LeafSpec::svid(ORDERS);
     server_spec.dns.push("orders.example.org".into());
     write_leaf(d, "server", &pki.leaf(&server_spec));
-    write_leaf(d, "frontend", &pki.svid(FRONTEND));
+    let frontend = pki.svid(FRONTEND);
+    write_leaf(d, "frontend", &frontend);
     write_leaf(d, "payments", &pki.svid(PAYMENTS));
     write_leaf(d, "evil", &pki.svid("spiffe://evil.org/ns/default/sa/frontend"));
     let now = OffsetDateTime::now_utc();
@@ -237,7 +251,18 @@ async fn requests_through_real_envoy_are_authorized_by_cedargate() {
     write_leaf(d, "long-lived", &pki.leaf(&LeafSpec::svid(FRONTEND).valid_for(now - day, now + 29 * day)));
     write_leaf(d, "expired", &pki.leaf(&LeafSpec::svid(FRONTEND).valid_for(now - 2 * day, now - day)));
 
-    let cedargate = start(test_config(shipped_policies())).await;
+    // A token issuer whose JWKS is a file of keys made now.
+    let signer = Signer::ec("e2e-1");
+    std::fs::write(d.join("jwks.json"), jwt::jwks(&[&signer])).unwrap();
+    let mut config = test_config(shipped_policies());
+    config.tokens.issuers = vec![IssuerConfig {
+        issuer: jwt::ISSUER.to_owned(),
+        audiences: vec![jwt::AUDIENCE.to_owned()],
+        jwks_file: Some(d.join("jwks.json")),
+        forward: [("x-user".to_owned(), "sub".to_owned())].into(),
+        ..IssuerConfig::default()
+    }];
+    let cedargate = start(config).await;
     let cedargate_port: u16 = cedargate.local_addr.rsplit(':').next().unwrap().parse().unwrap();
     let upstream = start_upstream();
     let envoy = Envoy::start(d, cedargate_port, upstream.port);
@@ -276,6 +301,39 @@ async fn requests_through_real_envoy_are_authorized_by_cedargate() {
     assert_eq!((reply.status, reason(&reply)), (403, "policy_denied".into()), "{reply:?}");
     assert_eq!(hits(), 1, "no denied request reached the upstream");
 
+    // Tokens. The frontend places an order for a user with scope orders:write: the
+    // upstream sees the subject header cedargate set, not the client's copy.
+    let t = jwt::now();
+    let bearer = |claims: &serde_json::Value| format!("authorization: Bearer {}", signer.sign(claims));
+    let order = |cert: &str, auth: &str, dump: &str| {
+        let dump = d.join(dump);
+        let args = ["-X", "POST", "-H", auth, "-H", "x-user: spoofed", "-D", dump.to_str().unwrap()];
+        let reply = tokio::task::block_in_place(|| client.get(Some(cert), "/api/orders", &args));
+        (reply, std::fs::read_to_string(&dump).unwrap_or_default().to_ascii_lowercase())
+    };
+    let (reply, _) = order("frontend", &bearer(&jwt::claims(t, "alice")), "ok.h");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains("x-user: alice\r\n") && !reply.body.contains("spoofed"), "{}", reply.body);
+    assert_eq!(hits(), 2);
+    // Expired, and for another audience: 401 with an RFC 6750 challenge.
+    let mut expired = jwt::claims(t - 900, "alice");
+    expired["exp"] = serde_json::json!(t - 600);
+    let mut other_aud = jwt::claims(t, "alice");
+    other_aud["aud"] = serde_json::json!("payments");
+    for (claims, code) in [(expired, "token_expired"), (other_aud, "token_audience_invalid")] {
+        let (reply, headers) = order("frontend", &bearer(&claims), "denied.h");
+        assert_eq!((reply.status, reason(&reply)), (401, code.to_owned()), "{reply:?}");
+        assert!(headers.contains("www-authenticate: bearer realm=\"cedargate\", error=\"invalid_token\""), "{headers}");
+    }
+    // A token bound to the frontend's certificate, replayed over the payments certificate.
+    let mut bound = jwt::claims(t, "alice");
+    bound["cnf"] = serde_json::json!({ "x5t#S256": jwt::x5t_s256(&frontend.der) });
+    let (reply, _) = order("frontend", &bearer(&bound), "bound.h");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let (reply, _) = order("payments", &bearer(&bound), "replay.h");
+    assert_eq!((reply.status, reason(&reply)), (401, "token_binding_mismatch".into()), "{reply:?}");
+    assert_eq!(hits(), 3, "no refused token reached the upstream");
+
     // Expired certificate and no certificate: refused by Envoy during the handshake.
     let reply = tokio::task::block_in_place(|| client.get(Some("expired"), "/api/orders/1", &[]));
     assert!(reply.exit != 0 && reply.status == 0, "{reply:?}");
@@ -283,12 +341,12 @@ async fn requests_through_real_envoy_are_authorized_by_cedargate() {
     let reply = tokio::task::block_in_place(|| client.get(None, "/api/orders/1", &["--tls-max", "1.2"]));
     assert!(reply.exit != 0 && reply.status == 0, "{reply:?}");
     assert_eq!(envoy.counter("ssl.fail_verify_no_cert"), before + 1);
-    assert_eq!(hits(), 1);
+    assert_eq!(hits(), 3);
 
     // cedargate stopped: Envoy denies (failure_mode_allow: false).
     cedargate.shutdown().await.unwrap();
     let reply = tokio::task::block_in_place(|| client.get(Some("frontend"), "/api/orders/1", &[]));
     assert_eq!(reply.status, 403, "{reply:?}");
-    assert_eq!(hits(), 1, "nothing reached the upstream while cedargate was down");
+    assert_eq!(hits(), 3, "nothing reached the upstream while cedargate was down");
     assert!(envoy.counter("ext_authz.error") >= 1, "Envoy counted the failed authorization call");
 }

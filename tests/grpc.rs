@@ -115,7 +115,9 @@ async fn deny_body_is_small_json_without_policy_internals() {
     assert_eq!(object.len(), 2, "{body}");
     assert_eq!(body["reason"], "policy_denied");
     assert!(!denied.body.contains("deny-admin"), "policy ids stay out of the client's view");
-    let header = |k: &str| denied.headers.iter().find(|h| h.header.as_ref().unwrap().key == k).map(|h| h.header.clone().unwrap().value);
+    let header = |k: &str| {
+        denied.headers.iter().find(|h| h.header.as_ref().unwrap().key == k).map(|h| h.header.clone().unwrap().value)
+    };
     assert_eq!(header("content-type").as_deref(), Some("application/json"));
     assert_eq!(header("x-cedargate-decision-id").as_deref(), body["decision_id"].as_str());
     assert_eq!(response.status.unwrap().code, 7, "PERMISSION_DENIED");
@@ -135,9 +137,24 @@ async fn bad_input_gets_a_clean_deny_with_its_own_reason() {
     let base = Req::new(FRONTEND, Some(&good.cert_pem));
     let mut cases: Vec<(&str, CheckRequest, u16, &str)> = vec![
         ("valid", base.build(), 200, "allow"),
-        ("garbage certificate", Req { certificate: "%%%garbage".into(), ..base.clone() }.build(), 401, "certificate_malformed"),
-        ("truncated certificate", Req { certificate: url_encode(&truncated), ..base.clone() }.build(), 401, "certificate_malformed"),
-        ("principal mismatch", Req { principal: "spiffe://example.org/ns/default/sa/admin".into(), ..base.clone() }.build(), 401, "principal_certificate_mismatch"),
+        (
+            "garbage certificate",
+            Req { certificate: "%%%garbage".into(), ..base.clone() }.build(),
+            401,
+            "certificate_malformed",
+        ),
+        (
+            "truncated certificate",
+            Req { certificate: url_encode(&truncated), ..base.clone() }.build(),
+            401,
+            "certificate_malformed",
+        ),
+        (
+            "principal mismatch",
+            Req { principal: "spiffe://example.org/ns/default/sa/admin".into(), ..base.clone() }.build(),
+            401,
+            "principal_certificate_mismatch",
+        ),
         ("two uri sans", Req::new(FRONTEND, Some(&two_sans.cert_pem)).build(), 401, "certificate_uri_san_count"),
         ("ca as leaf", Req::new(FRONTEND, Some(&ca_leaf.cert_pem)).build(), 401, "certificate_is_ca"),
         ("no certificate", Req::new(FRONTEND, None).build(), 401, "certificate_missing"),
@@ -171,7 +188,11 @@ async fn bad_input_gets_a_clean_deny_with_its_own_reason() {
 #[tokio::test]
 async fn health_reports_serving_for_the_server_and_the_authorization_service() {
     let server = start(test_config(shipped_policies())).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.local_addr)).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.local_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = HealthClient::new(channel);
     for service in ["", "envoy.service.auth.v3.Authorization"] {
         let status = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner().status;
@@ -191,13 +212,17 @@ async fn serves_on_a_unix_socket_for_sidecars() {
     let channel = tonic::transport::Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
             let socket = socket.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?))
+            }
         }))
         .await
         .unwrap();
-    let mut client = cedargate::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(channel);
+    let mut client =
+        cedargate::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(channel);
     let pki = Pki::new();
-    let response = client.check(Req::new(FRONTEND, Some(&pki.svid(FRONTEND).cert_pem)).build()).await.unwrap().into_inner();
+    let response =
+        client.check(Req::new(FRONTEND, Some(&pki.svid(FRONTEND).cert_pem)).build()).await.unwrap().into_inner();
     assert_eq!(outcome(&response), (200, "allow".into()));
     server.shutdown().await.unwrap();
 }
@@ -220,10 +245,11 @@ async fn shutdown_finishes_promptly_with_clients_connected_and_then_refuses() {
 #[tokio::test]
 async fn invalid_policy_directory_refuses_to_start_with_located_diagnostics() {
     let (_dir, policies) = policies_with("permit (principal, action, resource) when { resource.hots == \"x\" };\n");
-    let err = match cedargate::app::start(test_config(policies), std::sync::Arc::new(cedargate::check::SystemClock)).await {
-        Err(e) => e.to_string(),
-        Ok(_) => panic!("started with an invalid policy set"),
-    };
+    let err =
+        match cedargate::app::start(test_config(policies), std::sync::Arc::new(cedargate::check::SystemClock)).await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("started with an invalid policy set"),
+        };
     assert!(err.contains("test.cedar:1:"), "{err}");
     assert!(err.contains("hots"), "{err}");
 }

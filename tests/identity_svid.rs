@@ -66,7 +66,8 @@ fn certificate_without_uri_san_is_refused() {
 fn uri_san_that_is_not_a_spiffe_id_is_refused() {
     let pki = Pki::new();
     let leaf = pki.leaf(&LeafSpec::svid("https://example.org/frontend"));
-    let err = establish(&peer("https://example.org/frontend", &leaf.cert_pem), SystemTime::now(), &config()).unwrap_err();
+    let err =
+        establish(&peer("https://example.org/frontend", &leaf.cert_pem), SystemTime::now(), &config()).unwrap_err();
     assert_eq!(err.code(), "certificate_spiffe_id_invalid");
 }
 
@@ -74,8 +75,9 @@ fn uri_san_that_is_not_a_spiffe_id_is_refused() {
 fn principal_must_equal_the_certificate_san() {
     let pki = Pki::new();
     let leaf = pki.svid(FRONTEND);
-    let err = establish(&peer("spiffe://example.org/ns/default/sa/admin", &leaf.cert_pem), SystemTime::now(), &config())
-        .unwrap_err();
+    let err =
+        establish(&peer("spiffe://example.org/ns/default/sa/admin", &leaf.cert_pem), SystemTime::now(), &config())
+            .unwrap_err();
     assert_eq!(err, IdentityError::PrincipalMismatch);
     let err = establish(&peer("", &leaf.cert_pem), SystemTime::now(), &config()).unwrap_err();
     assert_eq!(err, IdentityError::PrincipalMismatch);

@@ -2,6 +2,8 @@
 //! cedargate server on a free loopback port, and CheckRequest builders.
 #![allow(dead_code)]
 
+pub mod jwks_server;
+pub mod jwt;
 pub mod pki;
 
 use std::collections::HashMap;

@@ -89,6 +89,17 @@ impl Pki {
         Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec() }
     }
 
+    /// A server certificate for 127.0.0.1 (an IP SAN), for test HTTPS servers.
+    pub fn loopback_server(&self) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+        params.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec() }
+    }
+
     pub fn svid(&self, spiffe_id: &str) -> Leaf {
         self.leaf(&LeafSpec::svid(spiffe_id))
     }

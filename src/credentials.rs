@@ -1,0 +1,51 @@
+//! The credential sources that change while cedargate runs: token issuers' keys and
+//! the revocation list, with the background tasks that keep them fresh.
+
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::jwks::JwksError;
+use crate::revocation::Revocations;
+use crate::token::TokenVerifier;
+
+pub struct Credentials {
+    pub tokens: TokenVerifier,
+    pub revocations: Arc<Revocations>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("token issuers: {0}")]
+    Jwks(#[from] JwksError),
+    #[error("{0}")]
+    Revocation(String),
+}
+
+impl Credentials {
+    /// Reads every local source now (a JWKS or revocation file that is missing or
+    /// invalid refuses to start); remote JWKS are fetched by `spawn_refreshers`.
+    pub fn load(config: &Config) -> Result<Credentials, CredentialsError> {
+        let revocations = match &config.identity.revocation_file {
+            Some(path) => Revocations::from_file(path).map_err(CredentialsError::Revocation)?,
+            None => Revocations::none(),
+        };
+        Ok(Credentials { tokens: TokenVerifier::new(&config.tokens)?, revocations: Arc::new(revocations) })
+    }
+
+    /// Starts the tasks that re-read JWKS files and URLs and the revocation file.
+    /// They run until aborted (`app::Running::shutdown` does).
+    pub fn spawn_refreshers(&self) -> Vec<JoinHandle<()>> {
+        let mut tasks: Vec<JoinHandle<()>> =
+            self.tokens.issuer_keys().map(|keys| tokio::spawn(Arc::clone(keys).run_refresher())).collect();
+        tasks.push(tokio::spawn(Arc::clone(&self.revocations).run_watcher()));
+        tasks
+    }
+
+    /// Changes whenever keys or the revocation list change: decisions derived from
+    /// them are only reusable while it stays the same.
+    pub fn generation(&self) -> u64 {
+        self.tokens.generation().wrapping_add(self.revocations.generation().wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    }
+}

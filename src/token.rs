@@ -1,0 +1,579 @@
+//! Bearer tokens: finding the JWT on a request and verifying it per RFC 8725.
+//!
+//! The order of checks is the order of trust. Size first (before any parsing), then
+//! the token's shape, then `iss` picks the issuer *only* to pick its keys; the
+//! algorithm must be on that issuer's allow-list and fit the key `kid` names;
+//! then the signature. Only a verified token's claims are believed: expiry, audience,
+//! type, lifetime, binding to the peer certificate, and revocation.
+//!
+//! Every failure has its own reason code. Messages name claims and limits, never
+//! token bytes or key material, and never echo attacker-chosen strings.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::certificate::PeerCertificate;
+use crate::config::{ClaimType, IssuerConfig, PrincipalFrom, TokensConfig};
+use crate::identity::unix_seconds;
+use crate::input::{CheckInput, HttpInput};
+use crate::jwks::{IssuerKeys, JwksError, KeyLookup};
+use crate::revocation::{Denylist, Revoked};
+use crate::spiffe::SpiffeId;
+
+/// The context extension a route sets to require (or waive) a token.
+pub const ROUTE_TOKEN_KEY: &str = "cedargate.token";
+
+/// A token whose signature and claims were verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedToken {
+    pub iss: String,
+    pub sub: String,
+    pub aud: Vec<String>,
+    /// `scope` split on spaces (or the `scp` array some issuers use).
+    pub scope: Vec<String>,
+    pub jti: Option<String>,
+    pub client_id: Option<String>,
+    pub iat: Option<i64>,
+    pub exp: i64,
+    /// Whether `cnf["x5t#S256"]` bound it to the peer certificate, and that matched.
+    pub bound: bool,
+    /// The configured custom claims the token carries, typed.
+    pub claims: Vec<(String, ClaimValue)>,
+    /// SHA-256 of the token (hex, first 16 bytes): identifies it in logs and audit
+    /// records without revealing it.
+    pub fingerprint: String,
+    /// Whether policies see the subject as the principal.
+    pub principal: PrincipalFrom,
+    /// Headers for the upstream on allow, from the issuer's `forward` map.
+    pub forward: Vec<(String, String)>,
+}
+
+/// A custom claim, as the type the configuration declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimValue {
+    String(String),
+    Long(i64),
+    Bool(bool),
+    StringSet(Vec<String>),
+}
+
+/// Why a token was refused. All are answered with 401 and an RFC 6750 challenge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("a bearer token is required")]
+    Missing,
+    #[error("token is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("token is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("token uses an extension (`crit`) cedargate does not understand")]
+    CriticalHeader,
+    #[error("token algorithm is not allowed for its issuer")]
+    AlgorithmNotAllowed,
+    #[error("token issuer is not trusted")]
+    IssuerUnknown,
+    #[error("token issuer does not send tokens in this header")]
+    WrongHeader,
+    #[error("no key of the issuer matches the token's key id")]
+    KeyUnknown { issuer: usize, generation: u64 },
+    #[error("the key named by the token is not for the token's algorithm")]
+    KeyAlgorithmMismatch,
+    #[error("token signature is invalid")]
+    SignatureInvalid,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token was issued in the future")]
+    IssuedInFuture,
+    #[error("token is not for this audience")]
+    AudienceInvalid,
+    #[error("token type is not the one required")]
+    TypeInvalid,
+    #[error("token lifetime exceeds the issuer's maximum (a long-lived token)")]
+    LongLived,
+    #[error("token lacks the required claim `{0}`")]
+    ClaimMissing(String),
+    #[error("token claim `{0}` has the wrong type")]
+    ClaimInvalid(String),
+    #[error("token subject is not a SPIFFE ID (JWT-SVID)")]
+    SubjectNotSpiffeId,
+    #[error("token is bound to a different certificate")]
+    BindingMismatch,
+    #[error("token is bound to a certificate, but the peer certificate was not forwarded")]
+    BindingCertificateMissing,
+    #[error("token must be bound to the peer certificate (cnf x5t#S256)")]
+    BindingRequired,
+    #[error("token has been revoked")]
+    Revoked,
+}
+
+impl TokenError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Missing => "token_missing",
+            TokenError::TooLarge(_) => "token_too_large",
+            TokenError::Malformed(_) => "token_malformed",
+            TokenError::CriticalHeader => "token_critical_header",
+            TokenError::AlgorithmNotAllowed => "token_algorithm_not_allowed",
+            TokenError::IssuerUnknown => "token_issuer_unknown",
+            TokenError::WrongHeader => "token_wrong_header",
+            TokenError::KeyUnknown { .. } => "token_key_unknown",
+            TokenError::KeyAlgorithmMismatch => "token_key_algorithm_mismatch",
+            TokenError::SignatureInvalid => "token_signature_invalid",
+            TokenError::Expired => "token_expired",
+            TokenError::NotYetValid => "token_not_yet_valid",
+            TokenError::IssuedInFuture => "token_issued_in_future",
+            TokenError::AudienceInvalid => "token_audience_invalid",
+            TokenError::TypeInvalid => "token_type_invalid",
+            TokenError::LongLived => "token_long_lived",
+            TokenError::ClaimMissing(_) => "token_claim_missing",
+            TokenError::ClaimInvalid(_) => "token_claim_invalid",
+            TokenError::SubjectNotSpiffeId => "token_subject_not_spiffe_id",
+            TokenError::BindingMismatch => "token_binding_mismatch",
+            TokenError::BindingCertificateMissing => "token_binding_certificate_missing",
+            TokenError::BindingRequired => "token_binding_required",
+            TokenError::Revoked => "token_revoked",
+        }
+    }
+
+    /// The RFC 6750 `WWW-Authenticate` value. A missing token gets a bare challenge
+    /// (§3.1: no error code when no credentials were sent); the description is
+    /// cedargate's own fixed text, safe to put in a quoted string.
+    pub fn challenge(&self) -> String {
+        match self {
+            TokenError::Missing => "Bearer realm=\"cedargate\"".to_owned(),
+            other => format!(
+                "Bearer realm=\"cedargate\", error=\"invalid_token\", error_description=\"{}: {}\"",
+                other.code(),
+                other.to_string().replace(['"', '\\'], "'")
+            ),
+        }
+    }
+}
+
+/// Everything needed to verify tokens: the issuers and their live keys.
+pub struct TokenVerifier {
+    issuers: Vec<Issuer>,
+    /// Distinct token headers, in configuration order.
+    headers: Vec<String>,
+    max_token_bytes: usize,
+    required: bool,
+}
+
+struct Issuer {
+    config: IssuerConfig,
+    algorithms: Vec<Algorithm>,
+    keys: Arc<IssuerKeys>,
+}
+
+impl TokenVerifier {
+    /// Sets up every issuer; JWKS files are read now and must be usable.
+    pub fn new(config: &TokensConfig) -> Result<TokenVerifier, JwksError> {
+        let mut issuers = Vec::new();
+        let mut headers: Vec<String> = Vec::new();
+        for issuer in &config.issuers {
+            let algorithms = issuer.parsed_algorithms().map_err(JwksError::Format)?;
+            let keys = Arc::new(IssuerKeys::new(issuer)?);
+            if !headers.contains(&issuer.header) {
+                headers.push(issuer.header.clone());
+            }
+            issuers.push(Issuer { config: issuer.clone(), algorithms, keys });
+        }
+        Ok(TokenVerifier { issuers, headers, max_token_bytes: config.max_token_bytes, required: config.required })
+    }
+
+    /// Each issuer's keys, for the refresh tasks and metrics.
+    pub fn issuer_keys(&self) -> impl Iterator<Item = &Arc<IssuerKeys>> {
+        self.issuers.iter().map(|i| &i.keys)
+    }
+
+    /// The keys of the issuer at `index` (as carried by `TokenError::KeyUnknown`).
+    pub fn keys_of(&self, index: usize) -> Option<&Arc<IssuerKeys>> {
+        self.issuers.get(index).map(|i| &i.keys)
+    }
+
+    /// Sum of all key generations: changes whenever any issuer's keys change.
+    pub fn generation(&self) -> u64 {
+        self.issuers.iter().map(|i| i.keys.generation()).fold(0, u64::wrapping_add)
+    }
+
+    /// Finds and verifies the request's token. `Ok(None)`: no token, and none required.
+    pub fn verify(
+        &self,
+        input: &CheckInput,
+        http: &HttpInput,
+        peer_certificate: Option<&PeerCertificate>,
+        revoked: &Denylist,
+        now: SystemTime,
+    ) -> Result<Option<VerifiedToken>, TokenError> {
+        let Some((header, token)) = self.find_token(http) else {
+            return if self.token_required(input) { Err(TokenError::Missing) } else { Ok(None) };
+        };
+        if token.len() > self.max_token_bytes {
+            return Err(TokenError::TooLarge(self.max_token_bytes));
+        }
+        let jwt = Jwt::split(token)?;
+        let (index, issuer) = self.issuer_of(&jwt.claims)?;
+        if issuer.config.header != header {
+            return Err(TokenError::WrongHeader);
+        }
+        let verified = issuer.verify(index, &jwt, token, peer_certificate, now)?;
+        if revoked.token(verified.jti.as_deref(), &verified.sub).is_some() {
+            return Err(TokenError::Revoked);
+        }
+        Ok(Some(verified))
+    }
+
+    /// A route's `cedargate.token` setting overrides the global `required`; any value
+    /// other than `optional` requires a token (a typo must not waive it).
+    fn token_required(&self, input: &CheckInput) -> bool {
+        match input.context_extensions.iter().find(|(k, _)| k == ROUTE_TOKEN_KEY) {
+            Some((_, value)) => value != "optional",
+            None => self.required,
+        }
+    }
+
+    /// The first configured header that carries a token. `authorization` must use
+    /// the Bearer scheme; another scheme there (Basic, ...) is not a bearer token.
+    fn find_token<'a>(&self, http: &'a HttpInput) -> Option<(&str, &'a str)> {
+        self.headers.iter().find_map(|name| {
+            let value = http.header(name)?;
+            let token = if name == "authorization" { bearer(value)? } else { value.trim() };
+            (!token.is_empty()).then_some((name.as_str(), token))
+        })
+    }
+
+    fn issuer_of(&self, claims: &Map<String, Value>) -> Result<(usize, &Issuer), TokenError> {
+        let iss = match claims.get("iss") {
+            Some(Value::String(iss)) => iss,
+            Some(_) => return Err(TokenError::ClaimInvalid("iss".to_owned())),
+            None => return Err(TokenError::ClaimMissing("iss".to_owned())),
+        };
+        self.issuers.iter().enumerate().find(|(_, i)| &i.config.issuer == iss).ok_or(TokenError::IssuerUnknown)
+    }
+}
+
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A compact JWS split into its parts, header and claims decoded but not trusted.
+struct Jwt<'a> {
+    /// `header.payload`, the signed bytes.
+    signing_input: &'a str,
+    signature: &'a str,
+    alg: String,
+    kid: Option<String>,
+    typ: Option<String>,
+    claims: Map<String, Value>,
+}
+
+impl<'a> Jwt<'a> {
+    fn split(token: &'a str) -> Result<Jwt<'a>, TokenError> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed("not three dot-separated parts"));
+        };
+        let signing_input = token.get(..header.len() + 1 + payload.len()).ok_or(TokenError::Malformed("truncated"))?;
+        let header: Map<String, Value> = decode_part(header)?;
+        if header.contains_key("crit") {
+            return Err(TokenError::CriticalHeader);
+        }
+        let text = |name: &str| match header.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(TokenError::Malformed("a header field has the wrong type")),
+        };
+        let alg = text("alg")?.ok_or(TokenError::Malformed("no `alg` header"))?;
+        let (kid, typ) = (text("kid")?, text("typ")?);
+        Ok(Jwt { signing_input, signature, alg, kid, typ, claims: decode_part(payload)? })
+    }
+}
+
+fn decode_part(part: &str) -> Result<Map<String, Value>, TokenError> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| TokenError::Malformed("a part is not base64url"))?;
+    serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed("a part is not a JSON object"))
+}
+
+impl Issuer {
+    fn verify(
+        &self,
+        index: usize,
+        jwt: &Jwt<'_>,
+        token: &str,
+        peer_certificate: Option<&PeerCertificate>,
+        now: SystemTime,
+    ) -> Result<VerifiedToken, TokenError> {
+        let config = &self.config;
+        // `none`, HS* and anything unknown are simply not on any allow-list.
+        let alg: Algorithm = jwt.alg.parse().map_err(|_| TokenError::AlgorithmNotAllowed)?;
+        if !self.algorithms.contains(&alg) {
+            return Err(TokenError::AlgorithmNotAllowed);
+        }
+        let keys = self.keys.current();
+        let key = match keys.find(jwt.kid.as_deref(), alg) {
+            KeyLookup::Found(key) => key,
+            KeyLookup::WrongAlgorithm => return Err(TokenError::KeyAlgorithmMismatch),
+            KeyLookup::Unknown => {
+                return Err(TokenError::KeyUnknown { issuer: index, generation: self.keys.generation() })
+            }
+        };
+        if jwt.signature.is_empty() {
+            return Err(TokenError::SignatureInvalid);
+        }
+        let valid = jsonwebtoken::crypto::verify(jwt.signature, jwt.signing_input.as_bytes(), key.decoding_key(), alg)
+            .map_err(|_| TokenError::SignatureInvalid)?;
+        if !valid {
+            return Err(TokenError::SignatureInvalid);
+        }
+
+        // The signature holds: the claims are the issuer's. Now judge them.
+        let claims = &jwt.claims;
+        let now = unix_seconds(now);
+        let leeway = i64::try_from(config.leeway.as_secs()).unwrap_or(i64::MAX);
+        let exp = number(claims, "exp")?.ok_or_else(|| TokenError::ClaimMissing("exp".to_owned()))?;
+        if now > exp.saturating_add(leeway) {
+            return Err(TokenError::Expired);
+        }
+        if number(claims, "nbf")?.is_some_and(|nbf| now < nbf.saturating_sub(leeway)) {
+            return Err(TokenError::NotYetValid);
+        }
+        let iat = number(claims, "iat")?;
+        if iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+            return Err(TokenError::IssuedInFuture);
+        }
+        let aud = audiences(claims)?;
+        if !aud.iter().any(|a| config.audiences.contains(a)) {
+            return Err(TokenError::AudienceInvalid);
+        }
+        if let Some(required) = &config.typ {
+            if !jwt.typ.as_deref().is_some_and(|typ| media_type_eq(typ, required)) {
+                return Err(TokenError::TypeInvalid);
+            }
+        }
+        if let Some(max) = config.max_lifetime {
+            let iat = iat.ok_or_else(|| TokenError::ClaimMissing("iat".to_owned()))?;
+            let max = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
+            if exp.saturating_sub(iat) > max {
+                return Err(TokenError::LongLived);
+            }
+        }
+        for name in &config.required_claims {
+            if !claims.contains_key(name) {
+                return Err(TokenError::ClaimMissing(name.clone()));
+            }
+        }
+        let sub = string(claims, "sub")?.ok_or_else(|| TokenError::ClaimMissing("sub".to_owned()))?;
+        if config.spiffe && sub.parse::<SpiffeId>().is_err() {
+            return Err(TokenError::SubjectNotSpiffeId);
+        }
+        let bound = check_binding(claims, peer_certificate, config.require_binding)?;
+
+        Ok(VerifiedToken {
+            iss: config.issuer.clone(),
+            aud,
+            scope: scopes(claims)?,
+            jti: string(claims, "jti")?,
+            client_id: string(claims, "client_id")?,
+            iat,
+            exp,
+            bound,
+            claims: custom_claims(claims, config)?,
+            fingerprint: crate::certificate::hex(Sha256::digest(token.as_bytes()).get(..16).unwrap_or_default()),
+            principal: config.principal,
+            forward: forward_headers(claims, config, &sub),
+            sub,
+        })
+    }
+}
+
+/// RFC 8705 §3.1: `cnf["x5t#S256"]` is base64url(SHA-256(DER of the certificate)).
+fn check_binding(
+    claims: &Map<String, Value>,
+    peer_certificate: Option<&PeerCertificate>,
+    required: bool,
+) -> Result<bool, TokenError> {
+    let thumbprint = match claims.get("cnf") {
+        None => None,
+        Some(Value::Object(cnf)) => match cnf.get("x5t#S256") {
+            None => None,
+            Some(Value::String(t)) => Some(t),
+            Some(_) => return Err(TokenError::ClaimInvalid("cnf".to_owned())),
+        },
+        Some(_) => return Err(TokenError::ClaimInvalid("cnf".to_owned())),
+    };
+    let Some(thumbprint) = thumbprint else {
+        return if required { Err(TokenError::BindingRequired) } else { Ok(false) };
+    };
+    let certificate = peer_certificate.ok_or(TokenError::BindingCertificateMissing)?;
+    if URL_SAFE_NO_PAD.encode(certificate.sha256) != *thumbprint {
+        return Err(TokenError::BindingMismatch);
+    }
+    Ok(true)
+}
+
+/// `application/at+jwt` and `at+jwt` are the same type (RFC 7515 §4.1.9), in any case.
+fn media_type_eq(actual: &str, required: &str) -> bool {
+    let strip = |t: &str| {
+        let lower = t.to_ascii_lowercase();
+        lower.strip_prefix("application/").map(str::to_owned).unwrap_or(lower)
+    };
+    strip(actual) == strip(required)
+}
+
+/// A NumericDate claim: seconds, possibly fractional (truncated).
+fn number(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, TokenError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+            .map(Some)
+            .ok_or_else(|| TokenError::ClaimInvalid(name.to_owned())),
+        Some(_) => Err(TokenError::ClaimInvalid(name.to_owned())),
+    }
+}
+
+fn string(claims: &Map<String, Value>, name: &str) -> Result<Option<String>, TokenError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(TokenError::ClaimInvalid(name.to_owned())),
+    }
+}
+
+fn string_list(value: &Value, name: &str) -> Result<Vec<String>, TokenError> {
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| TokenError::ClaimInvalid(name.to_owned())))
+            .collect(),
+        _ => Err(TokenError::ClaimInvalid(name.to_owned())),
+    }
+}
+
+/// `aud` is a string or an array of strings (RFC 7519 §4.1.3); it is required.
+fn audiences(claims: &Map<String, Value>) -> Result<Vec<String>, TokenError> {
+    match claims.get("aud") {
+        None => Err(TokenError::ClaimMissing("aud".to_owned())),
+        Some(Value::String(a)) => Ok(vec![a.clone()]),
+        Some(other) => string_list(other, "aud"),
+    }
+}
+
+/// `scope` (RFC 8693: space-separated string), else `scp` (an array, as some
+/// issuers send it).
+fn scopes(claims: &Map<String, Value>) -> Result<Vec<String>, TokenError> {
+    match (claims.get("scope"), claims.get("scp")) {
+        (Some(Value::String(s)), _) => Ok(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()),
+        (Some(other), _) => string_list(other, "scope"),
+        (None, Some(Value::String(s))) => Ok(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()),
+        (None, Some(other)) => string_list(other, "scp"),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+/// The configured custom claims the token has, checked against their declared type:
+/// a claim of the wrong type refuses the token rather than being silently dropped.
+fn custom_claims(claims: &Map<String, Value>, config: &IssuerConfig) -> Result<Vec<(String, ClaimValue)>, TokenError> {
+    let mut out = Vec::new();
+    for (name, kind) in &config.claims {
+        let Some(value) = claims.get(name) else {
+            continue;
+        };
+        let invalid = || TokenError::ClaimInvalid(name.clone());
+        let typed = match (kind, value) {
+            (ClaimType::String, Value::String(s)) => ClaimValue::String(s.clone()),
+            (ClaimType::Long, Value::Number(n)) => ClaimValue::Long(n.as_i64().ok_or_else(invalid)?),
+            (ClaimType::Bool, Value::Bool(b)) => ClaimValue::Bool(*b),
+            (ClaimType::StringSet, Value::String(s)) => {
+                ClaimValue::StringSet(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            }
+            (ClaimType::StringSet, other @ Value::Array(_)) => ClaimValue::StringSet(string_list(other, name)?),
+            _ => return Err(invalid()),
+        };
+        out.push((name.clone(), typed));
+    }
+    Ok(out)
+}
+
+/// Upstream headers from claims. Values that could not be a header value (control
+/// characters, objects) are left out rather than mangled.
+fn forward_headers(claims: &Map<String, Value>, config: &IssuerConfig, sub: &str) -> Vec<(String, String)> {
+    config
+        .forward
+        .iter()
+        .filter_map(|(header, claim)| {
+            let value = match claims.get(claim) {
+                _ if claim == "sub" => sub.to_owned(),
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::Bool(b)) => b.to_string(),
+                Some(Value::Array(items)) => {
+                    items.iter().map(|v| v.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>()?.join(" ")
+                }
+                _ => return None,
+            };
+            (!value.chars().any(char::is_control)).then(|| (header.clone(), value))
+        })
+        .collect()
+}
+
+/// Why a revoked credential was refused, for logs.
+pub fn revoked_kind(kind: Revoked) -> &'static str {
+    match kind {
+        Revoked::TokenId => "jti",
+        Revoked::Subject => "sub",
+        Revoked::CertificateSerial => "serial",
+        Revoked::CertificateFingerprint => "fingerprint",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_other_schemes_are_ignored() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic dXNlcg=="), None);
+        assert_eq!(bearer("Bearer"), None);
+    }
+
+    #[test]
+    fn malformed_tokens_are_told_apart() {
+        assert_eq!(Jwt::split("abc").err(), Some(TokenError::Malformed("not three dot-separated parts")));
+        assert_eq!(Jwt::split("a.b.c.d").err(), Some(TokenError::Malformed("not three dot-separated parts")));
+        assert_eq!(Jwt::split("!!.e30.c").err(), Some(TokenError::Malformed("a part is not base64url")));
+        // {"alg":"RS256","crit":["exp"]}
+        let crit = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","crit":["x"]}"#);
+        assert_eq!(Jwt::split(&format!("{crit}.e30.c")).err(), Some(TokenError::CriticalHeader));
+        let no_alg = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT"}"#);
+        assert_eq!(Jwt::split(&format!("{no_alg}.e30.c")).err(), Some(TokenError::Malformed("no `alg` header")));
+    }
+
+    #[test]
+    fn media_types_compare_without_application_prefix() {
+        assert!(media_type_eq("application/at+JWT", "at+jwt"));
+        assert!(media_type_eq("at+jwt", "at+jwt"));
+        assert!(!media_type_eq("JWT", "at+jwt"));
+    }
+
+    #[test]
+    fn challenge_never_carries_quotes_from_outside() {
+        let c = TokenError::ClaimMissing("a\"b".into()).challenge();
+        assert_eq!(c.matches('"').count(), 6, "{c}");
+        assert_eq!(TokenError::Missing.challenge(), "Bearer realm=\"cedargate\"");
+    }
+}
