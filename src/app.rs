@@ -6,9 +6,11 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::cedar_request::TokenModel;
 use crate::check::{Checker, Clock, SetupError};
 use crate::config::Config;
 use crate::grpc::{self, Listener};
+use crate::reload::PolicyReloader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -27,6 +29,7 @@ pub struct Running {
     /// Bound address: `ip:port` (with the real port when 0 was asked for) or `unix:/path`.
     pub local_addr: String,
     pub checker: Arc<Checker>,
+    pub reloader: Arc<PolicyReloader>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), AppError>>,
     /// JWKS and revocation refreshers.
@@ -51,7 +54,15 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
     let listener =
         Listener::bind(&listen).await.map_err(|source| AppError::Bind { addr: listen.to_string(), source })?;
     let local_addr = listener.local_addr();
-    let background = checker.credentials().spawn_refreshers();
+    let mut background = checker.credentials().spawn_refreshers();
+    let reloader = Arc::new(PolicyReloader::new(
+        checker.config().policies.dir.clone(),
+        TokenModel::from_config(&checker.config().tokens),
+        Arc::clone(checker.policy_handle()),
+    ));
+    if checker.config().policies.watch {
+        background.push(tokio::spawn(Arc::clone(&reloader).watch(checker.config().policies.debounce)));
+    }
     let (tx, rx) = oneshot::channel::<()>();
     let serve_checker = Arc::clone(&checker);
     let task = tokio::spawn(async move {
@@ -62,7 +73,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
         .map_err(AppError::from)
     });
     tracing::info!(addr = %local_addr, "cedargate listening");
-    Ok(Running { local_addr, checker, shutdown: Some(tx), task, background, shutdown_timeout })
+    Ok(Running { local_addr, checker, reloader, shutdown: Some(tx), task, background, shutdown_timeout })
 }
 
 impl Running {
@@ -84,25 +95,29 @@ impl Running {
         }
     }
 
-    /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully; SIGHUP reloads
+    /// the policy directory.
     pub async fn run_until_signal(self) -> Result<(), AppError> {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        self.shutdown().await
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+        else {
+            let _ = tokio::signal::ctrl_c().await;
+            return self.shutdown().await;
+        };
+        loop {
             tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the policy directory");
+                    let reloader = Arc::clone(&self.reloader);
+                    // The outcome is logged and kept in the reloader's status.
+                    let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                }
             }
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        tracing::info!("shutting down");
+        self.shutdown().await
     }
 }

@@ -86,6 +86,11 @@ impl Checker {
         Ok(Checker::new(Arc::new(config), Arc::new(ArcSwap::from_pointee(snapshot)), Arc::new(credentials), clock))
     }
 
+    /// The swappable policy snapshot, shared with the reloader.
+    pub fn policy_handle(&self) -> &Arc<ArcSwap<PolicySnapshot>> {
+        &self.policies
+    }
+
     pub fn credentials(&self) -> &Arc<Credentials> {
         &self.credentials
     }

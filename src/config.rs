@@ -46,11 +46,17 @@ impl Default for ServerConfig {
 pub struct PoliciesConfig {
     /// Directory with `schema.cedarschema`, `*.cedar` and optionally `entities.json`.
     pub dir: PathBuf,
+    /// Reload the directory when its files change (SIGHUP always reloads).
+    pub watch: bool,
+    /// Quiet time after the last change before reloading, so a burst of saves
+    /// becomes one reload.
+    #[serde(deserialize_with = "human_duration")]
+    pub debounce: Duration,
 }
 
 impl Default for PoliciesConfig {
     fn default() -> Self {
-        PoliciesConfig { dir: PathBuf::from("policies") }
+        PoliciesConfig { dir: PathBuf::from("policies"), watch: true, debounce: Duration::from_millis(200) }
     }
 }
 

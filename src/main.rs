@@ -44,18 +44,82 @@ enum Command {
         /// token claims (`tokens.issuers.claims`).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
+    /// Decide one request offline with the server's own pipeline. Exit 0 on allow,
+    /// 1 on deny, 2 on a usage or configuration error.
+    Authorize(Box<AuthorizeArgs>),
+    /// Run the policy test cases (`*.test.toml`) beside the policies. Exit 0 when all
+    /// pass, 1 when any fails, 2 on an error.
+    Test {
+        /// Directory with the policies and their `*.test.toml` files.
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
+        /// Configuration file (token issuers, identity settings).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct AuthorizeArgs {
+    /// Policy directory.
+    #[arg(long, default_value = "policies")]
+    policies: PathBuf,
+    /// Configuration file (token issuers, identity settings).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// A CheckRequest as JSON, as Envoy sends it (`-` for stdin). Replaces the flags below.
+    #[arg(long)]
+    request: Option<PathBuf>,
+    /// The caller's SPIFFE ID.
+    #[arg(long)]
+    principal: Option<String>,
+    #[arg(long, default_value = "GET")]
+    method: String,
+    #[arg(long, default_value = "/")]
+    path: String,
+    #[arg(long, default_value = "")]
+    host: String,
+    /// `name: value`; repeatable.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// A route's context extension, `key=value`; repeatable.
+    #[arg(long = "route")]
+    route: Vec<String>,
+    /// `destination.principal`.
+    #[arg(long, default_value = "")]
+    destination: String,
+    /// A bearer token.
+    #[arg(long)]
+    token: Option<String>,
+    /// PEM file of the caller's certificate; without it the SPIFFE ID alone is used.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, listen, policies } => serve(config, listen, policies),
-        Command::Validate { policies, config } => validate(&policies, config.as_deref()),
+        Command::Validate { policies, config, format } => validate(&policies, config.as_deref(), format),
+        Command::Authorize(args) => authorize(*args),
+        Command::Test { dir, config, format } => test(&dir, config.as_deref(), format),
     }
 }
 
-fn validate(dir: &std::path::Path, config: Option<&std::path::Path>) -> ExitCode {
+fn validate(dir: &std::path::Path, config: Option<&std::path::Path>, format: Format) -> ExitCode {
     let tokens = match config.map(Config::from_file).transpose() {
         Ok(config) => config.map(|c| TokenModel::from_config(&c.tokens)).unwrap_or_default(),
         Err(e) => {
@@ -63,15 +127,202 @@ fn validate(dir: &std::path::Path, config: Option<&std::path::Path>) -> ExitCode
             return ExitCode::from(2);
         }
     };
-    match policy_set::load_dir(dir, &tokens) {
-        Ok(snapshot) => {
+    match (policy_set::load_dir(dir, &tokens), format) {
+        (Ok(snapshot), Format::Text) => {
             println!("{}: {} policies valid (version {})", dir.display(), snapshot.policy_count(), snapshot.version);
             ExitCode::SUCCESS
         }
-        Err(e) => {
+        (Ok(snapshot), Format::Json) => {
+            let out =
+                serde_json::json!({ "valid": true, "policies": snapshot.policy_count(), "version": snapshot.version });
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        (Err(e), Format::Text) => {
             eprintln!("{e}");
             ExitCode::FAILURE
         }
+        (Err(e), Format::Json) => {
+            let diagnostics: Vec<serde_json::Value> = e
+                .diagnostics
+                .iter()
+                .map(|d| {
+                    serde_json::json!({ "file": d.file, "line": d.line, "column": d.column, "message": d.message, "help": d.help })
+                })
+                .collect();
+            println!("{}", serde_json::json!({ "valid": false, "diagnostics": diagnostics }));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The configuration offline commands run with: the file's, or the defaults, with
+/// the given policy directory.
+fn offline_config(path: Option<&std::path::Path>, policies: &std::path::Path) -> Result<Config, String> {
+    let mut config = match path {
+        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    config.policies.dir = policies.to_owned();
+    Ok(config)
+}
+
+fn authorize(args: AuthorizeArgs) -> ExitCode {
+    let usage = |message: String| {
+        eprintln!("error: {message}");
+        ExitCode::from(2)
+    };
+    let mut config = match offline_config(args.config.as_deref(), &args.policies) {
+        Ok(config) => config,
+        Err(e) => return usage(e),
+    };
+    let input = match &args.request {
+        Some(path) => {
+            let text = if path.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
+            } else {
+                std::fs::read_to_string(path)
+            };
+            let text = match text {
+                Ok(text) => text,
+                Err(e) => return usage(format!("{}: {e}", path.display())),
+            };
+            match cedargate::check_json::parse(&text) {
+                Ok(request) => cedargate::wire::check_input(request),
+                Err(e) => return usage(format!("{}: {e}", path.display())),
+            }
+        }
+        None => {
+            let Some(principal) = args.principal.clone() else {
+                return usage("give --request FILE or --principal spiffe://...".to_owned());
+            };
+            let certificate = match &args.cert {
+                Some(path) => match std::fs::read_to_string(path) {
+                    Ok(pem) => Some(pem),
+                    Err(e) => return usage(format!("{}: {e}", path.display())),
+                },
+                None => {
+                    // Only the SPIFFE ID is known: judge it by that, as the server would
+                    // with require_certificate = false.
+                    config.identity.require_certificate = false;
+                    None
+                }
+            };
+            let mut spec = cedargate::offline::RequestSpec {
+                principal,
+                certificate,
+                method: args.method.clone(),
+                path: args.path.clone(),
+                host: args.host.clone(),
+                destination: args.destination.clone(),
+                token: args.token.clone(),
+                ..Default::default()
+            };
+            for header in &args.headers {
+                let Some((name, value)) = header.split_once(':') else {
+                    return usage(format!("--header `{header}` is not `name: value`"));
+                };
+                spec.headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+            }
+            for route in &args.route {
+                let Some((key, value)) = route.split_once('=') else {
+                    return usage(format!("--route `{route}` is not `key=value`"));
+                };
+                spec.route.insert(key.to_owned(), value.to_owned());
+            }
+            spec.input()
+        }
+    };
+    let checker = match cedargate::check::Checker::load(config, Arc::new(SystemClock)) {
+        Ok(checker) => checker,
+        Err(e) => return usage(e.to_string()),
+    };
+    // The same retry the server does when a token names a key not fetched yet.
+    let decision = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(async {
+            let decision = checker.check(&input);
+            if checker.refresh_keys_for(&decision).await {
+                checker.check(&input)
+            } else {
+                decision
+            }
+        }),
+        Err(e) => return usage(format!("cannot start the async runtime: {e}")),
+    };
+    let report = cedargate::offline::Report::of(&decision);
+    match args.format {
+        Format::Text => println!("{}", report.human()),
+        Format::Json => println!("{}", serde_json::to_string(&report).unwrap_or_default()),
+    }
+    if decision.is_allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn test(dir: &std::path::Path, config: Option<&std::path::Path>, format: Format) -> ExitCode {
+    use cedargate::offline;
+    let fail = |message: String| {
+        eprintln!("error: {message}");
+        ExitCode::from(2)
+    };
+    let mut config = match offline_config(config, dir) {
+        Ok(config) => config,
+        Err(e) => return fail(e),
+    };
+    // Cases name callers by SPIFFE ID; a case may add a certificate.
+    config.identity.require_certificate = false;
+    let clock = Arc::new(offline::SettableClock::default());
+    let checker = match cedargate::check::Checker::load(config, clock.clone()) {
+        Ok(checker) => checker,
+        Err(e) => return fail(e.to_string()),
+    };
+    let files = match offline::test_files(dir) {
+        Ok(files) if files.is_empty() => return fail(format!("no *.test.toml files in {}", dir.display())),
+        Ok(files) => files,
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut results = Vec::new();
+    for path in &files {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let cases = match offline::parse_test_file(path) {
+            Ok(cases) => cases,
+            Err(e) => return fail(e.to_string()),
+        };
+        match offline::run_cases(&name, &cases, &checker, &clock) {
+            Ok(mut r) => results.append(&mut r),
+            Err(e) => return fail(e.to_string()),
+        }
+    }
+    let failed = results.iter().filter(|r| !r.passed).count();
+    match format {
+        Format::Json => {
+            let out = serde_json::json!({ "passed": results.len() - failed, "failed": failed, "cases": results });
+            println!("{out}");
+        }
+        Format::Text => {
+            for r in &results {
+                if r.passed {
+                    println!("ok    {}: {}", r.file, r.name);
+                } else {
+                    println!("FAIL  {}: {}", r.file, r.name);
+                    for line in r.diff.iter().flat_map(|d| d.lines()) {
+                        println!("        {line}");
+                    }
+                    for line in r.actual.human().lines() {
+                        println!("        | {line}");
+                    }
+                }
+            }
+            println!("\n{} passed, {failed} failed", results.len() - failed);
+        }
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -1,0 +1,148 @@
+//! Hot reload of the policy directory: noticed by polling (and on SIGHUP),
+//! debounced, validated as a whole, then swapped in atomically.
+//!
+//! A Check holds the snapshot it started with, so a swap never changes a decision
+//! halfway. An invalid change never replaces the last good set: cedargate keeps
+//! serving it, logs Cedar's diagnostics (file:line:column) and records the failure
+//! in `ReloadStatus`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+
+use crate::cedar_request::TokenModel;
+use crate::policy_set::{self, LoadError, PolicySnapshot, ENTITIES_FILE, POLICY_EXTENSION, SCHEMA_FILE};
+
+/// How often the directory is looked at.
+const POLL: Duration = Duration::from_millis(100);
+
+/// What the last reloads did, for logs, metrics and `/status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// Version of the set being served.
+    pub version: String,
+    /// Diagnostics of the last failed attempt, until a later attempt succeeds.
+    pub last_error: Option<String>,
+    pub last_attempt: Option<SystemTime>,
+}
+
+/// What one reload attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// A new set is being served.
+    Swapped { version: String },
+    /// The directory's content is the set already served.
+    Unchanged,
+}
+
+pub struct PolicyReloader {
+    dir: PathBuf,
+    tokens: TokenModel,
+    policies: Arc<ArcSwap<PolicySnapshot>>,
+    status: Mutex<ReloadStatus>,
+    /// The directory as last seen by the watcher; taken at creation, right after the
+    /// first load, so an edit made before the watcher first runs is not missed.
+    initial: Vec<(String, u64, Option<SystemTime>)>,
+    /// Serializes reloads (watcher and SIGHUP) so two never race to swap.
+    reloading: Mutex<()>,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl PolicyReloader {
+    pub fn new(dir: PathBuf, tokens: TokenModel, policies: Arc<ArcSwap<PolicySnapshot>>) -> PolicyReloader {
+        let version = policies.load().version.clone();
+        PolicyReloader {
+            initial: fingerprint(&dir),
+            dir,
+            tokens,
+            policies,
+            status: Mutex::new(ReloadStatus { version, ..ReloadStatus::default() }),
+            reloading: Mutex::new(()),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Loads and validates the directory; swaps it in if it is valid and differs.
+    pub fn reload(&self) -> Result<ReloadOutcome, LoadError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let attempt = policy_set::load_dir(&self.dir, &self.tokens);
+        let mut status = self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        status.last_attempt = Some(SystemTime::now());
+        match attempt {
+            Ok(snapshot) => {
+                status.last_error = None;
+                if snapshot.version == self.policies.load().version {
+                    return Ok(ReloadOutcome::Unchanged);
+                }
+                let version = snapshot.version.clone();
+                tracing::info!(version = %version, previous = %status.version, policies = snapshot.policy_count(), "policy set reloaded");
+                self.policies.store(Arc::new(snapshot));
+                status.version = version.clone();
+                self.succeeded.fetch_add(1, Ordering::Relaxed);
+                Ok(ReloadOutcome::Swapped { version })
+            }
+            Err(e) => {
+                tracing::error!(serving = %status.version, "policy change refused, still serving the last good set: {e}");
+                status.last_error = Some(e.to_string());
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Watches the directory until the task is aborted: after a change, waits until
+    /// the files have been quiet for `debounce` (an editor's burst of saves, a
+    /// `git checkout` of many files) and reloads once.
+    pub async fn watch(self: Arc<Self>, debounce: Duration) {
+        let mut seen = self.initial.clone();
+        loop {
+            tokio::time::sleep(POLL).await;
+            let now = fingerprint(&self.dir);
+            if now == seen {
+                continue;
+            }
+            // Changing: wait for quiet.
+            let mut settled = now;
+            loop {
+                tokio::time::sleep(debounce).await;
+                let again = fingerprint(&self.dir);
+                if again == settled {
+                    break;
+                }
+                settled = again;
+            }
+            seen = settled;
+            let reloader = Arc::clone(&self);
+            // Loading a large set is CPU work: keep it off the async workers.
+            let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+        }
+    }
+}
+
+/// Names, sizes and modification times of the files a policy set is made of: cheap
+/// to take every 100 ms, and any save changes it.
+fn fingerprint(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<(String, u64, Option<SystemTime>)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let relevant = name == SCHEMA_FILE
+                || name == ENTITIES_FILE
+                || Path::new(&name).extension().is_some_and(|e| e == POLICY_EXTENSION);
+            let meta = entry.metadata().ok().filter(|_| relevant)?;
+            Some((name, meta.len(), meta.modified().ok()))
+        })
+        .collect();
+    files.sort();
+    files
+}

@@ -1,0 +1,229 @@
+//! Hot reload of the policy directory: changes are picked up, invalid ones are
+//! refused while the last good set keeps serving, bursts coalesce, and Checks under
+//! a storm of reloads all get answers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::pki::Pki;
+use common::{check, outcome, shipped_policies, test_config, Req};
+
+const REPORTING: &str = "spiffe://example.org/ns/ops/sa/reporting";
+
+/// A copy of the shipped policies in a temporary directory.
+fn policy_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(shipped_policies()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+/// DELETE /api/orders/1 from the reporting service: denied by the shipped policies.
+fn delete(pki: &Pki) -> cedargate::proto::envoy::service::auth::v3::CheckRequest {
+    Req::new(REPORTING, Some(&pki.svid(REPORTING).cert_pem)).method("DELETE").build()
+}
+
+fn write_policy(dir: &Path, name: &str, id: &str) {
+    let text = format!(
+        "@id(\"{id}\")\npermit (principal == Workload::\"{REPORTING}\", action == Action::\"DELETE\", resource in Path::\"/api/orders\");\n"
+    );
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+#[tokio::test]
+async fn a_valid_change_is_served_within_a_second() {
+    let dir = policy_dir();
+    let pki = Pki::new();
+    let running = common::start(test_config(dir.path().to_owned())).await;
+    let before = running.checker.policies().version.clone();
+    assert_eq!(outcome(&check(&running, delete(&pki)).await), (403, "policy_denied".into()));
+
+    write_policy(dir.path(), "extra.cedar", "reporting-deletes");
+    let started = Instant::now();
+    while outcome(&check(&running, delete(&pki)).await).0 != 200 {
+        assert!(started.elapsed() < Duration::from_secs(1), "change not served after 1 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = running.reloader.status();
+    assert_ne!(status.version, before);
+    assert_eq!(status.version, running.checker.policies().version);
+    assert_eq!(status.last_error, None);
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_invalid_change_keeps_the_last_good_set_and_is_reported() {
+    let dir = policy_dir();
+    let pki = Pki::new();
+    let running = common::start(test_config(dir.path().to_owned())).await;
+    let good = running.checker.policies().version.clone();
+
+    // A syntax error, then a policy that parses but does not validate.
+    std::fs::write(dir.path().join("broken.cedar"), "permit (principal, action, resource) when { ;\n").unwrap();
+    let started = Instant::now();
+    while running.reloader.failed.load(Ordering::Relaxed) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(2), "invalid change not noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = running.reloader.status();
+    let error = status.last_error.expect("the failure is reported");
+    assert!(error.contains("broken.cedar:1:"), "diagnostics point at file:line:column: {error}");
+    assert_eq!(status.version, good);
+    assert_eq!(running.checker.policies().version, good);
+    assert_eq!(outcome(&check(&running, delete(&pki)).await), (403, "policy_denied".into()), "still the old set");
+    let frontend = "spiffe://example.org/ns/default/sa/frontend";
+    let allowed = Req::new(frontend, Some(&pki.svid(frontend).cert_pem)).build();
+    assert_eq!(outcome(&check(&running, allowed).await).0, 200, "and still serving");
+
+    std::fs::write(dir.path().join("broken.cedar"), "permit (principal, action, resource) when { principal.nope };\n")
+        .unwrap();
+    let started = Instant::now();
+    while running.reloader.failed.load(Ordering::Relaxed) < 2 {
+        assert!(started.elapsed() < Duration::from_secs(2), "second invalid change not noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(running.checker.policies().version, good);
+
+    // Fixing it recovers.
+    std::fs::remove_file(dir.path().join("broken.cedar")).unwrap();
+    write_policy(dir.path(), "extra.cedar", "reporting-deletes");
+    let started = Instant::now();
+    while outcome(&check(&running, delete(&pki)).await).0 != 200 {
+        assert!(started.elapsed() < Duration::from_secs(2), "fixed set not served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(running.reloader.status().last_error, None);
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_burst_of_saves_is_one_reload() {
+    let dir = policy_dir();
+    let running = common::start(test_config(dir.path().to_owned())).await;
+    for i in 0..8 {
+        write_policy(dir.path(), "extra.cedar", &format!("draft-{i}"));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(running.reloader.succeeded.load(Ordering::Relaxed), 1, "{:?}", running.reloader.status());
+    assert!(running.checker.policies().policy_files.keys().any(|id| id.to_string() == "draft-7"));
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_during_many_reloads_all_get_correct_answers() {
+    let dir = policy_dir();
+    let pki = Pki::new();
+    let mut config = test_config(dir.path().to_owned());
+    config.policies.watch = false; // reloads are driven directly, as fast as they go
+    write_policy(dir.path(), "extra.cedar", "version-a");
+    let running = common::start(config).await;
+    let request = delete(&pki);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (addr, request, stop) = (running.local_addr.clone(), request.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut client = common::client(&addr).await;
+            let mut answered = 0u32;
+            while !stop.load(Ordering::Relaxed) && answered < 20_000 {
+                let reply = client.check(request.clone()).await.expect("no Check fails").into_inner();
+                let (status, _) = outcome(&reply);
+                let metadata = reply.dynamic_metadata.unwrap();
+                let policies = format!("{:?}", metadata.fields["policies"]);
+                assert_eq!(status, 200, "every answer is an allow from one version or the other");
+                assert!(policies.contains("version-a") || policies.contains("version-b"), "{policies}");
+                answered += 1;
+            }
+            answered
+        }));
+    }
+    let reloader = running.reloader.clone();
+    let dir_path = dir.path().to_owned();
+    let swaps = tokio::task::spawn_blocking(move || {
+        let mut swaps = 0;
+        for i in 0..30 {
+            write_policy(&dir_path, "extra.cedar", if i % 2 == 0 { "version-b" } else { "version-a" });
+            if matches!(reloader.reload(), Ok(cedargate::reload::ReloadOutcome::Swapped { .. })) {
+                swaps += 1;
+            }
+        }
+        swaps
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let mut answered = 0;
+    for client in clients {
+        answered += client.await.unwrap();
+    }
+    assert_eq!(swaps, 30);
+    assert!(answered > 0);
+    running.shutdown().await.unwrap();
+}
+
+#[test]
+fn sighup_reloads_the_running_binary() {
+    let dir = policy_dir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(
+        dir.path().join("cedargate.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[policies]\ndir = \"{}\"\nwatch = false\n[identity]\ntrust_domains = [\"example.org\"]\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cedargate"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("cedargate.toml"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async {
+            let pki = Pki::new();
+            let addr = format!("127.0.0.1:{port}");
+            let started = Instant::now();
+            let mut client = loop {
+                match cedargate::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
+                    format!("http://{addr}"),
+                )
+                .await
+                {
+                    Ok(client) => break client,
+                    Err(_) if started.elapsed() < Duration::from_secs(20) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    Err(e) => panic!("cedargate did not start: {e}"),
+                }
+            };
+            let status = |reply: tonic::Response<_>| outcome(&reply.into_inner()).0;
+            assert_eq!(status(client.check(delete(&pki)).await.unwrap()), 403);
+            write_policy(dir.path(), "extra.cedar", "reporting-deletes");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(status(client.check(delete(&pki)).await.unwrap()), 403, "watch = false: no reload yet");
+            let killed = std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+            assert!(killed.success());
+            let started = Instant::now();
+            while status(client.check(delete(&pki)).await.unwrap()) != 200 {
+                assert!(started.elapsed() < Duration::from_secs(5), "SIGHUP did not reload");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    }));
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
