@@ -7,6 +7,10 @@
 #[allow(dead_code)]
 mod pki;
 
+#[path = "../tests/common/jwt.rs"]
+#[allow(dead_code)]
+mod jwt;
+
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
@@ -100,6 +104,35 @@ fn benches(c: &mut Criterion) {
     c.bench_function("check/shipped_policies_allow", |b| {
         b.iter(|| assert!(shipped.check(black_box(&input)).is_allowed()))
     });
+
+    // Bearer tokens: the shipped policies, GET with and without a verified token.
+    let signers = [jwt::Signer::ec("ec"), jwt::Signer::ed("ed"), jwt::Signer::rsa("rsa")];
+    let jwks_dir = tempfile::tempdir().unwrap();
+    std::fs::write(jwks_dir.path().join("jwks.json"), jwt::jwks(&signers.iter().collect::<Vec<_>>())).unwrap();
+    let mut config = Config::default();
+    config.policies.dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    config.identity.trust_domains = vec!["example.org".into()];
+    config.tokens.issuers = vec![cedargate::config::IssuerConfig {
+        issuer: jwt::ISSUER.into(),
+        audiences: vec![jwt::AUDIENCE.into()],
+        jwks_file: Some(jwks_dir.path().join("jwks.json")),
+        ..Default::default()
+    }];
+    let with_tokens = Checker::load(config, Arc::new(SystemClock)).unwrap();
+    let mut group = c.benchmark_group("check/token");
+    group.bench_function("none", |b| b.iter(|| assert!(with_tokens.check(black_box(&input)).is_allowed())));
+    for signer in &signers {
+        let token = signer.sign(&jwt::claims(jwt::now(), "alice"));
+        let mut req = req.clone();
+        if let Some(http) = req.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|r| r.http.as_mut()) {
+            http.headers.insert("authorization".into(), format!("Bearer {token}"));
+        }
+        let input = wire::check_input(req);
+        let probe = with_tokens.check(&input);
+        assert!(probe.is_allowed() && probe.token.is_some(), "{probe:?}");
+        group.bench_function(jwt::alg_name(signer.alg), |b| b.iter(|| with_tokens.check(black_box(&input))));
+    }
+    group.finish();
 
     let mut group = c.benchmark_group("check/policies");
     for n in [10usize, 100, 1_000] {
