@@ -511,3 +511,21 @@ async fn answers_carry_bearer_challenges_and_claim_headers() {
     assert!(ok.headers_to_remove.contains(&"x-user".to_owned()), "{ok:?}");
     running.shutdown().await.unwrap();
 }
+
+#[test]
+fn jwt_svid_profile_requires_a_spiffe_id_subject() {
+    let ec = Signer::ec("ec-1");
+    let w = World::new(&[&ec], |c| {
+        c.tokens.issuers[0].spiffe = true;
+        c.tokens.issuers[0].algorithms = vec!["ES256".into(), "RS256".into()];
+    });
+    let now = jwt::now();
+    assert_eq!(w.decide(&w.place_order(&at_jwt(&ec, &claims(now, "alice")))).code(), "token_subject_not_spiffe_id");
+    let svid = at_jwt(&ec, &claims(now, "spiffe://example.org/ns/default/sa/frontend"));
+    assert!(w.decide(&w.place_order(&svid)).is_allowed());
+    // EdDSA is outside the JWT-SVID profile: such a configuration is refused.
+    let mut config = Config::default();
+    config.tokens.issuers =
+        vec![IssuerConfig { spiffe: true, algorithms: vec!["EdDSA".into()], ..issuer(Path::new("j")) }];
+    assert!(config.validate("t").unwrap_err().to_string().contains("JWT-SVID"));
+}
