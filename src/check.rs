@@ -8,8 +8,7 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use cedar_policy::Decision as CedarDecision;
 
-use crate::cedar_request::TokenModel;
-use crate::cedar_request::{self, CedarInput};
+use crate::cedar_request::{self, CedarInput, TokenModel};
 use crate::config::Config;
 use crate::credentials::{Credentials, CredentialsError};
 use crate::decision::{Decision, DenyReason, Outcome};

@@ -42,10 +42,4 @@ impl Credentials {
         tasks.push(tokio::spawn(Arc::clone(&self.revocations).run_watcher()));
         tasks
     }
-
-    /// Changes whenever keys or the revocation list change: decisions derived from
-    /// them are only reusable while it stays the same.
-    pub fn generation(&self) -> u64 {
-        self.tokens.generation().wrapping_add(self.revocations.generation().wrapping_mul(0x9e37_79b9_7f4a_7c15))
-    }
 }

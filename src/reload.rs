@@ -22,7 +22,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// What the last reloads did, for logs, metrics and `/status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReloadStatus {
-    /// Version of the set being served.
+    /// Version of the set being served (read from the snapshot itself).
     pub version: String,
     /// Diagnostics of the last failed attempt, until a later attempt succeeds.
     pub last_error: Option<String>,
@@ -54,13 +54,12 @@ pub struct PolicyReloader {
 
 impl PolicyReloader {
     pub fn new(dir: PathBuf, tokens: TokenModel, policies: Arc<ArcSwap<PolicySnapshot>>) -> PolicyReloader {
-        let version = policies.load().version.clone();
         PolicyReloader {
             initial: fingerprint(&dir),
             dir,
             tokens,
             policies,
-            status: Mutex::new(ReloadStatus { version, ..ReloadStatus::default() }),
+            status: Mutex::new(ReloadStatus::default()),
             reloading: Mutex::new(()),
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -68,7 +67,8 @@ impl PolicyReloader {
     }
 
     pub fn status(&self) -> ReloadStatus {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+        let status = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        ReloadStatus { version: self.policies.load().version.clone(), ..status }
     }
 
     /// Loads and validates the directory; swaps it in if it is valid and differs.
@@ -77,21 +77,21 @@ impl PolicyReloader {
         let attempt = policy_set::load_dir(&self.dir, &self.tokens);
         let mut status = self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         status.last_attempt = Some(SystemTime::now());
+        let serving = self.policies.load().version.clone();
         match attempt {
             Ok(snapshot) => {
                 status.last_error = None;
-                if snapshot.version == self.policies.load().version {
+                if snapshot.version == serving {
                     return Ok(ReloadOutcome::Unchanged);
                 }
                 let version = snapshot.version.clone();
-                tracing::info!(version = %version, previous = %status.version, policies = snapshot.policy_count(), "policy set reloaded");
+                tracing::info!(version = %version, previous = %serving, policies = snapshot.policy_count(), "policy set reloaded");
                 self.policies.store(Arc::new(snapshot));
-                status.version = version.clone();
                 self.succeeded.fetch_add(1, Ordering::Relaxed);
                 Ok(ReloadOutcome::Swapped { version })
             }
             Err(e) => {
-                tracing::error!(serving = %status.version, "policy change refused, still serving the last good set: {e}");
+                tracing::error!(serving = %serving, "policy change refused, still serving the last good set: {e}");
                 status.last_error = Some(e.to_string());
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 Err(e)

@@ -23,7 +23,7 @@ use crate::config::{ClaimType, IssuerConfig, PrincipalFrom, TokensConfig};
 use crate::identity::unix_seconds;
 use crate::input::{CheckInput, HttpInput};
 use crate::jwks::{IssuerKeys, JwksError, KeyLookup};
-use crate::revocation::{Denylist, Revoked};
+use crate::revocation::Denylist;
 use crate::spiffe::SpiffeId;
 
 /// The context extension a route sets to require (or waive) a token.
@@ -197,11 +197,6 @@ impl TokenVerifier {
     /// The keys of the issuer at `index` (as carried by `TokenError::KeyUnknown`).
     pub fn keys_of(&self, index: usize) -> Option<&Arc<IssuerKeys>> {
         self.issuers.get(index).map(|i| &i.keys)
-    }
-
-    /// Sum of all key generations: changes whenever any issuer's keys change.
-    pub fn generation(&self) -> u64 {
-        self.issuers.iter().map(|i| i.keys.generation()).fold(0, u64::wrapping_add)
     }
 
     /// Finds and verifies the request's token. `Ok(None)`: no token, and none required.
@@ -475,12 +470,17 @@ fn audiences(claims: &Map<String, Value>) -> Result<Vec<String>, TokenError> {
 /// issuers send it).
 fn scopes(claims: &Map<String, Value>) -> Result<Vec<String>, TokenError> {
     match (claims.get("scope"), claims.get("scp")) {
-        (Some(Value::String(s)), _) => Ok(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()),
+        (Some(Value::String(s)), _) => Ok(space_separated(s)),
         (Some(other), _) => string_list(other, "scope"),
-        (None, Some(Value::String(s))) => Ok(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()),
+        (None, Some(Value::String(s))) => Ok(space_separated(s)),
         (None, Some(other)) => string_list(other, "scp"),
         (None, None) => Ok(Vec::new()),
     }
+}
+
+/// `"a b  c"` → `["a", "b", "c"]`: how OAuth writes a set of strings in one claim.
+fn space_separated(s: &str) -> Vec<String> {
+    s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
 /// The configured custom claims the token has, checked against their declared type:
@@ -496,9 +496,7 @@ fn custom_claims(claims: &Map<String, Value>, config: &IssuerConfig) -> Result<V
             (ClaimType::String, Value::String(s)) => ClaimValue::String(s.clone()),
             (ClaimType::Long, Value::Number(n)) => ClaimValue::Long(n.as_i64().ok_or_else(invalid)?),
             (ClaimType::Bool, Value::Bool(b)) => ClaimValue::Bool(*b),
-            (ClaimType::StringSet, Value::String(s)) => {
-                ClaimValue::StringSet(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect())
-            }
+            (ClaimType::StringSet, Value::String(s)) => ClaimValue::StringSet(space_separated(s)),
             (ClaimType::StringSet, other @ Value::Array(_)) => ClaimValue::StringSet(string_list(other, name)?),
             _ => return Err(invalid()),
         };
@@ -527,16 +525,6 @@ fn forward_headers(claims: &Map<String, Value>, config: &IssuerConfig, sub: &str
             (!value.chars().any(char::is_control)).then(|| (header.clone(), value))
         })
         .collect()
-}
-
-/// Why a revoked credential was refused, for logs.
-pub fn revoked_kind(kind: Revoked) -> &'static str {
-    match kind {
-        Revoked::TokenId => "jti",
-        Revoked::Subject => "sub",
-        Revoked::CertificateSerial => "serial",
-        Revoked::CertificateFingerprint => "fingerprint",
-    }
 }
 
 #[cfg(test)]
