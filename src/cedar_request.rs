@@ -81,19 +81,35 @@ pub fn check_limits<'a>(input: &'a CheckInput, limits: &LimitsConfig) -> Result<
 /// entity store, which holds nothing else of these types.
 const REQUEST_ID: &str = "request";
 
+/// The parts of a request every later step needs: the normalized path and the action.
+#[derive(Debug)]
+pub struct Prepared<'s> {
+    pub path: NormalizedPath,
+    pub action: &'s EntityUid,
+}
+
+/// Normalizes the path and finds the action for the method.
+pub fn prepare<'s>(
+    snapshot: &'s PolicySnapshot,
+    http: &HttpInput,
+    limits: &LimitsConfig,
+) -> Result<Prepared<'s>, RequestError> {
+    let path = http_path::normalize(&http.path, limits.max_path_bytes)?;
+    let action = snapshot.actions_by_method.get(http.method.as_str()).ok_or(RequestError::MethodUnknown)?;
+    Ok(Prepared { path, action })
+}
+
 /// Builds the Cedar request for one Check.
 pub fn build(
     snapshot: &PolicySnapshot,
+    prepared: &Prepared<'_>,
     peer: &PeerIdentity,
     token: Option<&VerifiedToken>,
     input: &CheckInput,
     http: &HttpInput,
     now: SystemTime,
-    limits: &LimitsConfig,
 ) -> Result<CedarInput, RequestError> {
-    let path = http_path::normalize(&http.path, limits.max_path_bytes)?;
-    let action = snapshot.actions_by_method.get(http.method.as_str()).ok_or(RequestError::MethodUnknown)?;
-    let parts = request_parts(snapshot, peer, token, input, http, &path, now).map_err(RequestError::Build)?;
+    let parts = request_parts(snapshot, peer, token, input, http, &prepared.path, now).map_err(RequestError::Build)?;
     // Schema conformance of these entities is proven once per load by
     // `check_schema_contract`, so it is not re-checked on every request.
     let entities = snapshot
@@ -101,9 +117,18 @@ pub fn build(
         .clone()
         .upsert_entities(parts.entities, None)
         .map_err(|e| RequestError::Build(e.to_string()))?;
-    let request = Request::new(parts.principal, action.clone(), parts.resource, parts.context, Some(&snapshot.schema))
-        .map_err(|e| RequestError::Build(e.to_string()))?;
+    let request =
+        Request::new(parts.principal, prepared.action.clone(), parts.resource, parts.context, Some(&snapshot.schema))
+            .map_err(|e| RequestError::Build(e.to_string()))?;
     Ok(CedarInput { request, entities })
+}
+
+/// The principal's uid: the peer workload, or the token's subject as a `User`.
+pub fn principal_uid(snapshot: &PolicySnapshot, peer: &PeerIdentity, token: Option<&VerifiedToken>) -> EntityUid {
+    match token.filter(|t| t.principal == PrincipalFrom::Subject) {
+        Some(token) => uid(&snapshot.types.user, &token.sub),
+        None => uid(&snapshot.types.workload, peer.spiffe_id.as_str()),
+    }
 }
 
 /// What one request adds to the base entity store, and its context.
@@ -132,14 +157,11 @@ fn request_parts(
     let route = tag_entity(&types.route, input.context_extensions.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     let resource = request_entity(types, http, path, headers.uid(), query.uid())?;
     let context = context(input, workload.uid(), token, route.uid(), now)?;
-    let mut principal = workload.uid();
+    let principal = principal_uid(snapshot, peer, token);
     let mut entities = vec![workload, resource.clone(), headers, query, route];
-    if let Some(token) = token.filter(|t| t.principal == PrincipalFrom::Subject) {
-        principal = uid(&types.user, &token.sub);
-        // A user listed in entities.json keeps its attributes and groups from there.
-        if snapshot.entities.get(&principal).is_none() {
-            entities.push(Entity::new_no_attrs(principal.clone(), HashSet::new()));
-        }
+    // A user listed in entities.json keeps its attributes and groups from there.
+    if principal.type_name() == &types.user && snapshot.entities.get(&principal).is_none() {
+        entities.push(Entity::new_no_attrs(principal.clone(), HashSet::new()));
     }
     Ok(RequestParts { principal, resource: resource.uid(), entities, context })
 }
@@ -231,6 +253,17 @@ fn tag_entity<'a>(
     type_name: &cedar_policy::EntityTypeName,
     pairs: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> Result<Entity, String> {
+    Entity::new_with_tags(
+        uid(type_name, REQUEST_ID),
+        [],
+        [],
+        joined_tags(pairs).into_iter().map(|(k, v)| (k.to_owned(), RestrictedExpression::new_string(v))),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// The tags of a tag entity: each key once, repeated keys' values joined with `,`.
+pub fn joined_tags<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> BTreeMap<&'a str, String> {
     let mut tags: BTreeMap<&str, String> = BTreeMap::new();
     for (key, value) in pairs {
         tags.entry(key)
@@ -240,13 +273,7 @@ fn tag_entity<'a>(
             })
             .or_insert_with(|| value.to_owned());
     }
-    Entity::new_with_tags(
-        uid(type_name, REQUEST_ID),
-        [],
-        [],
-        tags.into_iter().map(|(k, v)| (k.to_owned(), RestrictedExpression::new_string(v))),
-    )
-    .map_err(|e| e.to_string())
+    tags
 }
 
 /// The resource: the HTTP request, a child of every prefix of its normalized path.

@@ -6,16 +6,18 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use cedar_policy::Decision as CedarDecision;
 
-use crate::cedar_request::{self, CedarInput, TokenModel};
+use crate::cedar_request::{self, Prepared, TokenModel};
 use crate::config::Config;
 use crate::credentials::{Credentials, CredentialsError};
 use crate::decision::{Decision, DenyReason, Outcome};
+use crate::decision_cache::{self, DecisionCache};
 use crate::identity::{self, IdentityError, PeerIdentity};
-use crate::input::CheckInput;
+use crate::input::{CheckInput, HttpInput};
+use crate::metrics::{CacheOutcome, Metrics, Stage};
+use crate::policy_index::Verdict;
 use crate::policy_set::{self, LoadError, PolicySnapshot};
-use crate::token::TokenError;
+use crate::token::{TokenError, VerifiedToken};
 
 /// Where "now" comes from: the system clock in production, a fixed instant in tests
 /// that replay captured requests.
@@ -48,6 +50,8 @@ pub struct Checker {
     policies: Arc<ArcSwap<PolicySnapshot>>,
     credentials: Arc<Credentials>,
     clock: Arc<dyn Clock>,
+    cache: Option<Arc<DecisionCache>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Why a checker could not be set up.
@@ -59,30 +63,35 @@ pub enum SetupError {
     Credentials(#[from] CredentialsError),
 }
 
-/// What Cedar said about one request.
-struct Verdict {
-    allowed: bool,
-    policies: Vec<String>,
-    errors: Vec<String>,
-    forbid_failed: bool,
-}
-
 impl Checker {
     pub fn new(
         config: Arc<Config>,
         policies: Arc<ArcSwap<PolicySnapshot>>,
         credentials: Arc<Credentials>,
         clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        Checker { config, policies, credentials, clock }
+        let cache = DecisionCache::new(&config.cache, Arc::clone(&metrics)).map(Arc::new);
+        Checker { config, policies, credentials, clock, cache, metrics }
     }
 
     /// A checker over the policy directory and credential sources named in `config`.
     /// Remote JWKS are not fetched here: `app::start` starts their refreshers.
     pub fn load(config: Config, clock: Arc<dyn Clock>) -> Result<Self, SetupError> {
         let snapshot = policy_set::load_dir(&config.policies.dir, &TokenModel::from_config(&config.tokens))?;
-        let credentials = Credentials::load(&config)?;
-        Ok(Checker::new(Arc::new(config), Arc::new(ArcSwap::from_pointee(snapshot)), Arc::new(credentials), clock))
+        let metrics = Arc::new(Metrics::default());
+        let credentials = Credentials::load(&config, Arc::clone(&metrics))?;
+        let policies = Arc::new(ArcSwap::from_pointee(snapshot));
+        Ok(Checker::new(Arc::new(config), policies, Arc::new(credentials), clock, metrics))
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The decision cache, when it is on.
+    pub fn cache(&self) -> Option<&Arc<DecisionCache>> {
+        self.cache.as_ref()
     }
 
     /// The swappable policy snapshot, shared with the reloader.
@@ -117,6 +126,7 @@ impl Checker {
             errors: Vec::new(),
             policy_version: snapshot.version.clone(),
             elapsed: Default::default(),
+            cache: CacheOutcome::Bypass,
         };
         decision.outcome = match self.decide(&snapshot, input, now, &mut decision) {
             Ok(()) => Outcome::Allow,
@@ -148,6 +158,8 @@ impl Checker {
         decision: &mut Decision,
     ) -> Result<(), DenyReason> {
         let http = cedar_request::check_limits(input, &self.config.limits)?;
+
+        let stage = Instant::now();
         let peer: PeerIdentity = identity::establish(&input.source, now, &self.config.identity)?;
         let revoked = self.credentials.revocations.current();
         if let Some(cert) = &peer.certificate {
@@ -156,10 +168,19 @@ impl Checker {
             }
         }
         decision.peer = Some(peer.clone());
+        self.metrics.record_stage(Stage::Identity, stage.elapsed());
+
+        let stage = Instant::now();
         let token = self.credentials.tokens.verify(input, http, peer.certificate.as_ref(), &revoked, now)?;
-        let cedar = cedar_request::build(snapshot, &peer, token.as_ref(), input, http, now, &self.config.limits)?;
+        if token.is_some() {
+            self.metrics.record_stage(Stage::Token, stage.elapsed());
+        }
+
+        let stage = Instant::now();
+        let prepared = cedar_request::prepare(snapshot, http, &self.config.limits)?;
+        let verdict = self.verdict(snapshot, &prepared, &peer, token.as_ref(), input, http, now, decision)?;
+        self.metrics.record_stage(Stage::Cedar, stage.elapsed());
         decision.token = token;
-        let verdict = evaluate(snapshot, &cedar);
         decision.policies = verdict.policies;
         decision.errors = verdict.errors;
         if verdict.forbid_failed {
@@ -171,27 +192,33 @@ impl Checker {
             Err(DenyReason::PolicyDenied)
         }
     }
-}
 
-/// Evaluates with Cedar. Cedar skips a policy whose condition errors; for a permit
-/// that only withholds an allow, but for a forbid it would turn a deny into an
-/// allow, so a failed forbid is reported for the caller to deny.
-fn evaluate(snapshot: &PolicySnapshot, cedar: &CedarInput) -> Verdict {
-    let response = snapshot.authorizer.is_authorized(&cedar.request, &snapshot.policies, &cedar.entities);
-    let diagnostics = response.diagnostics();
-    let mut forbid_failed = false;
-    let errors = diagnostics
-        .errors()
-        .map(|e| {
-            let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e;
-            forbid_failed |= snapshot.forbid_ids.contains(e.policy_id());
-            format!("{}: {}", e.policy_id(), e.inner())
-        })
-        .collect();
-    Verdict {
-        allowed: response.decision() == CedarDecision::Allow,
-        policies: diagnostics.reason().map(ToString::to_string).collect(),
-        errors,
-        forbid_failed,
+    /// Cedar's verdict: from the decision cache when the same request was decided
+    /// under the same policy set, else evaluated (and cached).
+    #[allow(clippy::too_many_arguments)]
+    fn verdict(
+        &self,
+        snapshot: &PolicySnapshot,
+        prepared: &Prepared<'_>,
+        peer: &PeerIdentity,
+        token: Option<&VerifiedToken>,
+        input: &CheckInput,
+        http: &HttpInput,
+        now: SystemTime,
+        decision: &mut Decision,
+    ) -> Result<Verdict, DenyReason> {
+        let evaluate = || {
+            let cedar = cedar_request::build(snapshot, prepared, peer, token, input, http, now)?;
+            Ok(snapshot.index.evaluate(&snapshot.authorizer, &cedar.request, &cedar.entities))
+        };
+        let Some(cache) = &self.cache else { return Ok(evaluate()?) };
+        let Some(key) = decision_cache::key(snapshot, prepared, peer, token, input, http) else {
+            return Ok(evaluate()?);
+        };
+        let lifetime = decision_cache::lifetime(cache.ttl(), peer, token, now);
+        let (verdict, hit) = cache.get_or_compute(key, lifetime, evaluate)?;
+        self.metrics.record_cache_lookup("decision", hit);
+        decision.cache = if hit { CacheOutcome::Hit } else { CacheOutcome::Miss };
+        Ok(verdict)
     }
 }

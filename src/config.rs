@@ -22,7 +22,11 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub tokens: TokensConfig,
     pub response: ResponseConfig,
+    pub cache: CacheConfig,
+    pub admin: AdminConfig,
+    pub audit: AuditConfig,
     pub log: LogConfig,
+    pub tracing: TracingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -253,6 +257,104 @@ impl Default for ResponseConfig {
     }
 }
 
+/// The decision cache and the verified-signature cache.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Cache Cedar decisions. The key is a digest of the whole Cedar request and the
+    /// policy set version; credentials are still verified on every Check.
+    pub decisions: bool,
+    /// Most cached decisions.
+    pub max_entries: u64,
+    /// Most memory the cached decisions may take (estimated), in bytes.
+    pub max_bytes: u64,
+    /// Longest an entry lives; it never outlives the token or certificate it was
+    /// computed for.
+    #[serde(deserialize_with = "human_duration")]
+    pub ttl: Duration,
+    /// Most remembered token signatures (0 turns that cache off).
+    pub token_entries: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            decisions: true,
+            max_entries: 100_000,
+            max_bytes: 32 * 1024 * 1024,
+            ttl: Duration::from_secs(60),
+            token_entries: 10_000,
+        }
+    }
+}
+
+/// The admin listener: metrics, health, status and the runtime log level.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `ip:port`; empty turns the admin listener off.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: "127.0.0.1:9090".to_owned() }
+    }
+}
+
+/// One JSON record per decision.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    /// `stdout`, or a file path (appended to, reopened on SIGHUP for log rotation).
+    pub sink: String,
+    /// Records waiting to be written; when full, `block` makes Checks wait for room
+    /// (no record is lost) and `drop` discards the record and counts it.
+    pub queue: usize,
+    pub when_full: WhenFull,
+    /// Write the query string of the path (`false`: only the path before `?`).
+    pub include_query: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: true,
+            sink: "stdout".to_owned(),
+            queue: 8192,
+            when_full: WhenFull::Block,
+            include_query: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenFull {
+    Block,
+    Drop,
+}
+
+/// Traces: a span per Check joined to the request's W3C trace context.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingConfig {
+    /// OTLP/gRPC collector, such as `http://127.0.0.1:4317`; empty: no export.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Fraction of traces started here that are sampled (a `traceparent`'s
+    /// sampled flag is followed).
+    pub sample_ratio: f64,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig { otlp_endpoint: String::new(), service_name: "cedargate".to_owned(), sample_ratio: 1.0 }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -416,6 +518,22 @@ impl Config {
                     format!("claim `{name}` is mapped with two different types"),
                 ));
             }
+        }
+        if self.cache.decisions && (self.cache.max_entries == 0 || self.cache.max_bytes == 0) {
+            return Err(invalid("cache.max_entries", "max_entries and max_bytes must be greater than 0".to_owned()));
+        }
+        if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("admin.listen", format!("`{}` is not `ip:port`", self.admin.listen)));
+        }
+        if self.audit.enabled && (self.audit.sink.is_empty() || self.audit.queue == 0) {
+            return Err(invalid("audit.sink", "set a sink (`stdout` or a path) and a queue above 0".to_owned()));
+        }
+        let endpoint = &self.tracing.otlp_endpoint;
+        if !endpoint.is_empty() && !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+            return Err(invalid("tracing.otlp_endpoint", format!("`{endpoint}` is not an http(s) URL")));
+        }
+        if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
+            return Err(invalid("tracing.sample_ratio", "must be between 0 and 1".to_owned()));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("`{}` is not a log filter: {e}", self.log.level)));

@@ -7,6 +7,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::jwks::JwksError;
+use crate::metrics::Metrics;
 use crate::revocation::Revocations;
 use crate::token::TokenVerifier;
 
@@ -26,12 +27,13 @@ pub enum CredentialsError {
 impl Credentials {
     /// Reads every local source now (a JWKS or revocation file that is missing or
     /// invalid refuses to start); remote JWKS are fetched by `spawn_refreshers`.
-    pub fn load(config: &Config) -> Result<Credentials, CredentialsError> {
+    pub fn load(config: &Config, metrics: Arc<Metrics>) -> Result<Credentials, CredentialsError> {
         let revocations = match &config.identity.revocation_file {
             Some(path) => Revocations::from_file(path).map_err(CredentialsError::Revocation)?,
             None => Revocations::none(),
         };
-        Ok(Credentials { tokens: TokenVerifier::new(&config.tokens)?, revocations: Arc::new(revocations) })
+        let tokens = TokenVerifier::new(&config.tokens, &config.cache, metrics)?;
+        Ok(Credentials { tokens, revocations: Arc::new(revocations) })
     }
 
     /// Starts the tasks that re-read JWKS files and URLs and the revocation file.

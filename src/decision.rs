@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::cedar_request::RequestError;
 use crate::identity::{IdentityError, PeerIdentity};
+use crate::metrics::CacheOutcome;
 use crate::token::{TokenError, VerifiedToken};
 
 /// Allow or deny, with why.
@@ -29,6 +30,8 @@ pub struct Decision {
     pub policy_version: String,
     /// Time spent deciding.
     pub elapsed: Duration,
+    /// Whether the decision cache answered.
+    pub cache: CacheOutcome,
 }
 
 #[derive(Debug, Clone)]

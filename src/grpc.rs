@@ -58,6 +58,7 @@ fn panicked_decision(checker: &Checker) -> Decision {
         errors: Vec::new(),
         policy_version: checker.policies().version.clone(),
         elapsed: Default::default(),
+        cache: Default::default(),
     }
 }
 

@@ -6,18 +6,18 @@
 //! Check only reads a snapshot. Failures come back as diagnostics that point at
 //! file, line and column, and a failed load never replaces a good snapshot.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Effect, Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema, ValidationMode,
-    Validator,
+    Authorizer, Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator,
 };
 use sha2::{Digest, Sha256};
 
 use crate::cedar_request::{self, TokenModel};
+use crate::policy_index::PolicyIndex;
 use crate::spiffe::SpiffeId;
 
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
@@ -38,8 +38,8 @@ pub struct PolicySnapshot {
     pub actions_by_method: HashMap<String, EntityUid>,
     /// Parents given to a workload in `entities.json` (groups), by SPIFFE ID.
     pub workload_parents: WorkloadParents,
-    /// Policies whose effect is `forbid`: an error in one of them denies.
-    pub forbid_ids: HashSet<PolicyId>,
+    /// The policies split by action and principal, for evaluation.
+    pub index: PolicyIndex,
     /// Where each policy was written, for diagnostics and `explain`.
     pub policy_files: HashMap<PolicyId, String>,
     pub authorizer: Authorizer,
@@ -258,12 +258,14 @@ pub fn load_files(files: &PolicyFiles, tokens: &TokenModel) -> Result<PolicySnap
             HashMap::new(),
         ),
     };
-    let forbid_ids = policies.policies().filter(|p| p.effect() == Effect::Forbid).map(|p| p.id().clone()).collect();
-    let actions_by_method = schema
+    let actions_by_method: HashMap<String, EntityUid> = schema
         .actions()
         .filter(|uid| uid.type_name().to_string() == "Action" && is_method_token(uid.id().unescaped()))
         .map(|uid| (uid.id().unescaped().to_owned(), uid.clone()))
         .collect();
+    let internal = |e: String| vec![Diagnostic::file_level(SCHEMA_FILE, e)];
+    let action_entities = schema.action_entities().map_err(|e| internal(e.to_string()))?;
+    let index = PolicyIndex::build(&policies, actions_by_method.values(), &action_entities).map_err(internal)?;
 
     let snapshot = PolicySnapshot {
         version: version_of(files),
@@ -273,7 +275,7 @@ pub fn load_files(files: &PolicyFiles, tokens: &TokenModel) -> Result<PolicySnap
         types,
         actions_by_method,
         workload_parents,
-        forbid_ids,
+        index,
         policy_files,
         authorizer: Authorizer::new(),
     };

@@ -19,10 +19,11 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::certificate::PeerCertificate;
-use crate::config::{ClaimType, IssuerConfig, PrincipalFrom, TokensConfig};
+use crate::config::{CacheConfig, ClaimType, IssuerConfig, PrincipalFrom, TokensConfig};
 use crate::identity::unix_seconds;
 use crate::input::{CheckInput, HttpInput};
 use crate::jwks::{IssuerKeys, JwksError, KeyLookup};
+use crate::metrics::Metrics;
 use crate::revocation::Denylist;
 use crate::spiffe::SpiffeId;
 
@@ -165,6 +166,12 @@ pub struct TokenVerifier {
     headers: Vec<String>,
     max_token_bytes: usize,
     required: bool,
+    /// Tokens whose signature verified, by SHA-256 of the token, with the key-set
+    /// generation that verified them. A hit skips only the signature check (the
+    /// costly part): the claims, binding and revocation are judged on every Check,
+    /// and a key change makes every entry stale.
+    signatures: Option<moka::sync::Cache<[u8; 32], u64>>,
+    metrics: Arc<Metrics>,
 }
 
 struct Issuer {
@@ -175,7 +182,7 @@ struct Issuer {
 
 impl TokenVerifier {
     /// Sets up every issuer; JWKS files are read now and must be usable.
-    pub fn new(config: &TokensConfig) -> Result<TokenVerifier, JwksError> {
+    pub fn new(config: &TokensConfig, cache: &CacheConfig, metrics: Arc<Metrics>) -> Result<TokenVerifier, JwksError> {
         let mut issuers = Vec::new();
         let mut headers: Vec<String> = Vec::new();
         for issuer in &config.issuers {
@@ -186,7 +193,26 @@ impl TokenVerifier {
             }
             issuers.push(Issuer { config: issuer.clone(), algorithms, keys });
         }
-        Ok(TokenVerifier { issuers, headers, max_token_bytes: config.max_token_bytes, required: config.required })
+        let signatures = (cache.token_entries > 0).then(|| {
+            let evictions = Arc::clone(&metrics);
+            moka::sync::Cache::builder()
+                .max_capacity(cache.token_entries)
+                .time_to_live(cache.ttl)
+                .eviction_listener(move |_, _, cause| {
+                    if cause.was_evicted() {
+                        evictions.record_cache_eviction("token");
+                    }
+                })
+                .build()
+        });
+        Ok(TokenVerifier {
+            issuers,
+            headers,
+            max_token_bytes: config.max_token_bytes,
+            required: config.required,
+            signatures,
+            metrics,
+        })
     }
 
     /// Each issuer's keys, for the refresh tasks and metrics.
@@ -197,6 +223,25 @@ impl TokenVerifier {
     /// The keys of the issuer at `index` (as carried by `TokenError::KeyUnknown`).
     pub fn keys_of(&self, index: usize) -> Option<&Arc<IssuerKeys>> {
         self.issuers.get(index).map(|i| &i.keys)
+    }
+
+    /// Whether these exact token bytes already verified under this key generation.
+    fn signature_known(&self, digest: &[u8; 32], generation: u64) -> bool {
+        let Some(cache) = &self.signatures else { return false };
+        let hit = cache.get(digest) == Some(generation);
+        self.metrics.record_cache_lookup("token", hit);
+        hit
+    }
+
+    fn remember_signature(&self, digest: &[u8; 32], generation: u64) {
+        if let Some(cache) = &self.signatures {
+            cache.insert(*digest, generation);
+        }
+    }
+
+    /// Entries in the verified-signature cache.
+    pub fn cached_signatures(&self) -> u64 {
+        self.signatures.as_ref().map_or(0, |c| c.entry_count())
     }
 
     /// Finds and verifies the request's token. `Ok(None)`: no token, and none required.
@@ -219,7 +264,8 @@ impl TokenVerifier {
         if issuer.config.header != header {
             return Err(TokenError::WrongHeader);
         }
-        let verified = issuer.verify(index, &jwt, token, peer_certificate, now)?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let verified = issuer.verify(index, &jwt, &digest, self, peer_certificate, now)?;
         if revoked.token(verified.jti.as_deref(), &verified.sub).is_some() {
             return Err(TokenError::Revoked);
         }
@@ -305,7 +351,8 @@ impl Issuer {
         &self,
         index: usize,
         jwt: &Jwt<'_>,
-        token: &str,
+        digest: &[u8; 32],
+        verifier: &TokenVerifier,
         peer_certificate: Option<&PeerCertificate>,
         now: SystemTime,
     ) -> Result<VerifiedToken, TokenError> {
@@ -315,6 +362,9 @@ impl Issuer {
         if !self.algorithms.contains(&alg) {
             return Err(TokenError::AlgorithmNotAllowed);
         }
+        // Generation first: a key change stores the keys, then bumps it, so the keys
+        // read next are at least this generation's.
+        let generation = self.keys.generation();
         let keys = self.keys.current();
         let key = match keys.find(jwt.kid.as_deref(), alg) {
             KeyLookup::Found(key) => key,
@@ -326,10 +376,14 @@ impl Issuer {
         if jwt.signature.is_empty() {
             return Err(TokenError::SignatureInvalid);
         }
-        let valid = jsonwebtoken::crypto::verify(jwt.signature, jwt.signing_input.as_bytes(), key.decoding_key(), alg)
-            .map_err(|_| TokenError::SignatureInvalid)?;
-        if !valid {
-            return Err(TokenError::SignatureInvalid);
+        if !verifier.signature_known(digest, generation) {
+            let valid =
+                jsonwebtoken::crypto::verify(jwt.signature, jwt.signing_input.as_bytes(), key.decoding_key(), alg)
+                    .map_err(|_| TokenError::SignatureInvalid)?;
+            if !valid {
+                return Err(TokenError::SignatureInvalid);
+            }
+            verifier.remember_signature(digest, generation);
         }
 
         // The signature holds: the claims are the issuer's. Now judge them.
@@ -384,7 +438,7 @@ impl Issuer {
             exp,
             bound,
             claims: custom_claims(claims, config)?,
-            fingerprint: crate::certificate::hex(Sha256::digest(token.as_bytes()).get(..16).unwrap_or_default()),
+            fingerprint: crate::certificate::hex(digest.get(..16).unwrap_or_default()),
             principal: config.principal,
             forward: forward_headers(claims, config, &sub),
             sub,

@@ -1,0 +1,400 @@
+//! The decision cache: Cedar's verdict on a request, reused for an identical one.
+//!
+//! Correct by construction:
+//! - The key is a SHA-256 over the policy set version and every value the Cedar
+//!   request is built from (principal, action, resource and its attributes, the
+//!   context, the caller's certificate and token claims). It leaves out only what
+//!   `Relevance` proves no loaded policy can read.
+//! - Credentials are verified on every Check *before* the cache is consulted, so a
+//!   revoked, expired or re-keyed credential never reaches a cached verdict; and an
+//!   entry still never outlives the certificate or token it was computed for.
+//! - A new policy set has a new version, so no entry of the old one can be found.
+//!   Concurrent misses for one key compute once (moka's `try_get_with`).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use cedar_policy::Policy;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::cedar_request::{self, Prepared, RequestError};
+use crate::config::{CacheConfig, PrincipalFrom};
+use crate::identity::{unix_seconds, PeerIdentity};
+use crate::input::{CheckInput, HttpInput};
+use crate::metrics::Metrics;
+use crate::policy_index::Verdict;
+use crate::policy_set::PolicySnapshot;
+use crate::token::{ClaimValue, VerifiedToken};
+
+/// What the loaded policies can read of a request beyond its fixed parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relevance {
+    /// Some policy reads `context.time` (or the context as a whole): every request
+    /// is then different and the cache is bypassed.
+    pub time: bool,
+    /// Which header, query and route tags policies can read.
+    pub tags: TagKeys,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagKeys {
+    /// A tag is read with a computed key: any tag may matter.
+    All,
+    /// Only these keys appear in `getTag` / `hasTag`; other tags cannot be read
+    /// (Cedar has no way to enumerate tags).
+    Only(BTreeSet<String>),
+}
+
+impl TagKeys {
+    fn contains(&self, key: &str) -> bool {
+        match self {
+            TagKeys::All => true,
+            TagKeys::Only(keys) => keys.contains(key),
+        }
+    }
+}
+
+impl Relevance {
+    /// Reads every policy's conditions (as Cedar's JSON form). Anything not
+    /// understood counts as relevant, so the proof errs towards a larger key.
+    pub fn of<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Relevance {
+        let mut relevance = Relevance { time: false, tags: TagKeys::Only(BTreeSet::new()) };
+        for policy in policies {
+            match policy.to_json() {
+                Ok(json) => relevance.visit(json.get("conditions").unwrap_or(&Value::Null), false),
+                Err(_) => return Relevance { time: true, tags: TagKeys::All },
+            }
+        }
+        relevance
+    }
+
+    /// What either of two policy sets can read.
+    pub fn union(&self, other: &Relevance) -> Relevance {
+        let tags = match (&self.tags, &other.tags) {
+            (TagKeys::Only(a), TagKeys::Only(b)) => TagKeys::Only(a.union(b).cloned().collect()),
+            _ => TagKeys::All,
+        };
+        Relevance { time: self.time || other.time, tags }
+    }
+
+    /// `attribute_base`: this node is the `left` of `.` or `has`, the only places
+    /// `context` may appear without exposing `context.time`.
+    fn visit(&mut self, node: &Value, attribute_base: bool) {
+        match node {
+            Value::Array(items) => items.iter().for_each(|item| self.visit(item, false)),
+            Value::Object(map) => {
+                if map.get("Var").and_then(Value::as_str) == Some("context") && !attribute_base {
+                    self.time = true;
+                }
+                for (key, value) in map {
+                    match key.as_str() {
+                        "." | "has" => {
+                            let names = match value.get("attr") {
+                                Some(Value::String(name)) => vec![name.as_str()],
+                                Some(Value::Array(names)) => names.iter().filter_map(Value::as_str).collect(),
+                                _ => vec!["time"],
+                            };
+                            if names.contains(&"time") {
+                                self.time = true;
+                            }
+                            self.visit(value.get("left").unwrap_or(&Value::Null), true);
+                        }
+                        "getTag" | "hasTag" => {
+                            let right = value.get("right").unwrap_or(&Value::Null);
+                            match (right.get("Value").and_then(Value::as_str), &mut self.tags) {
+                                (Some(name), TagKeys::Only(keys)) => {
+                                    keys.insert(name.to_owned());
+                                }
+                                (Some(_), TagKeys::All) => {}
+                                (None, tags) => *tags = TagKeys::All,
+                            }
+                            self.visit(value.get("left").unwrap_or(&Value::Null), false);
+                            self.visit(right, false);
+                        }
+                        _ => self.visit(value, false),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A key: SHA-256 over length-prefixed fields, so no two field sequences collide.
+struct KeyWriter(Sha256);
+
+impl KeyWriter {
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.update((b.len() as u64).to_le_bytes());
+        self.0.update(b);
+    }
+    fn str(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+    fn int(&mut self, n: i64) {
+        self.0.update(n.to_le_bytes());
+    }
+    fn opt_str(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => {
+                self.0.update([1]);
+                self.str(s);
+            }
+            None => self.0.update([0]),
+        }
+    }
+    fn strs(&mut self, items: &[String]) {
+        self.int(i64::try_from(items.len()).unwrap_or(i64::MAX));
+        items.iter().for_each(|s| self.str(s));
+    }
+    fn tags<'a>(&mut self, pairs: impl Iterator<Item = (&'a str, &'a str)>, relevant: &TagKeys) {
+        let tags = cedar_request::joined_tags(pairs.filter(|(k, _)| relevant.contains(k)));
+        self.int(i64::try_from(tags.len()).unwrap_or(i64::MAX));
+        for (k, v) in tags {
+            self.str(k);
+            self.str(&v);
+        }
+    }
+}
+
+/// The cache key for a request, or `None` when a policy that can apply to it reads
+/// the time. Hashes exactly what `cedar_request::build` puts into the request,
+/// less the tags that no policy that can apply reads.
+pub fn key(
+    snapshot: &PolicySnapshot,
+    prepared: &Prepared<'_>,
+    peer: &PeerIdentity,
+    token: Option<&VerifiedToken>,
+    input: &CheckInput,
+    http: &HttpInput,
+) -> Option<[u8; 32]> {
+    let principal = cedar_request::principal_uid(snapshot, peer, token);
+    let relevance = snapshot.index.relevance(prepared.action, &principal);
+    if relevance.time {
+        return None;
+    }
+    let relevant = &relevance.tags;
+    let mut w = KeyWriter(Sha256::new());
+    w.str("cedargate-decision-v1");
+    w.str(&snapshot.version);
+    w.str(&prepared.action.to_string());
+    w.str(&principal.to_string());
+    // The peer workload and its certificate.
+    w.str(peer.spiffe_id.as_str());
+    match &peer.certificate {
+        Some(cert) => {
+            w.bytes(&cert.sha256);
+            w.str(&cert.serial);
+            w.str(&cert.issuer);
+            w.int(cert.not_before);
+            w.int(cert.not_after);
+        }
+        None => w.str(""),
+    }
+    // The resource.
+    w.str(&cedar_request::normalize_host(&http.host));
+    w.str(&prepared.path.path);
+    w.strs(&prepared.path.segments);
+    w.str(&http.method);
+    w.str(&http.scheme);
+    w.tags(http.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())), relevant);
+    w.tags(prepared.path.query.iter().map(|(k, v)| (k.as_str(), v.as_str())), relevant);
+    // The context.
+    w.tags(input.context_extensions.iter().map(|(k, v)| (k.as_str(), v.as_str())), relevant);
+    w.str(&input.destination.principal);
+    match input.source.ip {
+        Some(IpAddr::V4(ip)) => w.bytes(&ip.octets()),
+        Some(IpAddr::V6(ip)) => w.bytes(&ip.octets()),
+        None => w.bytes(&[]),
+    }
+    match token {
+        Some(token) => write_token(&mut w, token),
+        None => w.str(""),
+    }
+    Some(w.0.finalize().into())
+}
+
+fn write_token(w: &mut KeyWriter, token: &VerifiedToken) {
+    w.str("token");
+    w.str(&token.iss);
+    w.str(&token.sub);
+    w.strs(&token.aud);
+    w.strs(&token.scope);
+    w.opt_str(token.jti.as_deref());
+    w.opt_str(token.client_id.as_deref());
+    w.int(token.iat.unwrap_or(i64::MIN));
+    w.int(token.exp);
+    w.int(i64::from(token.bound));
+    w.int(i64::from(token.principal == PrincipalFrom::Subject));
+    w.int(i64::try_from(token.claims.len()).unwrap_or(i64::MAX));
+    for (name, value) in &token.claims {
+        w.str(name);
+        match value {
+            ClaimValue::String(s) => {
+                w.str("s");
+                w.str(s);
+            }
+            ClaimValue::Long(n) => {
+                w.str("l");
+                w.int(*n);
+            }
+            ClaimValue::Bool(b) => {
+                w.str("b");
+                w.int(i64::from(*b));
+            }
+            ClaimValue::StringSet(items) => {
+                w.str("S");
+                w.strs(items);
+            }
+        }
+    }
+}
+
+/// How long an entry for these credentials may live: the configured TTL, cut short
+/// by the certificate's `not_after` and the token's `exp`.
+pub fn lifetime(ttl: Duration, peer: &PeerIdentity, token: Option<&VerifiedToken>, now: SystemTime) -> Duration {
+    let now = unix_seconds(now);
+    let until = |end: i64| Duration::from_secs(u64::try_from(end.saturating_sub(now)).unwrap_or(0));
+    let mut lifetime = ttl;
+    if let Some(cert) = &peer.certificate {
+        lifetime = lifetime.min(until(cert.not_after));
+    }
+    if let Some(token) = token {
+        lifetime = lifetime.min(until(token.exp));
+    }
+    lifetime
+}
+
+struct Entry {
+    verdict: Verdict,
+    expires_at: Instant,
+}
+
+struct PerEntryExpiry;
+
+impl moka::Expiry<[u8; 32], Arc<Entry>> for PerEntryExpiry {
+    fn expire_after_create(&self, _key: &[u8; 32], entry: &Arc<Entry>, created_at: Instant) -> Option<Duration> {
+        Some(entry.expires_at.saturating_duration_since(created_at))
+    }
+}
+
+/// Cached verdicts, bounded by entries, memory and time.
+pub struct DecisionCache {
+    cache: moka::sync::Cache<[u8; 32], Arc<Entry>>,
+    ttl: Duration,
+}
+
+impl DecisionCache {
+    /// `None` when the cache is turned off.
+    pub fn new(config: &CacheConfig, metrics: Arc<Metrics>) -> Option<DecisionCache> {
+        if !config.decisions {
+            return None;
+        }
+        // Each entry weighs its estimated size, but at least one "slot" of
+        // max_bytes / max_entries: the total stays under both bounds.
+        let slot = (config.max_bytes / config.max_entries.max(1)).max(1);
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(config.max_bytes)
+            .weigher(move |_: &[u8; 32], entry: &Arc<Entry>| {
+                u32::try_from(entry_bytes(&entry.verdict).max(slot)).unwrap_or(u32::MAX)
+            })
+            .expire_after(PerEntryExpiry)
+            .eviction_listener(move |_, _, cause| {
+                if cause.was_evicted() {
+                    metrics.record_cache_eviction("decision");
+                }
+            })
+            .build();
+        Some(DecisionCache { cache, ttl: config.ttl })
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The cached verdict for `key`, or `compute`'s, stored for `lifetime`.
+    /// Returns whether it was a hit.
+    pub fn get_or_compute(
+        &self,
+        key: [u8; 32],
+        lifetime: Duration,
+        compute: impl FnOnce() -> Result<Verdict, RequestError>,
+    ) -> Result<(Verdict, bool), RequestError> {
+        if lifetime.is_zero() {
+            return compute().map(|v| (v, false));
+        }
+        let mut computed = false;
+        let entry = self
+            .cache
+            .try_get_with(key, || {
+                computed = true;
+                compute().map(|verdict| Arc::new(Entry { verdict, expires_at: Instant::now() + lifetime }))
+            })
+            .map_err(|e| (*e).clone())?;
+        Ok((entry.verdict.clone(), !computed))
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Runs pending evictions now (tests and scrapes want exact counts).
+    pub fn sync(&self) {
+        self.cache.run_pending_tasks();
+    }
+
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+    }
+}
+
+/// Estimated bytes of an entry: key, bookkeeping and the verdict's strings.
+fn entry_bytes(verdict: &Verdict) -> u64 {
+    let strings: usize = verdict.policies.iter().chain(&verdict.errors).map(|s| s.len() + 24).sum();
+    (32 + 160 + strings) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn relevance(text: &str) -> Relevance {
+        Relevance::of(cedar_policy::PolicySet::from_str(text).unwrap().policies())
+    }
+
+    #[test]
+    fn literal_tag_reads_bound_the_key() {
+        let r = relevance(
+            r#"permit (principal, action, resource) when {
+                resource.headers.hasTag("x-canary") && resource.headers.getTag("x-canary") == "1"
+                && context.route.hasTag("team")
+            };"#,
+        );
+        assert!(!r.time);
+        assert_eq!(r.tags, TagKeys::Only(["team".to_owned(), "x-canary".to_owned()].into()));
+    }
+
+    #[test]
+    fn a_computed_tag_key_makes_every_tag_relevant() {
+        let r = relevance(
+            r#"permit (principal, action, resource) when {
+                context has token && resource.headers.hasTag(context.token.sub)
+            };"#,
+        );
+        assert_eq!(r.tags, TagKeys::All);
+    }
+
+    #[test]
+    fn reading_the_time_or_the_whole_context_is_seen() {
+        assert!(
+            relevance(r#"permit (principal, action, resource) when { context.time > datetime("2020-01-01") };"#).time
+        );
+        assert!(relevance(r#"permit (principal, action, resource) when { context has time };"#).time);
+        assert!(relevance(r#"permit (principal, action, resource) when { context == {} };"#).time);
+        assert!(!relevance(r#"permit (principal, action, resource) when { context.peer == principal };"#).time);
+    }
+}

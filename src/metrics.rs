@@ -1,0 +1,363 @@
+//! What SREs watch: every metric cedargate exports, in one place.
+//!
+//! Counters and histograms are updated on the request path (atomics and a short
+//! lock per observation); state that already lives elsewhere (cache sizes, the
+//! reloader's counters, JWKS refresh results, the audit queue) is read only when
+//! scraped, through `StateSource`s, so nothing is counted twice.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::decision::{Decision, Outcome};
+
+/// Latency buckets (seconds): fine in the microseconds a Check takes, coarse up
+/// to the second a stuck JWKS fetch could cost.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 1.0,
+];
+
+/// Remaining lifetime buckets (seconds): 1 min to a year, so both "about to expire"
+/// and "long-lived" credentials stand out.
+const REMAINING_BUCKETS: [f64; 11] = [
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    6.0 * 3600.0,
+    86_400.0,
+    7.0 * 86_400.0,
+    30.0 * 86_400.0,
+    90.0 * 86_400.0,
+    365.0 * 86_400.0,
+    3650.0 * 86_400.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+fn remaining_histogram() -> Histogram {
+    Histogram::new(REMAINING_BUCKETS)
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    decision: &'static str,
+    cache: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    cache: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheNameLabels {
+    cache: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabels {
+    credential: &'static str,
+}
+
+/// A stage of the pipeline, timed separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Identity,
+    Token,
+    Cedar,
+}
+
+impl Stage {
+    fn label(self) -> &'static str {
+        match self {
+            Stage::Identity => "identity",
+            Stage::Token => "token",
+            Stage::Cedar => "cedar",
+        }
+    }
+}
+
+/// How a decision was reached with respect to the decision cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheOutcome {
+    Hit,
+    Miss,
+    /// Not looked up: the Check was decided before Cedar (a credential failure), the
+    /// cache is off, or the policies read something that changes every request.
+    #[default]
+    Bypass,
+}
+
+impl CacheOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Bypass => "bypass",
+        }
+    }
+}
+
+/// The request path's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    check_duration: Family<CheckLabels, Histogram, fn() -> Histogram>,
+    decisions: Family<DecisionLabels, Counter>,
+    stage_duration: Family<StageLabels, Histogram, fn() -> Histogram>,
+    cache_lookups: Family<CacheLabels, Counter>,
+    cache_evictions: Family<CacheNameLabels, Counter>,
+    token_failures: Family<ReasonLabels, Counter>,
+    remaining_lifetime: Family<CredentialLabels, Histogram, fn() -> Histogram>,
+    shadow_disagreements: Counter,
+    /// Sources read at scrape time; registered once at startup.
+    sources: Mutex<Vec<Arc<dyn StateSource>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            check_duration: Family::new_with_constructor(latency_histogram),
+            decisions: Family::default(),
+            stage_duration: Family::new_with_constructor(latency_histogram),
+            cache_lookups: Family::default(),
+            cache_evictions: Family::default(),
+            token_failures: Family::default(),
+            remaining_lifetime: Family::new_with_constructor(remaining_histogram),
+            shadow_disagreements: Counter::default(),
+            sources: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Metrics {
+    /// Records a finished Check: its latency by outcome and cache use, its reason
+    /// and, for the credentials it carried, how long they remain valid.
+    pub fn record_decision(&self, decision: &Decision, now_unix: i64) {
+        let (label, reason) = match &decision.outcome {
+            Outcome::Allow => ("allow", "allow"),
+            Outcome::Deny(reason) => ("deny", reason.code()),
+        };
+        self.check_duration
+            .get_or_create(&CheckLabels { decision: label, cache: decision.cache.label() })
+            .observe(decision.elapsed.as_secs_f64());
+        self.decisions.get_or_create(&DecisionLabels { decision: label, reason }).inc();
+        if let Outcome::Deny(crate::decision::DenyReason::Token(e)) = &decision.outcome {
+            self.token_failures.get_or_create(&ReasonLabels { reason: e.code() }).inc();
+        }
+        if let Some(cert) = decision.peer.as_ref().and_then(|p| p.certificate.as_ref()) {
+            self.observe_remaining("certificate", cert.not_after - now_unix);
+        }
+        if let Some(token) = &decision.token {
+            self.observe_remaining("token", token.exp - now_unix);
+        }
+    }
+
+    fn observe_remaining(&self, credential: &'static str, seconds: i64) {
+        #[allow(clippy::cast_precision_loss)] // seconds of a lifetime: far below 2^52
+        let seconds = seconds.max(0) as f64;
+        self.remaining_lifetime.get_or_create(&CredentialLabels { credential }).observe(seconds);
+    }
+
+    pub fn record_stage(&self, stage: Stage, elapsed: Duration) {
+        self.stage_duration.get_or_create(&StageLabels { stage: stage.label() }).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn record_cache_lookup(&self, cache: &'static str, hit: bool) {
+        self.cache_lookups.get_or_create(&CacheLabels { cache, result: if hit { "hit" } else { "miss" } }).inc();
+    }
+
+    pub fn record_cache_eviction(&self, cache: &'static str) {
+        self.cache_evictions.get_or_create(&CacheNameLabels { cache }).inc();
+    }
+
+    pub fn record_shadow_disagreement(&self) {
+        self.shadow_disagreements.inc();
+    }
+
+    /// How many Checks the shadow policy set disagreed with.
+    pub fn shadow_disagreements(&self) -> u64 {
+        self.shadow_disagreements.get()
+    }
+
+    /// Adds a source of scrape-time state (caches, reloader, audit queue, JWKS).
+    pub fn add_source(&self, source: Arc<dyn StateSource>) {
+        if let Ok(mut sources) = self.sources.lock() {
+            sources.push(source);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(self: &Arc<Self>) -> String {
+        let mut registry = Registry::with_prefix("cedargate");
+        registry.register(
+            "check_duration_seconds",
+            "Check latency, by decision and decision-cache outcome",
+            self.check_duration.clone(),
+        );
+        registry.register("decisions", "Decisions by outcome and reason code", self.decisions.clone());
+        registry.register(
+            "stage_duration_seconds",
+            "Latency of each pipeline stage (identity, token, cedar)",
+            self.stage_duration.clone(),
+        );
+        registry.register("cache_lookups", "Cache lookups by cache and result", self.cache_lookups.clone());
+        registry.register("cache_evictions", "Entries evicted for size or expiry", self.cache_evictions.clone());
+        registry.register("token_failures", "Refused bearer tokens by reason code", self.token_failures.clone());
+        registry.register(
+            "credential_remaining_seconds",
+            "Remaining lifetime of callers' certificates and tokens, at each Check",
+            self.remaining_lifetime.clone(),
+        );
+        registry.register(
+            "shadow_disagreements",
+            "Checks on which the shadow policy set decided differently",
+            self.shadow_disagreements.clone(),
+        );
+        registry.register_collector(Box::new(Sources(self.sources.lock().map(|s| s.clone()).unwrap_or_default())));
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+/// A gauge or counter sampled at scrape time.
+#[derive(Debug, Clone)]
+pub enum Sample {
+    Gauge { name: &'static str, help: &'static str, labels: Vec<(&'static str, String)>, value: i64 },
+    Counter { name: &'static str, help: &'static str, labels: Vec<(&'static str, String)>, value: u64 },
+}
+
+/// Something whose state is exported when scraped.
+pub trait StateSource: Send + Sync + std::fmt::Debug {
+    fn samples(&self) -> Vec<Sample>;
+}
+
+#[derive(Debug)]
+struct Sources(Vec<Arc<dyn StateSource>>);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct DynLabels(Vec<(&'static str, String)>);
+
+impl EncodeLabelSet for DynLabels {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        for (name, value) in &self.0 {
+            (*name, value.as_str()).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+impl prometheus_client::collector::Collector for Sources {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Group samples by metric name: a name is described once, then each label set.
+        let mut samples: Vec<Sample> = self.0.iter().flat_map(|s| s.samples()).collect();
+        samples.sort_by_key(|s| match s {
+            Sample::Gauge { name, .. } | Sample::Counter { name, .. } => *name,
+        });
+        let mut rest = samples.as_slice();
+        while let Some(first) = rest.first() {
+            let (name, help, is_counter) = match first {
+                Sample::Gauge { name, help, .. } => (*name, *help, false),
+                Sample::Counter { name, help, .. } => (*name, *help, true),
+            };
+            let same = rest
+                .iter()
+                .take_while(
+                    |s| matches!(s, Sample::Gauge { name: n, .. } | Sample::Counter { name: n, .. } if *n == name),
+                )
+                .count();
+            let (group, tail) = rest.split_at(same);
+            rest = tail;
+            let metric_type = if is_counter {
+                prometheus_client::metrics::MetricType::Counter
+            } else {
+                prometheus_client::metrics::MetricType::Gauge
+            };
+            let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
+            let split = |sample: &Sample| match sample {
+                Sample::Gauge { labels, value, .. } => (labels.clone(), Ok(*value)),
+                Sample::Counter { labels, value, .. } => (labels.clone(), Err(*value)),
+            };
+            match group {
+                // One sample without labels: `name value`, not `name{} value`.
+                [only] if split(only).0.is_empty() => match split(only).1 {
+                    Ok(v) => ConstGauge::new(v).encode(metric)?,
+                    Err(v) => ConstCounter::new(v).encode(metric)?,
+                },
+                _ => {
+                    for sample in group {
+                        let (labels, value) = split(sample);
+                        let labels = DynLabels(labels);
+                        let family = metric.encode_family(&labels)?;
+                        match value {
+                            Ok(v) => ConstGauge::new(v).encode(family)?,
+                            Err(v) => ConstCounter::new(v).encode(family)?,
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Fixed;
+
+    impl StateSource for Fixed {
+        fn samples(&self) -> Vec<Sample> {
+            vec![
+                Sample::Gauge { name: "things", help: "Things", labels: vec![("kind", "a".into())], value: 3 },
+                Sample::Counter { name: "events", help: "Events", labels: vec![], value: 7 },
+                Sample::Gauge { name: "things", help: "Things", labels: vec![("kind", "b".into())], value: 4 },
+            ]
+        }
+    }
+
+    #[test]
+    fn state_sources_are_encoded_once_per_name() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.add_source(Arc::new(Fixed));
+        metrics.record_cache_lookup("decision", true);
+        let text = metrics.encode();
+        assert!(text.contains("cedargate_things{kind=\"a\"} 3"), "{text}");
+        assert!(text.contains("cedargate_things{kind=\"b\"} 4"), "{text}");
+        assert_eq!(text.matches("# TYPE cedargate_things gauge").count(), 1, "{text}");
+        assert!(text.contains("cedargate_events_total 7"), "{text}");
+        assert!(text.contains("cedargate_cache_lookups_total{cache=\"decision\",result=\"hit\"} 1"), "{text}");
+    }
+}
