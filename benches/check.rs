@@ -1,5 +1,5 @@
-//! Criterion benches of the hot steps of a Check (no cache exists yet: every
-//! number here is the cold path). See benches/README.md.
+//! Criterion benches of the hot steps of a Check, each cold (caches off) and, where
+//! a cache applies, cached. See benches/README.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -62,23 +62,38 @@ fn request(principal: &str, cert_pem: &str, path: &str) -> CheckRequest {
     }
 }
 
-fn checker(dir: &Path) -> Checker {
+fn config(dir: &Path, cached: bool) -> Config {
     let mut config = Config::default();
     config.policies.dir = dir.to_owned();
     config.identity.trust_domains = vec!["example.org".into()];
-    Checker::load(config, Arc::new(SystemClock)).unwrap()
+    config.cache.decisions = cached;
+    if !cached {
+        config.cache.token_entries = 0;
+    }
+    config
 }
 
-/// A policy directory with the shipped schema and `n` permits, one per workload
-/// `svc-i`, each on its own path prefix: only one can apply to a request.
-fn generated_policies(n: usize) -> tempfile::TempDir {
+fn checker(dir: &Path, cached: bool) -> Checker {
+    Checker::load(config(dir, cached), Arc::new(SystemClock)).unwrap()
+}
+
+/// A policy directory with the shipped schema and `n` permits, each on its own path
+/// prefix: only one can apply to a request. `by_principal`: one per workload
+/// `svc-i` (`principal ==`, which the index splits on); otherwise one per
+/// namespace `ns-i` (`principal in`, which every request must evaluate).
+fn generated_policies(n: usize, by_principal: bool) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     std::fs::copy(shipped.join("schema.cedarschema"), dir.path().join("schema.cedarschema")).unwrap();
     let mut text = String::new();
     for i in 0..n {
+        let principal = if by_principal {
+            format!("principal == Workload::\"spiffe://example.org/ns/default/sa/svc-{i}\"")
+        } else {
+            format!("principal in Namespace::\"spiffe://example.org/ns/ns-{i}\"")
+        };
         text.push_str(&format!(
-            "permit (principal == Workload::\"spiffe://example.org/ns/default/sa/svc-{i}\", action in Action::\"read\", resource in Path::\"/api/svc-{i}\") when {{ resource.host == \"orders.example.org\" }};\n"
+            "permit ({principal}, action in Action::\"read\", resource in Path::\"/api/svc-{i}\") when {{ resource.host == \"orders.example.org\" }};\n"
         ));
     }
     std::fs::write(dir.path().join("generated.cedar"), text).unwrap();
@@ -100,27 +115,35 @@ fn benches(c: &mut Criterion) {
         b.iter(|| http_path::normalize(black_box("/api/orders/../orders/42//items?expand=items&x=%20"), 8192).unwrap())
     });
 
-    let shipped = checker(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"));
-    c.bench_function("check/shipped_policies_allow", |b| {
-        b.iter(|| assert!(shipped.check(black_box(&input)).is_allowed()))
-    });
+    let shipped_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let mut group = c.benchmark_group("check/shipped");
+    for (name, cached) in [("uncached", false), ("cached", true)] {
+        let checker = checker(&shipped_dir, cached);
+        group.bench_function(name, |b| b.iter(|| assert!(checker.check(black_box(&input)).is_allowed())));
+    }
+    group.finish();
 
     // Bearer tokens: the shipped policies, GET with and without a verified token.
     let signers = [jwt::Signer::ec("ec"), jwt::Signer::ed("ed"), jwt::Signer::rsa("rsa")];
     let jwks_dir = tempfile::tempdir().unwrap();
     std::fs::write(jwks_dir.path().join("jwks.json"), jwt::jwks(&signers.iter().collect::<Vec<_>>())).unwrap();
-    let mut config = Config::default();
-    config.policies.dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    config.identity.trust_domains = vec!["example.org".into()];
-    config.tokens.issuers = vec![cedargate::config::IssuerConfig {
-        issuer: jwt::ISSUER.into(),
-        audiences: vec![jwt::AUDIENCE.into()],
-        jwks_file: Some(jwks_dir.path().join("jwks.json")),
-        ..Default::default()
-    }];
-    let with_tokens = Checker::load(config, Arc::new(SystemClock)).unwrap();
+    // Three settings: every cache off; only the verified-signature cache (each
+    // Check still evaluates); both caches.
+    let token_checker = |decisions: bool, signatures: bool| {
+        let mut config = config(&shipped_dir, decisions);
+        config.cache.token_entries = if signatures { 10_000 } else { 0 };
+        config.tokens.issuers = vec![cedargate::config::IssuerConfig {
+            issuer: jwt::ISSUER.into(),
+            audiences: vec![jwt::AUDIENCE.into()],
+            jwks_file: Some(jwks_dir.path().join("jwks.json")),
+            ..Default::default()
+        }];
+        Checker::load(config, Arc::new(SystemClock)).unwrap()
+    };
+    let settings = [("uncached", false, false), ("signature_cached", false, true), ("cached", true, true)];
     let mut group = c.benchmark_group("check/token");
-    group.bench_function("none", |b| b.iter(|| assert!(with_tokens.check(black_box(&input)).is_allowed())));
+    let cold = token_checker(false, false);
+    group.bench_function("none/uncached", |b| b.iter(|| assert!(cold.check(black_box(&input)).is_allowed())));
     for signer in &signers {
         let token = signer.sign(&jwt::claims(jwt::now(), "alice"));
         let mut req = req.clone();
@@ -128,23 +151,46 @@ fn benches(c: &mut Criterion) {
             http.headers.insert("authorization".into(), format!("Bearer {token}"));
         }
         let input = wire::check_input(req);
-        let probe = with_tokens.check(&input);
-        assert!(probe.is_allowed() && probe.token.is_some(), "{probe:?}");
-        group.bench_function(jwt::alg_name(signer.alg), |b| b.iter(|| with_tokens.check(black_box(&input))));
+        for (setting, decisions, signatures) in settings {
+            let checker = token_checker(decisions, signatures);
+            let probe = checker.check(&input);
+            assert!(probe.is_allowed() && probe.token.is_some(), "{probe:?}");
+            group.bench_function(format!("{}/{setting}", jwt::alg_name(signer.alg)), |b| {
+                b.iter(|| checker.check(black_box(&input)))
+            });
+        }
     }
     group.finish();
 
-    let mut group = c.benchmark_group("check/policies");
-    for n in [10usize, 100, 1_000] {
-        let dir = generated_policies(n);
-        let checker = checker(dir.path());
-        let id = "spiffe://example.org/ns/default/sa/svc-0";
+    // Uncached evaluation as policies grow, for both shapes.
+    for (shape, by_principal, id) in [
+        ("by_principal", true, "spiffe://example.org/ns/default/sa/svc-0"),
+        ("by_namespace", false, "spiffe://example.org/ns/ns-0/sa/svc"),
+    ] {
+        let mut group = c.benchmark_group(format!("check/policies_{shape}"));
         let leaf = pki.svid(id);
         let input = wire::check_input(request(id, &leaf.cert_pem, "/api/svc-0/x"));
-        let probe = checker.check(&input);
-        assert!(probe.is_allowed(), "{probe:?}");
-        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| b.iter(|| checker.check(black_box(&input))));
+        for n in [10usize, 100, 1_000, 10_000] {
+            if !by_principal && n == 10_000 {
+                // Linear and slow: 1,000 shows the slope.
+                continue;
+            }
+            let dir = generated_policies(n, by_principal);
+            let checker = checker(dir.path(), false);
+            let probe = checker.check(&input);
+            assert!(probe.is_allowed(), "{probe:?}");
+            group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+                b.iter(|| checker.check(black_box(&input)))
+            });
+        }
+        group.finish();
     }
+
+    // Startup: reading, parsing, validating and indexing 10,000 policies.
+    let dir = generated_policies(10_000, true);
+    let mut group = c.benchmark_group("startup");
+    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group.bench_function("load_10000_policies", |b| b.iter(|| checker(black_box(dir.path()), true)));
     group.finish();
 }
 

@@ -1,11 +1,15 @@
 //! Wires the components: configuration → policy snapshot → checker → gRPC server,
 //! and runs it until asked to stop.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::admin::{AdminError, AdminServer, AdminState};
+use crate::audit::{AuditError, AuditLog, AuditWriter};
 use crate::cedar_request::TokenModel;
 use crate::check::{Checker, Clock, SetupError};
 use crate::config::Config;
@@ -22,6 +26,10 @@ pub enum AppError {
     Serve(#[from] tonic::transport::Error),
     #[error("server task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
 }
 
 /// A started server.
@@ -30,6 +38,13 @@ pub struct Running {
     pub local_addr: String,
     pub checker: Arc<Checker>,
     pub reloader: Arc<PolicyReloader>,
+    /// The admin listener's address, when it is on.
+    pub admin_addr: Option<SocketAddr>,
+    /// The audit log, when it is on.
+    pub audit: Option<AuditLog>,
+    admin: Option<AdminServer>,
+    audit_writer: Option<AuditWriter>,
+    ready: Arc<AtomicBool>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), AppError>>,
     /// JWKS and revocation refreshers.
@@ -63,35 +78,98 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
     if checker.config().policies.watch {
         background.push(tokio::spawn(Arc::clone(&reloader).watch(checker.config().policies.debounce)));
     }
+    let config = checker.config();
+    let (audit, audit_writer) = match config.audit.enabled {
+        true => {
+            let (log, writer) = crate::audit::start(&config.audit)?;
+            (Some(log), Some(writer))
+        }
+        false => (None, None),
+    };
+    let metrics = checker.metrics();
+    metrics.add_source(Arc::clone(&reloader) as _);
+    metrics.add_source(Arc::clone(&checker) as _);
+    if let Some(audit) = &audit {
+        metrics.add_source(Arc::new(audit.clone()));
+    }
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = match config.admin.listen.as_str() {
+        "" => None,
+        addr => Some(AdminServer::start(
+            addr,
+            AdminState {
+                checker: Arc::clone(&checker),
+                reloader: Arc::clone(&reloader),
+                shadow_reloader: None,
+                ready: Arc::clone(&ready),
+                started: std::time::Instant::now(),
+            },
+        )?),
+    };
     let (tx, rx) = oneshot::channel::<()>();
     let serve_checker = Arc::clone(&checker);
+    let serve_audit = audit.clone();
     let task = tokio::spawn(async move {
-        grpc::serve(listener, serve_checker, async {
+        grpc::serve(listener, serve_checker, serve_audit, async {
             let _ = rx.await;
         })
         .await
         .map_err(AppError::from)
     });
+    ready.store(true, Ordering::Release);
     tracing::info!(addr = %local_addr, "cedargate listening");
-    Ok(Running { local_addr, checker, reloader, shutdown: Some(tx), task, background, shutdown_timeout })
+    Ok(Running {
+        local_addr,
+        checker,
+        reloader,
+        admin_addr: admin.as_ref().map(|a| a.local_addr),
+        audit,
+        admin,
+        audit_writer,
+        ready,
+        shutdown: Some(tx),
+        task,
+        background,
+        shutdown_timeout,
+    })
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight Checks finish (up to the shutdown timeout).
+    /// Stops accepting, lets in-flight Checks finish (up to the shutdown timeout),
+    /// then flushes the audit log and stops the admin listener.
     pub async fn shutdown(mut self) -> Result<(), AppError> {
+        self.ready.store(false, Ordering::Release);
         for task in &self.background {
             task.abort();
         }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        match tokio::time::timeout(self.shutdown_timeout, &mut self.task).await {
-            Ok(joined) => joined.map_err(|e| AppError::Task(e.to_string()))?,
+        let served = match tokio::time::timeout(self.shutdown_timeout, &mut self.task).await {
+            Ok(joined) => joined.map_err(|e| AppError::Task(e.to_string())).and_then(|r| r),
             Err(_) => {
                 tracing::warn!("in-flight checks did not finish within the shutdown timeout");
                 self.task.abort();
+                let _ = (&mut self.task).await;
                 Ok(())
             }
+        };
+        // The server, and with it every other audit handle, is gone: the writer
+        // drains what is queued and ends.
+        self.audit = None;
+        if let Some(writer) = self.audit_writer.take() {
+            let _ = tokio::task::spawn_blocking(move || writer.finish()).await;
+        }
+        if let Some(admin) = self.admin.take() {
+            let _ = tokio::task::spawn_blocking(move || admin.stop()).await;
+        }
+        served
+    }
+
+    /// Asks the audit writer to reopen its file (after log rotation).
+    pub fn reopen_audit(&self) {
+        if let Some(writer) = &self.audit_writer {
+            writer.reopen();
         }
     }
 
@@ -110,7 +188,8 @@ impl Running {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading the policy directory");
+                    tracing::info!("SIGHUP: reloading the policy directory and reopening the audit file");
+                    self.reopen_audit();
                     let reloader = Arc::clone(&self.reloader);
                     // The outcome is logged and kept in the reloader's status.
                     let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;

@@ -127,6 +127,7 @@ impl Checker {
             policy_version: snapshot.version.clone(),
             elapsed: Default::default(),
             cache: CacheOutcome::Bypass,
+            shadow: None,
         };
         decision.outcome = match self.decide(&snapshot, input, now, &mut decision) {
             Ok(()) => Outcome::Allow,
@@ -220,5 +221,46 @@ impl Checker {
         self.metrics.record_cache_lookup("decision", hit);
         decision.cache = if hit { CacheOutcome::Hit } else { CacheOutcome::Miss };
         Ok(verdict)
+    }
+}
+
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checker").field("policies", &self.policies.load().version).finish_non_exhaustive()
+    }
+}
+
+/// The caches' sizes and the token issuers' key refreshes, sampled when scraped.
+impl crate::metrics::StateSource for Checker {
+    fn samples(&self) -> Vec<crate::metrics::Sample> {
+        use crate::metrics::Sample;
+        use std::sync::atomic::Ordering;
+        let entries = |cache: &str, value: u64| Sample::Gauge {
+            name: "cache_entries",
+            help: "Entries in each cache",
+            labels: vec![("cache", cache.to_owned())],
+            value: i64::try_from(value).unwrap_or(i64::MAX),
+        };
+        let mut samples = vec![entries("token", self.credentials.tokens.cached_signatures())];
+        if let Some(cache) = &self.cache {
+            samples.push(entries("decision", cache.entries()));
+        }
+        for keys in self.credentials.tokens.issuer_keys() {
+            for (result, value) in [("ok", &keys.stats.ok), ("failed", &keys.stats.failed)] {
+                samples.push(Sample::Counter {
+                    name: "jwks_refreshes",
+                    help: "JWKS reads and fetches by issuer and result (a failure keeps the last good keys)",
+                    labels: vec![("issuer", keys.issuer.clone()), ("result", result.to_owned())],
+                    value: value.load(Ordering::Relaxed),
+                });
+            }
+            samples.push(Sample::Gauge {
+                name: "jwks_keys",
+                help: "Usable keys per issuer",
+                labels: vec![("issuer", keys.issuer.clone())],
+                value: i64::try_from(keys.current().len()).unwrap_or(i64::MAX),
+            });
+        }
+        samples
     }
 }

@@ -32,6 +32,21 @@ pub struct Decision {
     pub elapsed: Duration,
     /// Whether the decision cache answered.
     pub cache: CacheOutcome,
+    /// What the shadow policy set decided, when one is configured.
+    pub shadow: Option<ShadowVerdict>,
+}
+
+/// The shadow policy set's decision on the same request. It never changes the answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ShadowVerdict {
+    /// Version of the shadow policy set.
+    pub version: String,
+    /// `allow`, or the deny reason code the shadow set would have given.
+    pub decision: &'static str,
+    pub policies: Vec<String>,
+    pub errors: Vec<String>,
+    /// Whether it agrees with the enforced decision (allow vs deny).
+    pub agrees: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::{Request, Response, Status};
+use tracing::field::Empty;
+use tracing::Instrument;
 
+use crate::audit::{AuditLog, AuditRecord};
 use crate::check::Checker;
 use crate::config::ListenAddr;
 use crate::decision::{Decision, DenyReason, Outcome};
@@ -21,11 +24,12 @@ use crate::wire;
 /// `envoy.service.auth.v3.Authorization`, backed by a `Checker`.
 pub struct AuthorizationService {
     checker: Arc<Checker>,
+    audit: Option<AuditLog>,
 }
 
 impl AuthorizationService {
-    pub fn new(checker: Arc<Checker>) -> Self {
-        AuthorizationService { checker }
+    pub fn new(checker: Arc<Checker>, audit: Option<AuditLog>) -> Self {
+        AuthorizationService { checker, audit }
     }
 }
 
@@ -33,18 +37,48 @@ impl AuthorizationService {
 impl Authorization for AuthorizationService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let input = wire::check_input(request.into_inner());
+        let span = tracing::info_span!(
+            target: "cedargate",
+            "check",
+            otel.name = "cedargate.check",
+            otel.kind = "server",
+            decision.id = Empty,
+            decision.outcome = Empty,
+            decision.reason = Empty,
+            cache = Empty,
+        );
+        if let Some(http) = &input.http {
+            crate::telemetry::join_trace(&span, &http.headers);
+        }
+        let response = self.decide(&input).instrument(span.clone()).await;
+        Ok(Response::new(response))
+    }
+}
+
+impl AuthorizationService {
+    async fn decide(&self, input: &CheckInput) -> CheckResponse {
         // The pipeline is written not to panic; if it ever does, the answer is still
         // a deny, never a dropped stream that a misconfigured Envoy could fail open on.
         let check = || {
-            std::panic::catch_unwind(AssertUnwindSafe(|| self.checker.check(&input)))
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.checker.check(input)))
                 .unwrap_or_else(|_| panicked_decision(&self.checker))
         };
         let mut decision = check();
         if self.checker.refresh_keys_for(&decision).await {
             decision = check();
         }
-        log_decision(&decision, &input);
-        Ok(Response::new(wire::check_response(&decision, self.checker.config())))
+        let now = std::time::SystemTime::now();
+        self.checker.metrics().record_decision(&decision, crate::identity::unix_seconds(now));
+        let span = tracing::Span::current();
+        span.record("decision.id", decision.id.as_str());
+        span.record("decision.outcome", if decision.is_allowed() { "allow" } else { "deny" });
+        span.record("decision.reason", decision.code());
+        span.record("cache", decision.cache.label());
+        log_decision(&decision, input);
+        if let Some(audit) = &self.audit {
+            audit.write(&AuditRecord::new(&decision, input, audit.include_query(), now)).await;
+        }
+        wire::check_response(&decision, self.checker.config())
     }
 }
 
@@ -59,6 +93,7 @@ fn panicked_decision(checker: &Checker) -> Decision {
         policy_version: checker.policies().version.clone(),
         elapsed: Default::default(),
         cache: Default::default(),
+        shadow: None,
     }
 }
 
@@ -131,6 +166,7 @@ fn remove_stale_socket(path: &std::path::Path) -> std::io::Result<()> {
 pub async fn serve(
     listener: Listener,
     checker: Arc<Checker>,
+    audit: Option<AuditLog>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -144,7 +180,7 @@ pub async fn serve(
     };
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(AuthorizationServer::new(AuthorizationService::new(checker)));
+        .add_service(AuthorizationServer::new(AuthorizationService::new(checker, audit)));
     match listener {
         Listener::Tcp(l) => {
             let incoming = TcpListenerStream::new(l);

@@ -8,7 +8,9 @@
 //! → `decision` → `wire` (→ `CheckResponse`).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod cedar_request;
 pub mod certificate;
 pub mod check;
@@ -30,5 +32,6 @@ pub mod proto;
 pub mod reload;
 pub mod revocation;
 pub mod spiffe;
+pub mod telemetry;
 pub mod token;
 pub mod wire;

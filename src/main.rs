@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cedargate::cedar_request::TokenModel;
 use cedargate::check::SystemClock;
-use cedargate::config::{Config, ListenAddr, LogFormat};
+use cedargate::config::{Config, ListenAddr};
 use cedargate::policy_set;
 use clap::{Parser, Subcommand};
 
@@ -34,6 +34,10 @@ enum Command {
         /// Policy directory (overrides `policies.dir`).
         #[arg(long)]
         policies: Option<PathBuf>,
+        /// Admin listener `ip:port` for /metrics, /healthz, /readyz, /status
+        /// (overrides `admin.listen`; "" turns it off).
+        #[arg(long)]
+        admin_listen: Option<String>,
     },
     /// Parse and strictly validate a policy directory; exit 1 with diagnostics if invalid.
     Validate {
@@ -112,7 +116,7 @@ struct AuthorizeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, listen, policies } => serve(config, listen, policies),
+        Command::Serve { config, listen, policies, admin_listen } => serve(config, listen, policies, admin_listen),
         Command::Validate { policies, config, format } => validate(&policies, config.as_deref(), format),
         Command::Authorize(args) => authorize(*args),
         Command::Test { dir, config, format } => test(&dir, config.as_deref(), format),
@@ -326,7 +330,12 @@ fn test(dir: &std::path::Path, config: Option<&std::path::Path>, format: Format)
     }
 }
 
-fn serve(config_path: Option<PathBuf>, listen: Option<String>, policies: Option<PathBuf>) -> ExitCode {
+fn serve(
+    config_path: Option<PathBuf>,
+    listen: Option<String>,
+    policies: Option<PathBuf>,
+    admin_listen: Option<String>,
+) -> ExitCode {
     let mut config = match &config_path {
         Some(path) => match Config::from_file(path) {
             Ok(config) => config,
@@ -349,11 +358,13 @@ fn serve(config_path: Option<PathBuf>, listen: Option<String>, policies: Option<
     if let Some(dir) = policies {
         config.policies.dir = dir;
     }
+    if let Some(addr) = admin_listen {
+        config.admin.listen = addr;
+    }
     if let Err(e) = config.validate(&config_path.map_or("defaults".to_owned(), |p| p.display().to_string())) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -361,10 +372,24 @@ fn serve(config_path: Option<PathBuf>, listen: Option<String>, policies: Option<
             return ExitCode::FAILURE;
         }
     };
+    let telemetry = {
+        let _inside = runtime.enter();
+        match cedargate::telemetry::init(&config) {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     let result = runtime.block_on(async {
         let running = cedargate::app::start(config, Arc::new(SystemClock)).await?;
         running.run_until_signal().await
     });
+    {
+        let _inside = runtime.enter();
+        telemetry.shutdown();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -372,15 +397,5 @@ fn serve(config_path: Option<PathBuf>, listen: Option<String>, policies: Option<
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }

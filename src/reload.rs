@@ -146,3 +146,51 @@ fn fingerprint(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
     files.sort();
     files
 }
+
+impl std::fmt::Debug for PolicyReloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyReloader").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+/// Reloads by result, and the set being served, sampled when scraped.
+impl crate::metrics::StateSource for PolicyReloader {
+    fn samples(&self) -> Vec<crate::metrics::Sample> {
+        use crate::metrics::Sample;
+        let set = self.policies.load();
+        let dir = self.dir.display().to_string();
+        let status = self.status();
+        vec![
+            Sample::Counter {
+                name: "policy_reloads",
+                help: "Policy directory reloads by result (a failed one keeps the last good set)",
+                labels: vec![("dir", dir.clone()), ("result", "success".to_owned())],
+                value: self.succeeded.load(Ordering::Relaxed),
+            },
+            Sample::Counter {
+                name: "policy_reloads",
+                help: "Policy directory reloads by result (a failed one keeps the last good set)",
+                labels: vec![("dir", dir.clone()), ("result", "failure".to_owned())],
+                value: self.failed.load(Ordering::Relaxed),
+            },
+            Sample::Gauge {
+                name: "policy_reload_failing",
+                help: "1 while the directory holds a change that was refused",
+                labels: vec![("dir", dir.clone())],
+                value: i64::from(status.last_error.is_some()),
+            },
+            Sample::Gauge {
+                name: "policies_loaded",
+                help: "Policies in the set being served",
+                labels: vec![("dir", dir.clone())],
+                value: i64::try_from(set.policy_count()).unwrap_or(i64::MAX),
+            },
+            Sample::Gauge {
+                name: "policy_set_info",
+                help: "The version (content hash) of the set being served",
+                labels: vec![("dir", dir), ("version", set.version.clone())],
+                value: 1,
+            },
+        ]
+    }
+}

@@ -177,7 +177,7 @@ fn sighup_reloads_the_running_binary() {
     std::fs::write(
         dir.path().join("cedargate.toml"),
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[policies]\ndir = \"{}\"\nwatch = false\n[identity]\ntrust_domains = [\"example.org\"]\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[policies]\ndir = \"{}\"\nwatch = false\n[identity]\ntrust_domains = [\"example.org\"]\n",
             dir.path().display()
         ),
     )

@@ -26,10 +26,13 @@ pub fn shipped_policies() -> PathBuf {
     repo_dir().join("policies")
 }
 
-/// Default configuration for tests: shipped policies, loopback port 0.
+/// Default configuration for tests: shipped policies, loopback port 0 for Check and
+/// admin, no audit log (tests of the audit log turn it on with a file sink).
 pub fn test_config(policies: PathBuf) -> Config {
     let mut config = Config::default();
     config.server.listen = ListenAddr::Tcp("127.0.0.1:0".to_owned());
+    config.admin.listen = "127.0.0.1:0".to_owned();
+    config.audit.enabled = false;
     config.server.shutdown_timeout = Duration::from_secs(5);
     config.policies.dir = policies;
     config.identity.trust_domains = vec!["example.org".to_owned()];

@@ -1,0 +1,327 @@
+//! Audit records: one JSON line per decision, written off the request path.
+//!
+//! A Check only serializes its record and queues it; a dedicated thread does the
+//! disk I/O. The queue is bounded: in `block` mode a Check waits (asynchronously)
+//! for room, so no record is ever lost; in `drop` mode the record is discarded and
+//! counted. Records carry fingerprints of credentials, never the credentials.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::{AuditConfig, WhenFull};
+use crate::decision::{Decision, Outcome};
+use crate::input::CheckInput;
+use crate::metrics::{Sample, StateSource};
+
+/// One decision, as written.
+#[derive(Debug, Serialize)]
+pub struct AuditRecord<'a> {
+    pub time: String,
+    pub decision_id: &'a str,
+    pub decision: &'static str,
+    pub reason: &'static str,
+    /// Why, in words (a deny's detail; empty on allow).
+    pub detail: String,
+    pub status: u16,
+    pub policies: &'a [String],
+    pub errors: &'a [String],
+    pub policy_version: &'a str,
+    pub peer: Option<PeerRecord<'a>>,
+    pub token: Option<TokenRecord<'a>>,
+    pub request: RequestRecord<'a>,
+    pub cache: &'static str,
+    pub shadow: Option<&'a crate::decision::ShadowVerdict>,
+    pub latency_us: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PeerRecord<'a> {
+    pub spiffe_id: &'a str,
+    pub certificate_serial: Option<&'a str>,
+    pub certificate_fingerprint: Option<String>,
+    pub certificate_not_after: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenRecord<'a> {
+    pub iss: &'a str,
+    pub sub: &'a str,
+    pub jti: Option<&'a str>,
+    pub exp: i64,
+    /// SHA-256 of the token (first 16 bytes, hex).
+    pub fingerprint: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RequestRecord<'a> {
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    /// Envoy's `x-request-id`, to join with Envoy's access log.
+    pub request_id: &'a str,
+    pub source: Option<String>,
+    /// The principal Envoy reported, also when no identity could be established.
+    pub source_principal: &'a str,
+}
+
+impl<'a> AuditRecord<'a> {
+    pub fn new(decision: &'a Decision, input: &'a CheckInput, include_query: bool, now: SystemTime) -> Self {
+        let (decision_label, reason, detail, status) = match &decision.outcome {
+            Outcome::Allow => ("allow", "allow", String::new(), 200),
+            Outcome::Deny(reason) => ("deny", reason.code(), reason.to_string(), reason.http_status()),
+        };
+        let http = input.http.as_ref();
+        let path = http.map_or("", |h| {
+            if include_query {
+                h.path.as_str()
+            } else {
+                h.path.split(['?', '#']).next().unwrap_or_default()
+            }
+        });
+        let request_id = http
+            .and_then(|h| h.headers.iter().find(|(k, _)| k == "x-request-id").map(|(_, v)| v.as_str()))
+            .unwrap_or_default();
+        AuditRecord {
+            time: rfc3339(now),
+            decision_id: &decision.id,
+            decision: decision_label,
+            reason,
+            detail,
+            status,
+            policies: &decision.policies,
+            errors: &decision.errors,
+            policy_version: &decision.policy_version,
+            peer: decision.peer.as_ref().map(|p| PeerRecord {
+                spiffe_id: p.spiffe_id.as_str(),
+                certificate_serial: p.certificate.as_ref().map(|c| c.serial.as_str()),
+                certificate_fingerprint: p.certificate.as_ref().map(|c| c.fingerprint()),
+                certificate_not_after: p.certificate.as_ref().map(|c| c.not_after),
+            }),
+            token: decision.token.as_ref().map(|t| TokenRecord {
+                iss: &t.iss,
+                sub: &t.sub,
+                jti: t.jti.as_deref(),
+                exp: t.exp,
+                fingerprint: &t.fingerprint,
+            }),
+            request: RequestRecord {
+                method: http.map_or("", |h| h.method.as_str()),
+                host: http.map_or("", |h| h.host.as_str()),
+                path,
+                request_id,
+                source: input.source.ip.map(|ip| match input.source.port {
+                    Some(port) => std::net::SocketAddr::new(ip, port).to_string(),
+                    None => ip.to_string(),
+                }),
+                source_principal: &input.source.principal,
+            },
+            cache: decision.cache.label(),
+            shadow: decision.shadow.as_ref(),
+            latency_us: u64::try_from(decision.elapsed.as_micros()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+    time::OffsetDateTime::from(t).format(&format).unwrap_or_default()
+}
+
+/// Why the audit log could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot open audit file `{path}`: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("cannot start the audit writer: {0}")]
+    Thread(std::io::Error),
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    written: AtomicU64,
+    dropped: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// The handle Checks write through. Cloned into the gRPC service; the writer
+/// thread ends once every handle is gone and the queue is drained.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<String>,
+    when_full: WhenFull,
+    include_query: bool,
+    counters: Arc<Counters>,
+}
+
+impl AuditLog {
+    pub fn include_query(&self) -> bool {
+        self.include_query
+    }
+
+    /// Queues one record. Waits for room in `block` mode; never waits on disk.
+    pub async fn write(&self, record: &AuditRecord<'_>) {
+        let mut line = match serde_json::to_string(record) {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!("cannot serialize an audit record: {e}");
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        line.push('\n');
+        match self.when_full {
+            // Only fails once the writer is gone, at the very end of a shutdown.
+            WhenFull::Block => {
+                let _ = self.tx.send(line).await;
+            }
+            WhenFull::Drop => {
+                if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(line) {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.counters.dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn written(&self) -> u64 {
+        self.counters.written.load(Ordering::Relaxed)
+    }
+}
+
+/// The writer thread, owned by the server; `finish` waits for it to drain.
+#[derive(Debug)]
+pub struct AuditWriter {
+    thread: Option<std::thread::JoinHandle<()>>,
+    reopen: Arc<AtomicBool>,
+}
+
+impl AuditWriter {
+    /// Asks the writer to reopen its file before the next record (log rotation).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+    }
+
+    /// Waits until every queued record is written and flushed. Call after the last
+    /// `AuditLog` handle is dropped (the gRPC server has stopped).
+    pub fn finish(mut self) {
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the audit writer panicked");
+            }
+        }
+    }
+}
+
+enum Sink {
+    Stdout(BufWriter<std::io::Stdout>),
+    File(PathBuf, BufWriter<File>),
+}
+
+impl Sink {
+    fn open(target: &str) -> Result<Sink, AuditError> {
+        if target == "stdout" {
+            return Ok(Sink::Stdout(BufWriter::new(std::io::stdout())));
+        }
+        let path = PathBuf::from(target);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| AuditError::Open { path: path.clone(), source })?;
+        Ok(Sink::File(path, BufWriter::new(file)))
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Sink::Stdout(w) => w,
+            Sink::File(_, w) => w,
+        }
+    }
+
+    fn reopen(&mut self) {
+        if let Sink::File(path, writer) = self {
+            let _ = writer.flush();
+            match OpenOptions::new().create(true).append(true).open(&*path) {
+                Ok(file) => *writer = BufWriter::new(file),
+                Err(e) => tracing::error!(path = %path.display(), "cannot reopen the audit file: {e}"),
+            }
+        }
+    }
+}
+
+/// Opens the sink and starts the writer thread.
+pub fn start(config: &AuditConfig) -> Result<(AuditLog, AuditWriter), AuditError> {
+    let mut sink = Sink::open(&config.sink)?;
+    let (tx, mut rx) = mpsc::channel::<String>(config.queue);
+    let counters = Arc::new(Counters::default());
+    let reopen = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let counters = Arc::clone(&counters);
+        let reopen = Arc::clone(&reopen);
+        std::thread::Builder::new()
+            .name("cedargate-audit".to_owned())
+            .spawn(move || {
+                while let Some(line) = rx.blocking_recv() {
+                    if reopen.swap(false, Ordering::AcqRel) {
+                        sink.reopen();
+                    }
+                    match sink.writer().write_all(line.as_bytes()) {
+                        Ok(()) => counters.written.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => counters.failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                    // Flush when the queue runs dry: bursts are batched, and a quiet
+                    // server still has every record on disk.
+                    if rx.is_empty() && sink.writer().flush().is_err() {
+                        counters.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                let _ = sink.writer().flush();
+            })
+            .map_err(AuditError::Thread)?
+    };
+    let log = AuditLog { tx, when_full: config.when_full, include_query: config.include_query, counters };
+    Ok((log, AuditWriter { thread: Some(thread), reopen }))
+}
+
+impl StateSource for AuditLog {
+    fn samples(&self) -> Vec<Sample> {
+        let c = &self.counters;
+        vec![
+            Sample::Gauge {
+                name: "audit_queue_depth",
+                help: "Audit records waiting to be written",
+                labels: vec![],
+                value: i64::try_from(self.tx.max_capacity() - self.tx.capacity()).unwrap_or(i64::MAX),
+            },
+            Sample::Counter {
+                name: "audit_records_written",
+                help: "Audit records written to the sink",
+                labels: vec![],
+                value: c.written.load(Ordering::Relaxed),
+            },
+            Sample::Counter {
+                name: "audit_records_dropped",
+                help: "Audit records dropped because the queue was full (when_full = \"drop\")",
+                labels: vec![],
+                value: c.dropped.load(Ordering::Relaxed),
+            },
+            Sample::Counter {
+                name: "audit_write_errors",
+                help: "Audit records that could not be serialized or written",
+                labels: vec![],
+                value: c.failed.load(Ordering::Relaxed),
+            },
+        ]
+    }
+}
