@@ -90,7 +90,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
     metrics.add_source(Arc::clone(&reloader) as _);
     metrics.add_source(Arc::clone(&checker) as _);
     if let Some(audit) = &audit {
-        metrics.add_source(Arc::new(audit.clone()));
+        metrics.add_source(audit.stats());
     }
     let ready = Arc::new(AtomicBool::new(false));
     let admin = match config.admin.listen.as_str() {

@@ -8,7 +8,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -144,11 +144,16 @@ pub enum AuditError {
     Thread(std::io::Error),
 }
 
+/// The audit log's counters; also its metrics source, which must not hold a
+/// sender (the writer ends only when every sender is gone).
 #[derive(Debug, Default)]
-struct Counters {
+pub struct AuditStats {
     written: AtomicU64,
     dropped: AtomicU64,
     failed: AtomicU64,
+    /// Queued minus taken; briefly negative when the writer takes a record before
+    /// its sender counted it.
+    queued: AtomicI64,
 }
 
 /// The handle Checks write through. Cloned into the gRPC service; the writer
@@ -158,7 +163,7 @@ pub struct AuditLog {
     tx: mpsc::Sender<String>,
     when_full: WhenFull,
     include_query: bool,
-    counters: Arc<Counters>,
+    counters: Arc<AuditStats>,
 }
 
 impl AuditLog {
@@ -177,17 +182,26 @@ impl AuditLog {
             }
         };
         line.push('\n');
-        match self.when_full {
+        let queued = match self.when_full {
             // Only fails once the writer is gone, at the very end of a shutdown.
-            WhenFull::Block => {
-                let _ = self.tx.send(line).await;
-            }
-            WhenFull::Drop => {
-                if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(line) {
+            WhenFull::Block => self.tx.send(line).await.is_ok(),
+            WhenFull::Drop => match self.tx.try_send(line) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
                     self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    false
                 }
-            }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            },
+        };
+        if queued {
+            self.counters.queued.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The counters, for metrics.
+    pub fn stats(&self) -> Arc<AuditStats> {
+        Arc::clone(&self.counters)
     }
 
     pub fn dropped(&self) -> u64 {
@@ -264,7 +278,7 @@ impl Sink {
 pub fn start(config: &AuditConfig) -> Result<(AuditLog, AuditWriter), AuditError> {
     let mut sink = Sink::open(&config.sink)?;
     let (tx, mut rx) = mpsc::channel::<String>(config.queue);
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(AuditStats::default());
     let reopen = Arc::new(AtomicBool::new(false));
     let thread = {
         let counters = Arc::clone(&counters);
@@ -273,6 +287,7 @@ pub fn start(config: &AuditConfig) -> Result<(AuditLog, AuditWriter), AuditError
             .name("cedargate-audit".to_owned())
             .spawn(move || {
                 while let Some(line) = rx.blocking_recv() {
+                    counters.queued.fetch_sub(1, Ordering::Relaxed);
                     if reopen.swap(false, Ordering::AcqRel) {
                         sink.reopen();
                     }
@@ -294,15 +309,15 @@ pub fn start(config: &AuditConfig) -> Result<(AuditLog, AuditWriter), AuditError
     Ok((log, AuditWriter { thread: Some(thread), reopen }))
 }
 
-impl StateSource for AuditLog {
+impl StateSource for AuditStats {
     fn samples(&self) -> Vec<Sample> {
-        let c = &self.counters;
+        let c = self;
         vec![
             Sample::Gauge {
                 name: "audit_queue_depth",
                 help: "Audit records waiting to be written",
                 labels: vec![],
-                value: i64::try_from(self.tx.max_capacity() - self.tx.capacity()).unwrap_or(i64::MAX),
+                value: c.queued.load(Ordering::Relaxed).max(0),
             },
             Sample::Counter {
                 name: "audit_records_written",

@@ -161,6 +161,7 @@ impl Checker {
         let http = cedar_request::check_limits(input, &self.config.limits)?;
 
         let stage = Instant::now();
+        let span = tracing::debug_span!("identity").entered();
         let peer: PeerIdentity = identity::establish(&input.source, now, &self.config.identity)?;
         let revoked = self.credentials.revocations.current();
         if let Some(cert) = &peer.certificate {
@@ -170,14 +171,18 @@ impl Checker {
         }
         decision.peer = Some(peer.clone());
         self.metrics.record_stage(Stage::Identity, stage.elapsed());
+        drop(span);
 
         let stage = Instant::now();
+        let span = tracing::debug_span!("token").entered();
         let token = self.credentials.tokens.verify(input, http, peer.certificate.as_ref(), &revoked, now)?;
         if token.is_some() {
             self.metrics.record_stage(Stage::Token, stage.elapsed());
         }
+        drop(span);
 
         let stage = Instant::now();
+        let _span = tracing::debug_span!("cedar").entered();
         let prepared = cedar_request::prepare(snapshot, http, &self.config.limits)?;
         let verdict = self.verdict(snapshot, &prepared, &peer, token.as_ref(), input, http, now, decision)?;
         self.metrics.record_stage(Stage::Cedar, stage.elapsed());

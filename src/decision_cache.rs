@@ -337,13 +337,10 @@ impl DecisionCache {
         Ok((entry.verdict.clone(), !computed))
     }
 
+    /// Entries now (runs moka's pending bookkeeping first, so the count is exact).
     pub fn entries(&self) -> u64 {
-        self.cache.entry_count()
-    }
-
-    /// Runs pending evictions now (tests and scrapes want exact counts).
-    pub fn sync(&self) {
         self.cache.run_pending_tasks();
+        self.cache.entry_count()
     }
 
     pub fn invalidate_all(&self) {

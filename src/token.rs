@@ -241,7 +241,10 @@ impl TokenVerifier {
 
     /// Entries in the verified-signature cache.
     pub fn cached_signatures(&self) -> u64 {
-        self.signatures.as_ref().map_or(0, |c| c.entry_count())
+        self.signatures.as_ref().map_or(0, |c| {
+            c.run_pending_tasks();
+            c.entry_count()
+        })
     }
 
     /// Finds and verifies the request's token. `Ok(None)`: no token, and none required.

@@ -336,7 +336,7 @@ fn custom_claims_reach_policies_typed_and_a_schema_without_them_is_refused() {
         claims: [("region".to_owned(), cedargate::config::ClaimType::String)].into(),
         ..issuer(&jwks)
     }];
-    let err = Checker::load(config, Arc::new(SystemClock)).err().expect("refused").to_string();
+    let err = Checker::load(config, Arc::new(SystemClock)).expect_err("refused").to_string();
     assert!(err.contains("custom claims") && err.contains("region"), "{err}");
 }
 

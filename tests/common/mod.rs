@@ -182,3 +182,86 @@ pub fn outcome(response: &CheckResponse) -> (u16, String) {
         None => panic!("response without http_response"),
     }
 }
+
+/// One plain HTTP/1.1 request to the admin listener: (status, body).
+pub fn admin_request(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the admin listener");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample line (`name{labels} value`) of a Prometheus scrape.
+pub fn metric(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+}
+
+/// The real `cedargate` binary, started with a config file; killed on drop.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub addr: String,
+    pub admin: std::net::SocketAddr,
+}
+
+impl Binary {
+    /// Starts `cedargate serve --config <dir>/cedargate.toml` after appending the
+    /// listen addresses to `config` (which must not set `[server]` or `[admin]`).
+    /// stderr (the logs) goes to `<dir>/stderr.log`, stdout to `<dir>/stdout.log`.
+    pub fn start(dir: &std::path::Path, config: &str) -> Binary {
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let (grpc, admin) = (free(), free());
+        let text = format!("[server]\nlisten = \"{grpc}\"\n[admin]\nlisten = \"{admin}\"\n{config}");
+        std::fs::write(dir.join("cedargate.toml"), text).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_cedargate"))
+            .args(["serve", "--config"])
+            .arg(dir.join("cedargate.toml"))
+            .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let binary = Binary { child, addr: grpc.to_string(), admin };
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(admin).is_err() || std::net::TcpStream::connect(grpc).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(20), "cedargate did not start: {}", binary.stderr(dir));
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        binary
+    }
+
+    pub fn stderr(&self, dir: &std::path::Path) -> String {
+        std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits (bounded) for a graceful exit; true if it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
