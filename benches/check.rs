@@ -69,6 +69,7 @@ fn config(dir: &Path, cached: bool) -> Config {
     config.cache.decisions = cached;
     if !cached {
         config.cache.token_entries = 0;
+        config.cache.certificate_entries = 0;
     }
     config
 }
@@ -132,6 +133,7 @@ fn benches(c: &mut Criterion) {
     let token_checker = |decisions: bool, signatures: bool| {
         let mut config = config(&shipped_dir, decisions);
         config.cache.token_entries = if signatures { 10_000 } else { 0 };
+        config.cache.certificate_entries = if signatures { 10_000 } else { 0 };
         config.tokens.issuers = vec![cedargate::config::IssuerConfig {
             issuer: jwt::ISSUER.into(),
             audiences: vec![jwt::AUDIENCE.into()],

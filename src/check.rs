@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::credentials::{Credentials, CredentialsError};
 use crate::decision::{Decision, DenyReason, Outcome};
 use crate::decision_cache::{self, DecisionCache};
-use crate::identity::{self, IdentityError, PeerIdentity};
+use crate::identity::{self, CertificateCache, IdentityError, PeerIdentity};
 use crate::input::{CheckInput, HttpInput};
 use crate::metrics::{CacheOutcome, Metrics, Stage};
 use crate::policy_index::Verdict;
@@ -51,6 +51,7 @@ pub struct Checker {
     credentials: Arc<Credentials>,
     clock: Arc<dyn Clock>,
     cache: Option<Arc<DecisionCache>>,
+    certificates: Option<CertificateCache>,
     metrics: Arc<Metrics>,
 }
 
@@ -72,7 +73,9 @@ impl Checker {
         metrics: Arc<Metrics>,
     ) -> Self {
         let cache = DecisionCache::new(&config.cache, Arc::clone(&metrics)).map(Arc::new);
-        Checker { config, policies, credentials, clock, cache, metrics }
+        let entries = config.cache.certificate_entries;
+        let certificates = (entries > 0).then(|| CertificateCache::new(entries));
+        Checker { config, policies, credentials, clock, cache, certificates, metrics }
     }
 
     /// A checker over the policy directory and credential sources named in `config`.
@@ -162,7 +165,8 @@ impl Checker {
 
         let stage = Instant::now();
         let span = tracing::debug_span!("identity").entered();
-        let peer: PeerIdentity = identity::establish(&input.source, now, &self.config.identity)?;
+        let peer: PeerIdentity =
+            identity::establish_with(&input.source, now, &self.config.identity, self.certificates.as_ref())?;
         let revoked = self.credentials.revocations.current();
         if let Some(cert) = &peer.certificate {
             if revoked.certificate(&cert.serial, &cert.fingerprint()).is_some() {

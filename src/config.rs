@@ -274,6 +274,8 @@ pub struct CacheConfig {
     pub ttl: Duration,
     /// Most remembered token signatures (0 turns that cache off).
     pub token_entries: u64,
+    /// Most remembered parsed peer certificates (0 turns that cache off).
+    pub certificate_entries: u64,
 }
 
 impl Default for CacheConfig {
@@ -284,6 +286,7 @@ impl Default for CacheConfig {
             max_bytes: 32 * 1024 * 1024,
             ttl: Duration::from_secs(60),
             token_entries: 10_000,
+            certificate_entries: 10_000,
         }
     }
 }

@@ -61,7 +61,7 @@ impl Relevance {
     /// Reads every policy's conditions (as Cedar's JSON form). Anything not
     /// understood counts as relevant, so the proof errs towards a larger key.
     pub fn of<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Relevance {
-        let mut relevance = Relevance { time: false, tags: TagKeys::Only(BTreeSet::new()) };
+        let mut relevance = Relevance::none();
         for policy in policies {
             match policy.to_json() {
                 Ok(json) => relevance.visit(json.get("conditions").unwrap_or(&Value::Null), false),
@@ -69,6 +69,11 @@ impl Relevance {
             }
         }
         relevance
+    }
+
+    /// What an empty policy set reads: nothing.
+    pub fn none() -> Relevance {
+        Relevance { time: false, tags: TagKeys::Only(BTreeSet::new()) }
     }
 
     /// What either of two policy sets can read.

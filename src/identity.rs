@@ -7,7 +7,8 @@
 //! parsed certificate. A TLS connection outlives the handshake, so a certificate
 //! that expired after the connection was made is caught here too.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::certificate::{self, CertificateError, PeerCertificate};
 use crate::config::IdentityConfig;
@@ -82,8 +83,41 @@ impl IdentityError {
     }
 }
 
+/// Parsed peer certificates, by their URL-encoded PEM. Parsing is most of what
+/// establishing an identity costs, and a workload presents the same certificate for
+/// its whole lifetime; the checks that depend on time or configuration still run
+/// on every Check.
+pub struct CertificateCache(moka::sync::Cache<String, Arc<PeerCertificate>>);
+
+impl CertificateCache {
+    pub fn new(entries: u64) -> CertificateCache {
+        CertificateCache(
+            moka::sync::Cache::builder().max_capacity(entries).time_to_idle(Duration::from_secs(600)).build(),
+        )
+    }
+
+    fn parse(&self, encoded: &str, max_bytes: usize) -> Result<PeerCertificate, IdentityError> {
+        if let Some(cert) = self.0.get(encoded) {
+            return Ok(PeerCertificate::clone(&cert));
+        }
+        let cert = certificate::parse_url_encoded_pem(encoded, max_bytes).map_err(IdentityError::Certificate)?;
+        self.0.insert(encoded.to_owned(), Arc::new(cert.clone()));
+        Ok(cert)
+    }
+}
+
 /// Establishes the caller of one Check.
 pub fn establish(source: &PeerInput, now: SystemTime, config: &IdentityConfig) -> Result<PeerIdentity, IdentityError> {
+    establish_with(source, now, config, None)
+}
+
+/// `establish`, reusing certificates parsed before.
+pub fn establish_with(
+    source: &PeerInput,
+    now: SystemTime,
+    config: &IdentityConfig,
+    parsed: Option<&CertificateCache>,
+) -> Result<PeerIdentity, IdentityError> {
     if source.principal.is_empty() && source.certificate.is_empty() {
         return Err(IdentityError::Missing);
     }
@@ -93,8 +127,11 @@ pub fn establish(source: &PeerInput, now: SystemTime, config: &IdentityConfig) -
         }
         (source.principal.parse().map_err(IdentityError::Principal)?, None)
     } else {
-        let cert = certificate::parse_url_encoded_pem(&source.certificate, config.max_certificate_bytes)
-            .map_err(IdentityError::Certificate)?;
+        let cert = match parsed {
+            Some(cache) => cache.parse(&source.certificate, config.max_certificate_bytes)?,
+            None => certificate::parse_url_encoded_pem(&source.certificate, config.max_certificate_bytes)
+                .map_err(IdentityError::Certificate)?,
+        };
         let id = svid_spiffe_id(&cert)?;
         if source.principal != id.as_str() {
             return Err(IdentityError::PrincipalMismatch);

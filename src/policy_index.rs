@@ -59,6 +59,12 @@ impl PolicyIndex {
         actions: impl IntoIterator<Item = &'a EntityUid>,
         action_entities: &Entities,
     ) -> Result<PolicyIndex, String> {
+        // What each policy reads, computed once (it walks the policy's JSON form).
+        let reads: HashMap<&PolicyId, Relevance> =
+            policies.policies().map(|p| (p.id(), Relevance::of(std::iter::once(p)))).collect();
+        let relevance_of = |set: &PolicySet| {
+            set.policies().filter_map(|p| reads.get(p.id())).fold(Relevance::none(), |acc, r| acc.union(r))
+        };
         let mut by_action = HashMap::new();
         for action in actions {
             let mut this: HashSet<&EntityUid> =
@@ -81,11 +87,11 @@ impl PolicyIndex {
                 };
                 add(target, policy)?;
             }
-            let common = Relevance::of(split.common.policies());
+            let common = relevance_of(&split.common);
             split.by_principal = by_principal
                 .into_iter()
                 .map(|(uid, set)| {
-                    let relevance = common.union(&Relevance::of(set.policies()));
+                    let relevance = common.union(&relevance_of(&set));
                     (uid, (set, relevance))
                 })
                 .collect();
@@ -97,7 +103,7 @@ impl PolicyIndex {
             .filter(|p| p.effect() == cedar_policy::Effect::Forbid)
             .map(|p| p.id().clone())
             .collect();
-        let all_relevance = Relevance::of(policies.policies());
+        let all_relevance = relevance_of(policies);
         Ok(PolicyIndex { by_action, all: policies.clone(), all_relevance, forbid_ids })
     }
 
