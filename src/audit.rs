@@ -10,7 +10,7 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -276,37 +276,84 @@ impl Sink {
 
 /// Opens the sink and starts the writer thread.
 pub fn start(config: &AuditConfig) -> Result<(AuditLog, AuditWriter), AuditError> {
-    let mut sink = Sink::open(&config.sink)?;
-    let (tx, mut rx) = mpsc::channel::<String>(config.queue);
+    let sink = Sink::open(&config.sink)?;
+    let (tx, rx) = mpsc::channel::<String>(config.queue);
     let counters = Arc::new(AuditStats::default());
     let reopen = Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(AuditError::Thread)?;
     let thread = {
         let counters = Arc::clone(&counters);
         let reopen = Arc::clone(&reopen);
         std::thread::Builder::new()
             .name("cedargate-audit".to_owned())
-            .spawn(move || {
-                while let Some(line) = rx.blocking_recv() {
-                    counters.queued.fetch_sub(1, Ordering::Relaxed);
-                    if reopen.swap(false, Ordering::AcqRel) {
-                        sink.reopen();
-                    }
-                    match sink.writer().write_all(line.as_bytes()) {
-                        Ok(()) => counters.written.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => counters.failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                    // Flush when the queue runs dry: bursts are batched, and a quiet
-                    // server still has every record on disk.
-                    if rx.is_empty() && sink.writer().flush().is_err() {
-                        counters.failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                let _ = sink.writer().flush();
-            })
+            .spawn(move || runtime.block_on(write_records(rx, sink, &counters, &reopen)))
             .map_err(AuditError::Thread)?
     };
     let log = AuditLog { tx, when_full: config.when_full, include_query: config.include_query, counters };
     Ok((log, AuditWriter { thread: Some(thread), reopen }))
+}
+
+/// Records on disk at most this long after their Check (and at shutdown).
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Pause between batches during a burst: records queue up meanwhile, so the
+/// Checks that send them need not wake the writer one record at a time.
+const BATCH_PAUSE: Duration = Duration::from_millis(1);
+
+/// The writer's loop: wait for a record, then drain the burst in batches; flush
+/// every `FLUSH_EVERY` while records arrive, when the server goes quiet, and at the
+/// end. Ends when every sender is gone and the queue is empty.
+async fn write_records(mut rx: mpsc::Receiver<String>, mut sink: Sink, counters: &AuditStats, reopen: &AtomicBool) {
+    let write = |sink: &mut Sink, line: String| {
+        counters.queued.fetch_sub(1, Ordering::Relaxed);
+        match sink.writer().write_all(line.as_bytes()) {
+            Ok(()) => counters.written.fetch_add(1, Ordering::Relaxed),
+            Err(_) => counters.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    };
+    let flush = |sink: &mut Sink| {
+        if sink.writer().flush().is_err() {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    let mut dirty = false;
+    let mut last_flush = std::time::Instant::now();
+    loop {
+        let first = if dirty {
+            match tokio::time::timeout(FLUSH_EVERY, rx.recv()).await {
+                Ok(first) => first,
+                Err(_quiet) => {
+                    flush(&mut sink);
+                    dirty = false;
+                    last_flush = std::time::Instant::now();
+                    continue;
+                }
+            }
+        } else {
+            rx.recv().await
+        };
+        let Some(line) = first else { break };
+        if reopen.swap(false, Ordering::AcqRel) {
+            sink.reopen();
+        }
+        write(&mut sink, line);
+        dirty = true;
+        loop {
+            let mut batch = 0;
+            while let Ok(line) = rx.try_recv() {
+                write(&mut sink, line);
+                batch += 1;
+            }
+            if batch == 0 {
+                break;
+            }
+            if last_flush.elapsed() >= FLUSH_EVERY {
+                flush(&mut sink);
+                last_flush = std::time::Instant::now();
+            }
+            tokio::time::sleep(BATCH_PAUSE).await;
+        }
+    }
+    flush(&mut sink);
 }
 
 impl StateSource for AuditStats {
