@@ -26,6 +26,7 @@ pub mod input;
 pub mod jwks;
 pub mod metrics;
 pub mod offline;
+pub mod policy_fmt;
 pub mod policy_index;
 pub mod policy_set;
 pub mod proto;

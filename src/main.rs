@@ -66,6 +66,19 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Format policy files in place with Cedar's formatter, or with `--check` only
+    /// report the files that are not formatted. Exit 0 when all are (or now are)
+    /// formatted, 1 when `--check` finds one that is not, 2 on a file that does
+    /// not parse.
+    Fmt {
+        /// A policy directory (its `*.cedar` files) or one file.
+        #[arg(default_value = "policies")]
+        target: PathBuf,
+        #[arg(long)]
+        check: bool,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -120,6 +133,7 @@ fn main() -> ExitCode {
         Command::Validate { policies, config, format } => validate(&policies, config.as_deref(), format),
         Command::Authorize(args) => authorize(*args),
         Command::Test { dir, config, format } => test(&dir, config.as_deref(), format),
+        Command::Fmt { target, check, format } => fmt(&target, check, format),
     }
 }
 
@@ -263,6 +277,55 @@ fn authorize(args: AuthorizeArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn fmt(target: &std::path::Path, check: bool, format: Format) -> ExitCode {
+    use cedargate::policy_fmt;
+    let files = match policy_fmt::policy_files(target) {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("error: {}: {e}", target.display());
+            return ExitCode::from(2);
+        }
+    };
+    let mut results = Vec::new();
+    for file in files {
+        let mut result = policy_fmt::format_file(&file);
+        if result.changed && !check {
+            if let Err(e) = std::fs::write(&file, &result.text) {
+                result.error = Some(format!("cannot write: {e}"));
+            }
+        }
+        results.push(result);
+    }
+    let errors = results.iter().filter(|r| r.error.is_some()).count();
+    let unformatted = results.iter().filter(|r| r.changed).count();
+    match format {
+        Format::Json => {
+            let out = serde_json::json!({ "check": check, "files": results });
+            println!("{out}");
+        }
+        Format::Text => {
+            for r in &results {
+                match (&r.error, r.changed, check) {
+                    (Some(e), _, _) => eprintln!("error: {}: {e}", r.file.display()),
+                    (None, true, true) => println!("not formatted: {}", r.file.display()),
+                    (None, true, false) => println!("formatted {}", r.file.display()),
+                    (None, false, _) => {}
+                }
+            }
+            if errors == 0 && unformatted == 0 {
+                println!("{} file(s) already formatted", results.len());
+            }
+        }
+    }
+    if errors > 0 {
+        ExitCode::from(2)
+    } else if check && unformatted > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

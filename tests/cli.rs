@@ -123,3 +123,32 @@ fn validate_reports_diagnostics_as_json() {
     let ok = cedargate(&["validate", "--policies", shipped_policies().to_str().unwrap()]);
     assert_eq!(ok.status.code(), Some(0));
 }
+
+#[test]
+fn fmt_checks_formats_in_place_and_refuses_what_does_not_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("messy.cedar");
+    let messy = "// kept\n@id(\"r\") permit(principal,action==Action::\"GET\",resource) when {resource.host==\"a\"};\n";
+    std::fs::write(&file, messy).unwrap();
+    let target = dir.path().to_str().unwrap();
+
+    let out = cedargate(&["fmt", "--check", target]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stdout(&out).contains("not formatted:") && stdout(&out).contains("messy.cedar"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), messy, "--check never writes");
+
+    let out = cedargate(&["fmt", "--check", "--format", "json", target]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["files"][0]["changed"], true);
+
+    let out = cedargate(&["fmt", target]);
+    assert_eq!(out.status.code(), Some(0));
+    let formatted = std::fs::read_to_string(&file).unwrap();
+    assert!(formatted.contains("// kept") && formatted.contains("action == Action::\"GET\""), "{formatted}");
+    assert_eq!(cedargate(&["fmt", "--check", target]).status.code(), Some(0));
+
+    std::fs::write(dir.path().join("broken.cedar"), "permit (principal, action").unwrap();
+    let out = cedargate(&["fmt", target]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.cedar"));
+}
