@@ -38,6 +38,8 @@ pub struct Running {
     pub local_addr: String,
     pub checker: Arc<Checker>,
     pub reloader: Arc<PolicyReloader>,
+    /// The shadow policy set's reloader, when one is configured.
+    pub shadow_reloader: Option<Arc<PolicyReloader>>,
     /// The admin listener's address, when it is on.
     pub admin_addr: Option<SocketAddr>,
     /// The audit log, when it is on.
@@ -75,8 +77,18 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
         TokenModel::from_config(&checker.config().tokens),
         Arc::clone(checker.policy_handle()),
     ));
+    let shadow_reloader = match (&checker.config().policies.shadow_dir, checker.shadow_handle()) {
+        (Some(dir), Some(handle)) => Some(Arc::new(PolicyReloader::new(
+            dir.clone(),
+            TokenModel::from_config(&checker.config().tokens),
+            Arc::clone(handle),
+        ))),
+        _ => None,
+    };
     if checker.config().policies.watch {
-        background.push(tokio::spawn(Arc::clone(&reloader).watch(checker.config().policies.debounce)));
+        for reloader in std::iter::once(&reloader).chain(shadow_reloader.as_ref()) {
+            background.push(tokio::spawn(Arc::clone(reloader).watch(checker.config().policies.debounce)));
+        }
     }
     let config = checker.config();
     let (audit, audit_writer) = match config.audit.enabled {
@@ -88,6 +100,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
     };
     let metrics = checker.metrics();
     metrics.add_source(Arc::clone(&reloader) as _);
+    if let Some(shadow) = &shadow_reloader {
+        metrics.add_source(Arc::clone(shadow) as _);
+    }
     metrics.add_source(Arc::clone(&checker) as _);
     if let Some(audit) = &audit {
         metrics.add_source(audit.stats());
@@ -100,7 +115,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
             AdminState {
                 checker: Arc::clone(&checker),
                 reloader: Arc::clone(&reloader),
-                shadow_reloader: None,
+                shadow_reloader: shadow_reloader.clone(),
                 ready: Arc::clone(&ready),
                 started: std::time::Instant::now(),
             },
@@ -122,6 +137,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
         local_addr,
         checker,
         reloader,
+        shadow_reloader,
         admin_addr: admin.as_ref().map(|a| a.local_addr),
         audit,
         admin,
@@ -190,9 +206,11 @@ impl Running {
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the policy directory and reopening the audit file");
                     self.reopen_audit();
-                    let reloader = Arc::clone(&self.reloader);
-                    // The outcome is logged and kept in the reloader's status.
-                    let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                    for reloader in std::iter::once(&self.reloader).chain(self.shadow_reloader.as_ref()) {
+                        let reloader = Arc::clone(reloader);
+                        // The outcome is logged and kept in the reloader's status.
+                        let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                    }
                 }
             }
         }

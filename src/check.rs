@@ -7,10 +7,10 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::cedar_request::{self, Prepared, TokenModel};
+use crate::cedar_request::{self, TokenModel};
 use crate::config::Config;
 use crate::credentials::{Credentials, CredentialsError};
-use crate::decision::{Decision, DenyReason, Outcome};
+use crate::decision::{Decision, DenyReason, Outcome, ShadowVerdict};
 use crate::decision_cache::{self, DecisionCache};
 use crate::identity::{self, CertificateCache, IdentityError, PeerIdentity};
 use crate::input::{CheckInput, HttpInput};
@@ -53,6 +53,8 @@ pub struct Checker {
     cache: Option<Arc<DecisionCache>>,
     certificates: Option<CertificateCache>,
     metrics: Arc<Metrics>,
+    /// The shadow policy set, evaluated beside the enforced one (never enforced).
+    shadow: Option<Arc<ArcSwap<PolicySnapshot>>>,
 }
 
 /// Why a checker could not be set up.
@@ -75,17 +77,28 @@ impl Checker {
         let cache = DecisionCache::new(&config.cache, Arc::clone(&metrics)).map(Arc::new);
         let entries = config.cache.certificate_entries;
         let certificates = (entries > 0).then(|| CertificateCache::new(entries));
-        Checker { config, policies, credentials, clock, cache, certificates, metrics }
+        Checker { config, policies, credentials, clock, cache, certificates, metrics, shadow: None }
     }
 
     /// A checker over the policy directory and credential sources named in `config`.
     /// Remote JWKS are not fetched here: `app::start` starts their refreshers.
     pub fn load(config: Config, clock: Arc<dyn Clock>) -> Result<Self, SetupError> {
         let snapshot = policy_set::load_dir(&config.policies.dir, &TokenModel::from_config(&config.tokens))?;
+        let shadow = match &config.policies.shadow_dir {
+            Some(dir) => Some(policy_set::load_dir(dir, &TokenModel::from_config(&config.tokens))?),
+            None => None,
+        };
         let metrics = Arc::new(Metrics::default());
         let credentials = Credentials::load(&config, Arc::clone(&metrics))?;
         let policies = Arc::new(ArcSwap::from_pointee(snapshot));
-        Ok(Checker::new(Arc::new(config), policies, Arc::new(credentials), clock, metrics))
+        let mut checker = Checker::new(Arc::new(config), policies, Arc::new(credentials), clock, metrics);
+        checker.shadow = shadow.map(|s| Arc::new(ArcSwap::from_pointee(s)));
+        Ok(checker)
+    }
+
+    /// The swappable shadow snapshot, when a shadow directory is configured.
+    pub fn shadow_handle(&self) -> Option<&Arc<ArcSwap<PolicySnapshot>>> {
+        self.shadow.as_ref()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -187,49 +200,104 @@ impl Checker {
 
         let stage = Instant::now();
         let _span = tracing::debug_span!("cedar").entered();
-        let prepared = cedar_request::prepare(snapshot, http, &self.config.limits)?;
-        let verdict = self.verdict(snapshot, &prepared, &peer, token.as_ref(), input, http, now, decision)?;
+        let judged = self.judge(snapshot, &peer, token.as_ref(), input, http, now);
         self.metrics.record_stage(Stage::Cedar, stage.elapsed());
+        if let Some(shadow) = &self.shadow {
+            decision.shadow =
+                Some(self.shadow_verdict(&shadow.load(), &judged, &peer, token.as_ref(), input, http, now));
+        }
         decision.token = token;
+        let (verdict, cache) = judged?;
+        decision.cache = cache;
         decision.policies = verdict.policies;
         decision.errors = verdict.errors;
-        if verdict.forbid_failed {
-            return Err(DenyReason::PolicyError);
-        }
-        if verdict.allowed {
-            Ok(())
-        } else {
-            Err(DenyReason::PolicyDenied)
-        }
+        outcome_of(verdict.allowed, verdict.forbid_failed)
     }
 
-    /// Cedar's verdict: from the decision cache when the same request was decided
-    /// under the same policy set, else evaluated (and cached).
+    /// Cedar's verdict on the request under `snapshot`: from the decision cache when
+    /// the same request was decided under the same policy set, else evaluated (and
+    /// cached).
     #[allow(clippy::too_many_arguments)]
-    fn verdict(
+    fn judge(
         &self,
         snapshot: &PolicySnapshot,
-        prepared: &Prepared<'_>,
         peer: &PeerIdentity,
         token: Option<&VerifiedToken>,
         input: &CheckInput,
         http: &HttpInput,
         now: SystemTime,
-        decision: &mut Decision,
-    ) -> Result<Verdict, DenyReason> {
+    ) -> Result<(Verdict, CacheOutcome), DenyReason> {
+        let prepared = cedar_request::prepare(snapshot, http, &self.config.limits)?;
+        let prepared = &prepared;
         let evaluate = || {
             let cedar = cedar_request::build(snapshot, prepared, peer, token, input, http, now)?;
             Ok(snapshot.index.evaluate(&snapshot.authorizer, &cedar.request, &cedar.entities))
         };
-        let Some(cache) = &self.cache else { return Ok(evaluate()?) };
+        let Some(cache) = &self.cache else { return Ok((evaluate()?, CacheOutcome::Bypass)) };
         let Some(key) = decision_cache::key(snapshot, prepared, peer, token, input, http) else {
-            return Ok(evaluate()?);
+            return Ok((evaluate()?, CacheOutcome::Bypass));
         };
         let lifetime = decision_cache::lifetime(cache.ttl(), peer, token, now);
         let (verdict, hit) = cache.get_or_compute(key, lifetime, evaluate)?;
         self.metrics.record_cache_lookup("decision", hit);
-        decision.cache = if hit { CacheOutcome::Hit } else { CacheOutcome::Miss };
-        Ok(verdict)
+        Ok((verdict, if hit { CacheOutcome::Hit } else { CacheOutcome::Miss }))
+    }
+
+    /// What the shadow policy set says about the same request. It never changes
+    /// the answer; a disagreement (allow against deny) is counted and logged.
+    #[allow(clippy::too_many_arguments)]
+    fn shadow_verdict(
+        &self,
+        shadow: &PolicySnapshot,
+        enforced: &Result<(Verdict, CacheOutcome), DenyReason>,
+        peer: &PeerIdentity,
+        token: Option<&VerifiedToken>,
+        input: &CheckInput,
+        http: &HttpInput,
+        now: SystemTime,
+    ) -> ShadowVerdict {
+        let code = |result: &Result<(Verdict, CacheOutcome), DenyReason>| match result {
+            Ok((v, _)) => match outcome_of(v.allowed, v.forbid_failed) {
+                Ok(()) => "allow",
+                Err(reason) => reason.code(),
+            },
+            Err(reason) => reason.code(),
+        };
+        let judged = self.judge(shadow, peer, token, input, http, now);
+        let (enforced_code, shadow_code) = (code(enforced), code(&judged));
+        let agrees = (enforced_code == "allow") == (shadow_code == "allow");
+        let (policies, errors) = match judged {
+            Ok((v, _)) => (v.policies, v.errors),
+            Err(_) => (Vec::new(), Vec::new()),
+        };
+        if !agrees {
+            self.metrics.record_shadow_disagreement();
+            let enforced_policies = enforced.as_ref().map(|(v, _)| v.policies.clone()).unwrap_or_default();
+            tracing::warn!(
+                principal = peer.spiffe_id.as_str(),
+                http.method = http.method.as_str(),
+                http.path = http.path.split(['?', '#']).next().unwrap_or_default(),
+                enforced = enforced_code,
+                enforced.policies = ?enforced_policies,
+                shadow = shadow_code,
+                shadow.policies = ?policies,
+                shadow.version = %shadow.version,
+                "the shadow policy set disagrees"
+            );
+        }
+        ShadowVerdict { version: shadow.version.clone(), decision: shadow_code, policies, errors, agrees }
+    }
+}
+
+/// A verdict as an outcome: Cedar skips a forbid whose condition errors, which
+/// could turn a deny into an allow, so a failed forbid denies.
+fn outcome_of(allowed: bool, forbid_failed: bool) -> Result<(), DenyReason> {
+    if forbid_failed {
+        Err(DenyReason::PolicyError)
+    } else if allowed {
+        Ok(())
+    } else {
+        Err(DenyReason::PolicyDenied)
     }
 }
 

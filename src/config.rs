@@ -56,11 +56,20 @@ pub struct PoliciesConfig {
     /// becomes one reload.
     #[serde(deserialize_with = "human_duration")]
     pub debounce: Duration,
+    /// A second policy directory evaluated beside `dir` on live traffic. Its
+    /// decision never changes the answer; disagreements are counted, logged and
+    /// audited. Reloaded like `dir`.
+    pub shadow_dir: Option<PathBuf>,
 }
 
 impl Default for PoliciesConfig {
     fn default() -> Self {
-        PoliciesConfig { dir: PathBuf::from("policies"), watch: true, debounce: Duration::from_millis(200) }
+        PoliciesConfig {
+            dir: PathBuf::from("policies"),
+            watch: true,
+            debounce: Duration::from_millis(200),
+            shadow_dir: None,
+        }
     }
 }
 

@@ -53,7 +53,9 @@ pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
     let text = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| config.log.level.clone());
     let filter = EnvFilter::try_new(&text).map_err(|e| TelemetryError::Filter(text.clone(), e.to_string()))?;
     let (filter, handle) = reload::Layer::new(filter);
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, never into files or log collectors.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let logs = match config.log.format {
         LogFormat::Text => logs.boxed(),
         LogFormat::Json => logs.json().boxed(),
