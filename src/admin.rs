@@ -26,6 +26,7 @@ pub struct AdminState {
     pub checker: Arc<Checker>,
     pub reloader: Arc<PolicyReloader>,
     pub shadow_reloader: Option<Arc<PolicyReloader>>,
+    pub set_reloaders: std::collections::BTreeMap<String, Arc<PolicyReloader>>,
     /// Set while the gRPC server accepts Checks.
     pub ready: Arc<AtomicBool>,
     pub started: Instant,
@@ -163,6 +164,19 @@ fn status(state: &AdminState) -> serde_json::Value {
         let s = r.status();
         serde_json::json!({ "version": s.version, "last_error": s.last_error, "last_attempt": unix(s.last_attempt) })
     });
+    let sets: serde_json::Map<String, serde_json::Value> = state
+        .set_reloaders
+        .iter()
+        .map(|(name, r)| {
+            let s = r.status();
+            let value = serde_json::json!({
+                "version": s.version,
+                "last_error": s.last_error,
+                "last_attempt": unix(s.last_attempt),
+            });
+            (name.clone(), value)
+        })
+        .collect();
     let issuers: Vec<serde_json::Value> = state
         .checker
         .credentials()
@@ -190,6 +204,7 @@ fn status(state: &AdminState) -> serde_json::Value {
             "reloads_failed": state.reloader.failed.load(Ordering::Relaxed),
         },
         "shadow": shadow,
+        "sets": sets,
         "cache": {
             "decisions": state.checker.cache().map(|c| c.entries()),
             "token_signatures": state.checker.credentials().tokens.cached_signatures(),

@@ -40,6 +40,8 @@ pub struct Running {
     pub reloader: Arc<PolicyReloader>,
     /// The shadow policy set's reloader, when one is configured.
     pub shadow_reloader: Option<Arc<PolicyReloader>>,
+    /// The named policy sets' reloaders.
+    pub set_reloaders: std::collections::BTreeMap<String, Arc<PolicyReloader>>,
     /// The admin listener's address, when it is on.
     pub admin_addr: Option<SocketAddr>,
     /// The audit log, when it is on.
@@ -85,8 +87,17 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
         ))),
         _ => None,
     };
+    let set_reloaders: std::collections::BTreeMap<String, Arc<PolicyReloader>> = checker
+        .named_sets()
+        .iter()
+        .filter_map(|(name, handle)| {
+            let dir = checker.config().policies.sets.get(name)?;
+            let tokens = TokenModel::from_config(&checker.config().tokens);
+            Some((name.clone(), Arc::new(PolicyReloader::new(dir.clone(), tokens, Arc::clone(handle)))))
+        })
+        .collect();
     if checker.config().policies.watch {
-        for reloader in std::iter::once(&reloader).chain(shadow_reloader.as_ref()) {
+        for reloader in std::iter::once(&reloader).chain(shadow_reloader.as_ref()).chain(set_reloaders.values()) {
             background.push(tokio::spawn(Arc::clone(reloader).watch(checker.config().policies.debounce)));
         }
     }
@@ -100,8 +111,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
     };
     let metrics = checker.metrics();
     metrics.add_source(Arc::clone(&reloader) as _);
-    if let Some(shadow) = &shadow_reloader {
-        metrics.add_source(Arc::clone(shadow) as _);
+    for other in shadow_reloader.iter().chain(set_reloaders.values()) {
+        metrics.add_source(Arc::clone(other) as _);
     }
     metrics.add_source(Arc::clone(&checker) as _);
     if let Some(audit) = &audit {
@@ -116,6 +127,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
                 checker: Arc::clone(&checker),
                 reloader: Arc::clone(&reloader),
                 shadow_reloader: shadow_reloader.clone(),
+                set_reloaders: set_reloaders.clone(),
                 ready: Arc::clone(&ready),
                 started: std::time::Instant::now(),
             },
@@ -138,6 +150,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
         checker,
         reloader,
         shadow_reloader,
+        set_reloaders,
         admin_addr: admin.as_ref().map(|a| a.local_addr),
         audit,
         admin,
@@ -206,7 +219,10 @@ impl Running {
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the policy directory and reopening the audit file");
                     self.reopen_audit();
-                    for reloader in std::iter::once(&self.reloader).chain(self.shadow_reloader.as_ref()) {
+                    let all = std::iter::once(&self.reloader)
+                        .chain(self.shadow_reloader.as_ref())
+                        .chain(self.set_reloaders.values());
+                    for reloader in all {
                         let reloader = Arc::clone(reloader);
                         // The outcome is logged and kept in the reloader's status.
                         let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;

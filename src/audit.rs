@@ -32,6 +32,7 @@ pub struct AuditRecord<'a> {
     pub status: u16,
     pub policies: &'a [String],
     pub errors: &'a [String],
+    pub policy_set: &'a str,
     pub policy_version: &'a str,
     pub peer: Option<PeerRecord<'a>>,
     pub token: Option<TokenRecord<'a>>,
@@ -97,6 +98,7 @@ impl<'a> AuditRecord<'a> {
             status,
             policies: &decision.policies,
             errors: &decision.errors,
+            policy_set: &decision.policy_set,
             policy_version: &decision.policy_version,
             peer: decision.peer.as_ref().map(|p| PeerRecord {
                 spiffe_id: p.spiffe_id.as_str(),

@@ -2,6 +2,7 @@
 //! → evaluation → decision. Free of tonic and protobuf, so the CLI, tests and
 //! benchmarks run the very pipeline the server runs.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -55,7 +56,14 @@ pub struct Checker {
     metrics: Arc<Metrics>,
     /// The shadow policy set, evaluated beside the enforced one (never enforced).
     shadow: Option<Arc<ArcSwap<PolicySnapshot>>>,
+    /// Named policy sets that routes select (`cedargate.policy_set`).
+    sets: BTreeMap<String, Arc<ArcSwap<PolicySnapshot>>>,
 }
+
+/// The context extension a route sets to select a named policy set.
+pub const ROUTE_POLICY_SET_KEY: &str = "cedargate.policy_set";
+/// The name of the set in `policies.dir`.
+pub const DEFAULT_SET: &str = "default";
 
 /// Why a checker could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +85,17 @@ impl Checker {
         let cache = DecisionCache::new(&config.cache, Arc::clone(&metrics)).map(Arc::new);
         let entries = config.cache.certificate_entries;
         let certificates = (entries > 0).then(|| CertificateCache::new(entries));
-        Checker { config, policies, credentials, clock, cache, certificates, metrics, shadow: None }
+        Checker {
+            config,
+            policies,
+            credentials,
+            clock,
+            cache,
+            certificates,
+            metrics,
+            shadow: None,
+            sets: BTreeMap::new(),
+        }
     }
 
     /// A checker over the policy directory and credential sources named in `config`.
@@ -91,9 +109,32 @@ impl Checker {
         let metrics = Arc::new(Metrics::default());
         let credentials = Credentials::load(&config, Arc::clone(&metrics))?;
         let policies = Arc::new(ArcSwap::from_pointee(snapshot));
+        let mut sets = BTreeMap::new();
+        for (name, dir) in &config.policies.sets {
+            let snapshot = policy_set::load_dir(dir, &TokenModel::from_config(&config.tokens))?;
+            sets.insert(name.clone(), Arc::new(ArcSwap::from_pointee(snapshot)));
+        }
         let mut checker = Checker::new(Arc::new(config), policies, Arc::new(credentials), clock, metrics);
         checker.shadow = shadow.map(|s| Arc::new(ArcSwap::from_pointee(s)));
+        checker.sets = sets;
         Ok(checker)
+    }
+
+    /// The named policy sets, for their reloaders.
+    pub fn named_sets(&self) -> &BTreeMap<String, Arc<ArcSwap<PolicySnapshot>>> {
+        &self.sets
+    }
+
+    /// The policy set a request's route selects.
+    fn policy_set_for(&self, input: &CheckInput) -> Result<(&str, &Arc<ArcSwap<PolicySnapshot>>), DenyReason> {
+        match input.context_extensions.iter().find(|(k, _)| k == ROUTE_POLICY_SET_KEY) {
+            None => Ok((DEFAULT_SET, &self.policies)),
+            Some((_, name)) if name == DEFAULT_SET => Ok((DEFAULT_SET, &self.policies)),
+            Some((_, name)) => match self.sets.get_key_value(name) {
+                Some((name, set)) => Ok((name.as_str(), set)),
+                None => Err(DenyReason::PolicySetUnknown(name.chars().take(64).collect())),
+            },
+        }
     }
 
     /// The swappable shadow snapshot, when a shadow directory is configured.
@@ -132,7 +173,12 @@ impl Checker {
     pub fn check(&self, input: &CheckInput) -> Decision {
         let started = Instant::now();
         let now = self.clock.now();
-        let snapshot = self.policies.load();
+        let selected = self.policy_set_for(input);
+        let (set, handle) = match &selected {
+            Ok((set, handle)) => (*set, *handle),
+            Err(_) => (DEFAULT_SET, &self.policies),
+        };
+        let snapshot = handle.load();
         let mut decision = Decision {
             id: uuid::Uuid::new_v4().to_string(),
             outcome: Outcome::Allow,
@@ -140,12 +186,17 @@ impl Checker {
             token: None,
             policies: Vec::new(),
             errors: Vec::new(),
+            policy_set: set.to_owned(),
             policy_version: snapshot.version.clone(),
             elapsed: Default::default(),
             cache: CacheOutcome::Bypass,
             shadow: None,
         };
-        decision.outcome = match self.decide(&snapshot, input, now, &mut decision) {
+        let decided = match selected {
+            Ok(_) => self.decide(&snapshot, set == DEFAULT_SET, input, now, &mut decision),
+            Err(reason) => Err(reason),
+        };
+        decision.outcome = match decided {
             Ok(()) => Outcome::Allow,
             Err(reason) => Outcome::Deny(reason),
         };
@@ -170,6 +221,7 @@ impl Checker {
     fn decide(
         &self,
         snapshot: &PolicySnapshot,
+        default_set: bool,
         input: &CheckInput,
         now: SystemTime,
         decision: &mut Decision,
@@ -202,7 +254,8 @@ impl Checker {
         let _span = tracing::debug_span!("cedar").entered();
         let judged = self.judge(snapshot, &peer, token.as_ref(), input, http, now);
         self.metrics.record_stage(Stage::Cedar, stage.elapsed());
-        if let Some(shadow) = &self.shadow {
+        // The shadow set is a candidate for the default set only.
+        if let Some(shadow) = self.shadow.as_ref().filter(|_| default_set) {
             decision.shadow =
                 Some(self.shadow_verdict(&shadow.load(), &judged, &peer, token.as_ref(), input, http, now));
         }

@@ -60,6 +60,11 @@ pub struct PoliciesConfig {
     /// decision never changes the answer; disagreements are counted, logged and
     /// audited. Reloaded like `dir`.
     pub shadow_dir: Option<PathBuf>,
+    /// Further policy sets by name, each a directory like `dir`. A route selects one
+    /// with the context extension `cedargate.policy_set = "<name>"`, so several
+    /// teams' services behind one Envoy keep separate policies; routes that select
+    /// none use `dir`, and naming a set that does not exist denies.
+    pub sets: BTreeMap<String, PathBuf>,
 }
 
 impl Default for PoliciesConfig {
@@ -69,6 +74,7 @@ impl Default for PoliciesConfig {
             watch: true,
             debounce: Duration::from_millis(200),
             shadow_dir: None,
+            sets: BTreeMap::new(),
         }
     }
 }
@@ -528,6 +534,14 @@ impl Config {
                 return Err(invalid(
                     "tokens.issuers.claims",
                     format!("claim `{name}` is mapped with two different types"),
+                ));
+            }
+        }
+        for name in self.policies.sets.keys() {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+                return Err(invalid(
+                    "policies.sets",
+                    format!("`{name}` is not a set name (letters, digits, `-`, `_`, `.`)"),
                 ));
             }
         }

@@ -26,6 +26,8 @@ pub struct Decision {
     pub policies: Vec<String>,
     /// Policy evaluation errors (policy id and message). Never sent to the client.
     pub errors: Vec<String>,
+    /// The policy set that decided: `default`, or the name a route selected.
+    pub policy_set: String,
     /// Version (content hash) of the policy set that decided.
     pub policy_version: String,
     /// Time spent deciding.
@@ -88,6 +90,9 @@ pub enum DenyReason {
     /// A forbid policy failed to evaluate: it might have applied, so cedargate denies.
     #[error("a forbid policy failed to evaluate")]
     PolicyError,
+    /// The route selects a policy set that is not configured.
+    #[error("the route selects policy set `{0}`, which is not configured")]
+    PolicySetUnknown(String),
     /// Cedar rejected the request cedargate built (a bug or a schema drift).
     #[error("internal error: {0}")]
     Internal(String),
@@ -102,6 +107,7 @@ impl DenyReason {
             DenyReason::Request(e) => e.code(),
             DenyReason::PolicyDenied => "policy_denied",
             DenyReason::PolicyError => "policy_error",
+            DenyReason::PolicySetUnknown(_) => "policy_set_unknown",
             DenyReason::Internal(_) => "internal_error",
         }
     }
@@ -112,7 +118,10 @@ impl DenyReason {
             DenyReason::Identity(e) => e.http_status(),
             DenyReason::Token(_) => 401,
             DenyReason::Request(e) => e.http_status(),
-            DenyReason::PolicyDenied | DenyReason::PolicyError | DenyReason::Internal(_) => 403,
+            DenyReason::PolicyDenied
+            | DenyReason::PolicyError
+            | DenyReason::PolicySetUnknown(_)
+            | DenyReason::Internal(_) => 403,
         }
     }
 }

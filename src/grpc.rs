@@ -90,6 +90,7 @@ fn panicked_decision(checker: &Checker) -> Decision {
         token: None,
         policies: Vec::new(),
         errors: Vec::new(),
+        policy_set: crate::check::DEFAULT_SET.to_owned(),
         policy_version: checker.policies().version.clone(),
         elapsed: Default::default(),
         cache: Default::default(),
