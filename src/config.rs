@@ -298,7 +298,7 @@ impl Default for CacheConfig {
         CacheConfig {
             decisions: true,
             max_entries: 100_000,
-            max_bytes: 32 * 1024 * 1024,
+            max_bytes: 64 * 1024 * 1024,
             ttl: Duration::from_secs(60),
             token_entries: 10_000,
             certificate_entries: 10_000,

@@ -142,7 +142,7 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics {
+        let metrics = Metrics {
             check_duration: Family::new_with_constructor(latency_histogram),
             decisions: Family::default(),
             stage_duration: Family::new_with_constructor(latency_histogram),
@@ -152,7 +152,16 @@ impl Default for Metrics {
             remaining_lifetime: Family::new_with_constructor(remaining_histogram),
             shadow_disagreements: Counter::default(),
             sources: Mutex::new(Vec::new()),
+        };
+        // Series that exist from the start read as 0 rather than missing, so rates
+        // and ratios over them work before the first event.
+        for cache in ["decision", "token"] {
+            for result in ["hit", "miss"] {
+                metrics.cache_lookups.get_or_create(&CacheLabels { cache, result });
+            }
+            metrics.cache_evictions.get_or_create(&CacheNameLabels { cache });
         }
+        metrics
     }
 }
 

@@ -125,10 +125,33 @@ async fn audit_records_carry_who_what_why_and_how_long() {
     assert_eq!(outcome(&deny).0, 403);
     let garbage = Req { certificate: "-----BEGIN%20CERTIFICATE-----%0Agarbage".into(), ..Req::new(FRONTEND, None) };
     assert_eq!(outcome(&check(&running, garbage.build()).await).1, "certificate_malformed");
+    let mut stale = claims(jwt::now() - 7200, "alice");
+    stale["exp"] = (jwt::now() - 3600).into();
+    assert_eq!(outcome(&check(&running, place_order(&pki, &signer.sign(&stale)).build()).await).1, "token_expired");
+    // Every metric the shipped Grafana dashboard queries is exported.
+    let admin = running.admin_addr.unwrap();
+    let (_, scrape) = tokio::task::spawn_blocking(move || admin_request(admin, "GET", "/metrics", "")).await.unwrap();
+    let dashboard = std::fs::read_to_string(common::repo_dir().join("dashboards/cedargate.json")).unwrap();
+    let mut names: Vec<&str> = dashboard
+        .match_indices("cedargate_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            &rest[..rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())]
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() > 10, "{names:?}");
+    for name in names {
+        let base = name.trim_end_matches("_bucket").trim_end_matches("_total");
+        assert!(scrape.contains(&format!("# TYPE {base} ")), "the dashboard queries {name}, which is not exported");
+    }
     running.shutdown().await.unwrap();
 
     let records = audit_lines(&dir.path().join("audit.jsonl"));
-    assert_eq!(records.len(), 3, "{records:?}");
+    assert_eq!(records.len(), 4, "{records:?}");
+    assert_eq!(records[3]["reason"], "token_expired");
+    assert_eq!(records[3]["status"], 401);
     let allow = &records[0];
     assert_eq!(allow["decision"], "allow");
     assert_eq!(allow["reason"], "allow");
