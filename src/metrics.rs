@@ -157,9 +157,9 @@ impl Default for Metrics {
         // and ratios over them work before the first event.
         for cache in ["decision", "token"] {
             for result in ["hit", "miss"] {
-                metrics.cache_lookups.get_or_create(&CacheLabels { cache, result });
+                let _ = metrics.cache_lookups.get_or_create(&CacheLabels { cache, result });
             }
-            metrics.cache_evictions.get_or_create(&CacheNameLabels { cache });
+            let _ = metrics.cache_evictions.get_or_create(&CacheNameLabels { cache });
         }
         metrics
     }
