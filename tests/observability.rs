@@ -426,3 +426,47 @@ fn a_check_joins_the_trace_of_its_traceparent() {
         assert_eq!(hex(&child.trace_id), trace_id);
     }
 }
+
+#[test]
+fn the_audit_file_is_reopened_on_sighup_for_log_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let audit = dir.path().join("audit.jsonl");
+    let binary = Binary::start(
+        dir.path(),
+        &format!(
+            "[policies]\ndir = \"{}\"\nwatch = false\n[identity]\ntrust_domains = [\"example.org\"]\n[audit]\nsink = \"{}\"\n",
+            shipped_policies().display(),
+            audit.display()
+        ),
+    );
+    let leaf = pki.svid(FRONTEND);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let check_once = || {
+        rt.block_on(async {
+            let mut client = common::client(&binary.addr).await;
+            client.check(Req::new(FRONTEND, Some(&leaf.cert_pem)).build()).await.unwrap();
+        })
+    };
+    let lines = |path: &Path| std::fs::read_to_string(path).map(|t| t.lines().count()).unwrap_or(0);
+    let wait_for = |path: &Path, n: usize| {
+        let started = Instant::now();
+        while lines(path) < n {
+            assert!(started.elapsed() < Duration::from_secs(5), "{} has {} records", path.display(), lines(path));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    check_once();
+    wait_for(&audit, 1);
+    // logrotate's move-then-signal: the old file keeps what was written, the new
+    // file gets what follows.
+    let rotated = dir.path().join("audit.jsonl.1");
+    std::fs::rename(&audit, &rotated).unwrap();
+    let hup = std::process::Command::new("kill").args(["-HUP", &binary.child.id().to_string()]).status().unwrap();
+    assert!(hup.success());
+    std::thread::sleep(Duration::from_millis(200));
+    check_once();
+    wait_for(&audit, 1);
+    assert_eq!(lines(&rotated), 1);
+    assert_eq!(lines(&audit), 1);
+}
