@@ -34,5 +34,6 @@ pub mod reload;
 pub mod revocation;
 pub mod spiffe;
 pub mod telemetry;
+pub mod test_tokens;
 pub mod token;
 pub mod wire;

@@ -341,24 +341,33 @@ fn test(dir: &std::path::Path, config: Option<&std::path::Path>, format: Format)
     };
     // Cases name callers by SPIFFE ID; a case may add a certificate.
     config.identity.require_certificate = false;
-    let clock = Arc::new(offline::SettableClock::default());
-    let checker = match cedargate::check::Checker::load(config, clock.clone()) {
-        Ok(checker) => checker,
-        Err(e) => return fail(e.to_string()),
-    };
     let files = match offline::test_files(dir) {
         Ok(files) if files.is_empty() => return fail(format!("no *.test.toml files in {}", dir.display())),
         Ok(files) => files,
         Err(e) => return fail(e.to_string()),
     };
-    let mut results = Vec::new();
+    let mut suites = Vec::new();
     for path in &files {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let cases = match offline::parse_test_file(path) {
-            Ok(cases) => cases,
+        match offline::parse_test_file(path) {
+            Ok(cases) => suites.push((name, cases)),
             Err(e) => return fail(e.to_string()),
-        };
-        match offline::run_cases(&name, &cases, &checker, &clock) {
+        }
+    }
+    // Cases with `token_claims` get tokens signed by a key made for this run.
+    let wants_tokens = suites.iter().any(|(_, s)| s.cases.iter().any(|c| c.token_claims.is_some()));
+    let signer = match wants_tokens.then(|| cedargate::test_tokens::TestSigner::install(&mut config)).transpose() {
+        Ok(signer) => signer,
+        Err(e) => return fail(e.to_string()),
+    };
+    let clock = Arc::new(offline::SettableClock::default());
+    let checker = match cedargate::check::Checker::load(config, clock.clone()) {
+        Ok(checker) => checker,
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut results = Vec::new();
+    for (name, cases) in &suites {
+        match offline::run_cases(name, cases, &checker, &clock, signer.as_ref()) {
             Ok(mut r) => results.append(&mut r),
             Err(e) => return fail(e.to_string()),
         }

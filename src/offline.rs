@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::check::{Checker, Clock};
 use crate::decision::{Decision, Outcome};
 use crate::input::{CheckInput, HttpInput, PeerInput};
+use crate::test_tokens::TestSigner;
 
 /// A clock the test runner sets per case.
 #[derive(Debug, Default)]
@@ -149,6 +150,10 @@ pub struct TestCase {
     pub time: Option<String>,
     #[serde(flatten)]
     pub request: RequestSpec,
+    /// Claims of a bearer token the test run signs with a key the configured
+    /// issuers trust for the run (see `test_tokens`).
+    #[serde(default)]
+    pub token_claims: Option<toml::Table>,
     pub expect: Expected,
 }
 
@@ -182,6 +187,8 @@ pub enum OfflineError {
     Read { path: String, message: String },
     #[error("`{path}`: {message}")]
     Parse { path: String, message: String },
+    #[error("`{path}`: case `{case}`: {message}")]
+    Token { path: String, case: String, message: String },
 }
 
 /// The `*.test.toml` files of a directory, sorted.
@@ -209,6 +216,7 @@ pub fn run_cases(
     tests: &TestFile,
     checker: &Checker,
     clock: &Arc<SettableClock>,
+    signer: Option<&TestSigner>,
 ) -> Result<Vec<CaseResult>, OfflineError> {
     let mut results = Vec::new();
     for case in &tests.cases {
@@ -225,7 +233,19 @@ pub fn run_cases(
             })
             .transpose()?;
         clock.set(at);
-        let actual = Report::of(&checker.check(&case.request.input()));
+        let mut request = case.request.clone();
+        if let Some(claims) = &case.token_claims {
+            let token_error =
+                |message: String| OfflineError::Token { path: file.to_owned(), case: case.name.clone(), message };
+            let signer = signer.ok_or_else(|| token_error("no test signer was set up".to_owned()))?;
+            let claims = match serde_json::to_value(claims) {
+                Ok(serde_json::Value::Object(claims)) => claims,
+                _ => return Err(token_error("token_claims must be a table".to_owned())),
+            };
+            let now = crate::identity::unix_seconds(at.unwrap_or_else(SystemTime::now));
+            request.token = Some(signer.sign(&claims, now).map_err(|e| token_error(e.to_string()))?);
+        }
+        let actual = Report::of(&checker.check(&request.input()));
         let diff = compare(&case.expect, &actual);
         results.push(CaseResult {
             file: file.to_owned(),
