@@ -177,6 +177,16 @@ fn string(s: &str) -> RestrictedExpression {
 /// The caller as a `Workload` entity: attributes from the SPIFFE ID and certificate,
 /// parents its trust domain, its Kubernetes namespace and its `entities.json` groups.
 fn workload_entity(peer: &PeerIdentity, snapshot: &PolicySnapshot) -> Result<Entity, String> {
+    let key = (peer.spiffe_id.as_str().to_owned(), peer.certificate.as_ref().map(|c| c.sha256));
+    if let Some(entity) = snapshot.workloads.get(&key) {
+        return Ok(entity);
+    }
+    let entity = build_workload_entity(peer, snapshot)?;
+    snapshot.workloads.insert(key, entity.clone());
+    Ok(entity)
+}
+
+fn build_workload_entity(peer: &PeerIdentity, snapshot: &PolicySnapshot) -> Result<Entity, String> {
     let types = &snapshot.types;
     let id = &peer.spiffe_id;
     let mut attrs = identity_attrs(id);

@@ -23,6 +23,8 @@ use crate::spiffe::SpiffeId;
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
 pub const ENTITIES_FILE: &str = "entities.json";
 pub const POLICY_EXTENSION: &str = "cedar";
+/// Most remembered caller entities per snapshot (one per workload certificate).
+const WORKLOAD_ENTITIES: u64 = 10_000;
 
 /// A loaded, validated policy directory.
 pub struct PolicySnapshot {
@@ -43,6 +45,12 @@ pub struct PolicySnapshot {
     /// Where each policy was written, for diagnostics and `explain`.
     pub policy_files: HashMap<PolicyId, String>,
     pub authorizer: Authorizer,
+    /// The `Workload` entities built for callers, by SPIFFE ID and certificate
+    /// digest. Building one (Cedar evaluates its datetime and duration attributes)
+    /// is a large part of an uncached Check, and it depends only on the certificate
+    /// and this snapshot's `entities.json`; living in the snapshot, the cache goes
+    /// with it on reload.
+    pub workloads: moka::sync::Cache<(String, Option<[u8; 32]>), cedar_policy::Entity>,
 }
 
 impl fmt::Debug for PolicySnapshot {
@@ -278,6 +286,10 @@ pub fn load_files(files: &PolicyFiles, tokens: &TokenModel) -> Result<PolicySnap
         index,
         policy_files,
         authorizer: Authorizer::new(),
+        workloads: moka::sync::Cache::builder()
+            .max_capacity(WORKLOAD_ENTITIES)
+            .time_to_idle(std::time::Duration::from_secs(600))
+            .build(),
     };
     cedar_request::check_schema_contract(&snapshot, tokens).map_err(|message| {
         vec![Diagnostic {
