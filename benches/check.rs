@@ -117,6 +117,14 @@ fn benches(c: &mut Criterion) {
     });
 
     let shipped_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    // What every decision adds for its audit record on the request path.
+    let decided = checker(&shipped_dir, true).check(&input);
+    c.bench_function("audit/record_to_json", |b| {
+        b.iter(|| {
+            let record = cedargate::audit::AuditRecord::new(black_box(&decided), &input, false, SystemTime::now());
+            serde_json::to_string(&record).unwrap()
+        })
+    });
     let mut group = c.benchmark_group("check/shipped");
     for (name, cached) in [("uncached", false), ("cached", true)] {
         let checker = checker(&shipped_dir, cached);

@@ -103,7 +103,13 @@ async fn serve(listener: std::net::TcpListener, state: Arc<AdminState>, mut stop
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(route(&state, request).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            // A client that never finishes its request head is dropped, so idle or
+            // stalled connections cannot pile up on this thread.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
