@@ -305,7 +305,12 @@ const BATCH_PAUSE: Duration = Duration::from_millis(1);
 /// every `FLUSH_EVERY` while records arrive, when the server goes quiet, and at the
 /// end. Ends when every sender is gone and the queue is empty.
 async fn write_records(mut rx: mpsc::Receiver<String>, mut sink: Sink, counters: &AuditStats, reopen: &AtomicBool) {
+    // Checked before every record, so a rotation takes effect at once even in
+    // the middle of a burst.
     let write = |sink: &mut Sink, line: String| {
+        if reopen.swap(false, Ordering::AcqRel) {
+            sink.reopen();
+        }
         counters.queued.fetch_sub(1, Ordering::Relaxed);
         match sink.writer().write_all(line.as_bytes()) {
             Ok(()) => counters.written.fetch_add(1, Ordering::Relaxed),
@@ -334,9 +339,6 @@ async fn write_records(mut rx: mpsc::Receiver<String>, mut sink: Sink, counters:
             rx.recv().await
         };
         let Some(line) = first else { break };
-        if reopen.swap(false, Ordering::AcqRel) {
-            sink.reopen();
-        }
         write(&mut sink, line);
         dirty = true;
         loop {
