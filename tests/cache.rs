@@ -17,20 +17,10 @@ use cedargate::offline::SettableClock;
 use cedargate::reload::PolicyReloader;
 use common::jwt::{self, claims, Signer, AUDIENCE, ISSUER};
 use common::pki::Pki;
-use common::{shipped_policies, test_config, Req};
+use common::{shipped_policies, shipped_policies_copy, test_config, Req};
 
 const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
 const REPORTING: &str = "spiffe://example.org/ns/ops/sa/reporting";
-
-/// A copy of the shipped policies that a test may edit.
-fn editable_policies() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(shipped_policies()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
-    dir
-}
 
 fn checker(config: Config) -> Checker {
     Checker::load(config, Arc::new(SystemClock)).unwrap()
@@ -99,7 +89,7 @@ fn a_policy_that_reads_the_time_is_never_answered_from_the_cache() {
 #[test]
 fn policy_and_entity_changes_are_honoured_by_the_next_check() {
     let pki = Pki::new();
-    let dir = editable_policies();
+    let dir = shipped_policies_copy();
     let checker = checker(test_config(dir.path().to_owned()));
     let reloader = reloader(&checker);
     let frontend = pki.svid(FRONTEND);
@@ -225,7 +215,7 @@ fn concurrent_identical_misses_compute_once() {
     let pki = Pki::new();
     // Many policies that every request must evaluate make a miss slow enough for
     // the threads to overlap.
-    let dir = editable_policies();
+    let dir = shipped_policies_copy();
     let mut text = String::new();
     for i in 0..600 {
         text.push_str(&format!(

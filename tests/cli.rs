@@ -25,11 +25,7 @@ fn test_passes_the_shipped_cases_and_catches_a_wrong_expectation() {
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert!(stdout(&out).contains(" passed, 0 failed"));
 
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(&policies).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
+    let dir = common::shipped_policies_copy();
     std::fs::write(
         dir.path().join("wrong.test.toml"),
         format!(

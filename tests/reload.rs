@@ -11,19 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::pki::Pki;
-use common::{check, outcome, shipped_policies, test_config, Req};
+use common::{check, outcome, shipped_policies_copy, test_config, Req};
 
 const REPORTING: &str = "spiffe://example.org/ns/ops/sa/reporting";
-
-/// A copy of the shipped policies in a temporary directory.
-fn policy_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(shipped_policies()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
-    dir
-}
 
 /// DELETE /api/orders/1 from the reporting service: denied by the shipped policies.
 fn delete(pki: &Pki) -> cedargate::proto::envoy::service::auth::v3::CheckRequest {
@@ -39,7 +29,7 @@ fn write_policy(dir: &Path, name: &str, id: &str) {
 
 #[tokio::test]
 async fn a_valid_change_is_served_within_a_second() {
-    let dir = policy_dir();
+    let dir = shipped_policies_copy();
     let pki = Pki::new();
     let running = common::start(test_config(dir.path().to_owned())).await;
     let before = running.checker.policies().version.clone();
@@ -60,7 +50,7 @@ async fn a_valid_change_is_served_within_a_second() {
 
 #[tokio::test]
 async fn an_invalid_change_keeps_the_last_good_set_and_is_reported() {
-    let dir = policy_dir();
+    let dir = shipped_policies_copy();
     let pki = Pki::new();
     let running = common::start(test_config(dir.path().to_owned())).await;
     let good = running.checker.policies().version.clone();
@@ -105,7 +95,7 @@ async fn an_invalid_change_keeps_the_last_good_set_and_is_reported() {
 
 #[tokio::test]
 async fn a_burst_of_saves_is_one_reload() {
-    let dir = policy_dir();
+    let dir = shipped_policies_copy();
     let running = common::start(test_config(dir.path().to_owned())).await;
     for i in 0..8 {
         write_policy(dir.path(), "extra.cedar", &format!("draft-{i}"));
@@ -119,7 +109,7 @@ async fn a_burst_of_saves_is_one_reload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_during_many_reloads_all_get_correct_answers() {
-    let dir = policy_dir();
+    let dir = shipped_policies_copy();
     let pki = Pki::new();
     let mut config = test_config(dir.path().to_owned());
     config.policies.watch = false; // reloads are driven directly, as fast as they go
@@ -172,7 +162,7 @@ async fn checks_during_many_reloads_all_get_correct_answers() {
 
 #[test]
 fn sighup_reloads_the_running_binary() {
-    let dir = policy_dir();
+    let dir = shipped_policies_copy();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     std::fs::write(
         dir.path().join("cedargate.toml"),

@@ -17,10 +17,7 @@ fn a_disagreeing_shadow_set_is_counted_logged_and_audited_and_changes_no_answer(
     // The candidate change: the frontend may no longer read orders.
     let shadow = dir.path().join("shadow");
     std::fs::create_dir(&shadow).unwrap();
-    for entry in std::fs::read_dir(shipped_policies()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), shadow.join(entry.file_name())).unwrap();
-    }
+    common::copy_shipped_policies(&shadow);
     let orders = shadow.join("orders.cedar");
     let text = std::fs::read_to_string(&orders).unwrap();
     std::fs::write(

