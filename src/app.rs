@@ -1,10 +1,13 @@
 //! Wires the components: configuration → policy snapshot → checker → gRPC server,
 //! and runs it until asked to stop.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -14,6 +17,7 @@ use crate::cedar_request::TokenModel;
 use crate::check::{Checker, Clock, SetupError};
 use crate::config::Config;
 use crate::grpc::{self, Listener};
+use crate::policy_set::PolicySnapshot;
 use crate::reload::PolicyReloader;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +45,7 @@ pub struct Running {
     /// The shadow policy set's reloader, when one is configured.
     pub shadow_reloader: Option<Arc<PolicyReloader>>,
     /// The named policy sets' reloaders.
-    pub set_reloaders: std::collections::BTreeMap<String, Arc<PolicyReloader>>,
+    pub set_reloaders: BTreeMap<String, Arc<PolicyReloader>>,
     /// The admin listener's address, when it is on.
     pub admin_addr: Option<SocketAddr>,
     /// The audit log, when it is on.
@@ -74,26 +78,22 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
         Listener::bind(&listen).await.map_err(|source| AppError::Bind { addr: listen.to_string(), source })?;
     let local_addr = listener.local_addr();
     let mut background = checker.credentials().spawn_refreshers();
-    let reloader = Arc::new(PolicyReloader::new(
-        checker.config().policies.dir.clone(),
-        TokenModel::from_config(&checker.config().tokens),
-        Arc::clone(checker.policy_handle()),
-    ));
+    // One reloader per policy directory: the enforced set, the shadow set, and
+    // each named set, all validated against the same token model.
+    let tokens = TokenModel::from_config(&checker.config().tokens);
+    let reloader_for = |dir: &PathBuf, handle: &Arc<ArcSwap<PolicySnapshot>>| {
+        Arc::new(PolicyReloader::new(dir.clone(), tokens.clone(), Arc::clone(handle)))
+    };
+    let reloader = reloader_for(&checker.config().policies.dir, checker.policy_handle());
     let shadow_reloader = match (&checker.config().policies.shadow_dir, checker.shadow_handle()) {
-        (Some(dir), Some(handle)) => Some(Arc::new(PolicyReloader::new(
-            dir.clone(),
-            TokenModel::from_config(&checker.config().tokens),
-            Arc::clone(handle),
-        ))),
+        (Some(dir), Some(handle)) => Some(reloader_for(dir, handle)),
         _ => None,
     };
-    let set_reloaders: std::collections::BTreeMap<String, Arc<PolicyReloader>> = checker
+    let set_reloaders: BTreeMap<String, Arc<PolicyReloader>> = checker
         .named_sets()
         .iter()
         .filter_map(|(name, handle)| {
-            let dir = checker.config().policies.sets.get(name)?;
-            let tokens = TokenModel::from_config(&checker.config().tokens);
-            Some((name.clone(), Arc::new(PolicyReloader::new(dir.clone(), tokens, Arc::clone(handle)))))
+            Some((name.clone(), reloader_for(checker.config().policies.sets.get(name)?, handle)))
         })
         .collect();
     if checker.config().policies.watch {

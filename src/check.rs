@@ -101,9 +101,10 @@ impl Checker {
     /// A checker over the policy directory and credential sources named in `config`.
     /// Remote JWKS are not fetched here: `app::start` starts their refreshers.
     pub fn load(config: Config, clock: Arc<dyn Clock>) -> Result<Self, SetupError> {
-        let snapshot = policy_set::load_dir(&config.policies.dir, &TokenModel::from_config(&config.tokens))?;
+        let tokens = TokenModel::from_config(&config.tokens);
+        let snapshot = policy_set::load_dir(&config.policies.dir, &tokens)?;
         let shadow = match &config.policies.shadow_dir {
-            Some(dir) => Some(policy_set::load_dir(dir, &TokenModel::from_config(&config.tokens))?),
+            Some(dir) => Some(policy_set::load_dir(dir, &tokens)?),
             None => None,
         };
         let metrics = Arc::new(Metrics::default());
@@ -111,7 +112,7 @@ impl Checker {
         let policies = Arc::new(ArcSwap::from_pointee(snapshot));
         let mut sets = BTreeMap::new();
         for (name, dir) in &config.policies.sets {
-            let snapshot = policy_set::load_dir(dir, &TokenModel::from_config(&config.tokens))?;
+            let snapshot = policy_set::load_dir(dir, &tokens)?;
             sets.insert(name.clone(), Arc::new(ArcSwap::from_pointee(snapshot)));
         }
         let mut checker = Checker::new(Arc::new(config), policies, Arc::new(credentials), clock, metrics);
