@@ -235,7 +235,7 @@ impl Checker {
             identity::establish_with(&input.source, now, &self.config.identity, self.certificates.as_ref())?;
         let revoked = self.credentials.revocations.current();
         if let Some(cert) = &peer.certificate {
-            if revoked.certificate(&cert.serial, &cert.fingerprint()).is_some() {
+            if revoked.certificate(&cert.serial, &cert.sha256).is_some() {
                 return Err(IdentityError::CertificateRevoked.into());
             }
         }

@@ -33,8 +33,9 @@ pub struct Denylist {
     sub: HashSet<String>,
     /// Lowercase hex without separators, as `PeerCertificate::serial`.
     serial: HashSet<String>,
-    /// SHA-256 of the DER, lowercase hex.
-    fingerprint: HashSet<String>,
+    /// SHA-256 of the DER, as bytes: a Check compares the certificate's digest
+    /// without hex-encoding it.
+    fingerprint: HashSet<[u8; 32]>,
 }
 
 /// What was found revoked.
@@ -58,22 +59,18 @@ impl Denylist {
                 .split_once(char::is_whitespace)
                 .map(|(k, v)| (k, v.trim()))
                 .ok_or_else(|| format!("line {}: expected `<kind> <value>`", n + 1))?;
-            let set = match kind {
-                "jti" => &mut list.jti,
-                "sub" => &mut list.sub,
-                "serial" => &mut list.serial,
-                "fingerprint" => &mut list.fingerprint,
+            match kind {
+                "jti" => list.jti.insert(value.to_owned()),
+                "sub" => list.sub.insert(value.to_owned()),
+                "serial" => list.serial.insert(
+                    serial_value(value).ok_or_else(|| format!("line {}: `{value}` is not a hex serial", n + 1))?,
+                ),
+                "fingerprint" => list.fingerprint.insert(
+                    fingerprint_value(value)
+                        .ok_or_else(|| format!("line {}: `{value}` is not a hex SHA-256 fingerprint", n + 1))?,
+                ),
                 other => return Err(format!("line {}: unknown kind `{other}` (jti, sub, serial, fingerprint)", n + 1)),
             };
-            let value = match kind {
-                "serial" => {
-                    serial_value(value).ok_or_else(|| format!("line {}: `{value}` is not a hex serial", n + 1))?
-                }
-                "fingerprint" => fingerprint_value(value)
-                    .ok_or_else(|| format!("line {}: `{value}` is not a hex SHA-256 fingerprint", n + 1))?,
-                _ => value.to_owned(),
-            };
-            set.insert(value);
         }
         Ok(list)
     }
@@ -93,11 +90,12 @@ impl Denylist {
         self.sub.contains(sub).then_some(Revoked::Subject)
     }
 
-    pub fn certificate(&self, serial: &str, fingerprint: &str) -> Option<Revoked> {
+    /// `sha256`: the SHA-256 of the certificate's DER.
+    pub fn certificate(&self, serial: &str, sha256: &[u8; 32]) -> Option<Revoked> {
         if self.serial.contains(serial) {
             return Some(Revoked::CertificateSerial);
         }
-        self.fingerprint.contains(fingerprint).then_some(Revoked::CertificateFingerprint)
+        self.fingerprint.contains(sha256).then_some(Revoked::CertificateFingerprint)
     }
 }
 
@@ -112,8 +110,13 @@ fn serial_value(s: &str) -> Option<String> {
     Some(trimmed.to_owned())
 }
 
-fn fingerprint_value(s: &str) -> Option<String> {
-    hex_digits(s).filter(|h| h.len() == 64)
+fn fingerprint_value(s: &str) -> Option<[u8; 32]> {
+    let hex = hex_digits(s).filter(|h| h.len() == 64)?;
+    let mut digest = [0u8; 32];
+    for (byte, pair) in digest.iter_mut().zip(hex.as_bytes().chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(digest)
 }
 
 fn hex_digits(s: &str) -> Option<String> {
@@ -211,11 +214,10 @@ mod tests {
         assert_eq!(list.token(Some("abc"), "bob"), Some(Revoked::TokenId));
         assert_eq!(list.token(None, "alice"), Some(Revoked::Subject));
         assert_eq!(list.token(Some("x"), "bob"), None);
-        assert_eq!(list.certificate("0a1b", "00"), Some(Revoked::CertificateSerial));
-        assert_eq!(
-            list.certificate("99", "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"),
-            Some(Revoked::CertificateFingerprint)
-        );
+        assert_eq!(list.certificate("0a1b", &[0; 32]), Some(Revoked::CertificateSerial));
+        let digest = fingerprint_value("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08").unwrap();
+        assert_eq!(digest[..2], [0x9f, 0x86]);
+        assert_eq!(list.certificate("99", &digest), Some(Revoked::CertificateFingerprint));
     }
 
     #[test]
