@@ -112,8 +112,14 @@ fn benches(c: &mut Criterion) {
     c.bench_function("identity/svid_with_certificate", |b| {
         b.iter(|| identity::establish(black_box(&input.source), SystemTime::now(), &id_config).unwrap())
     });
+    let rules = http_path::PathRules { max_bytes: 8192, max_segments: 32, case_insensitive: true };
     c.bench_function("path/normalize", |b| {
-        b.iter(|| http_path::normalize(black_box("/api/orders/../orders/42//items?expand=items&x=%20"), 8192).unwrap())
+        b.iter(|| http_path::normalize(black_box("/api/orders/42/items?expand=items&x=%20"), &rules).unwrap())
+    });
+    // The most a path may cost: 32 segments (the default limit) in 8 KiB.
+    let longest = format!("/api/orders{}", format!("/{}", "s".repeat(250)).repeat(30));
+    c.bench_function("path/normalize_max_segments", |b| {
+        b.iter(|| http_path::normalize(black_box(&longest), &rules).unwrap())
     });
 
     let shipped_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
@@ -130,6 +136,12 @@ fn benches(c: &mut Criterion) {
         let checker = checker(&shipped_dir, cached);
         group.bench_function(name, |b| b.iter(|| assert!(checker.check(black_box(&input)).is_allowed())));
     }
+    // The longest path allowed, every decision evaluated: bounded whatever the path.
+    let longest_input = wire::check_input(request(FRONTEND, &cert.cert_pem, &longest));
+    let uncached = checker(&shipped_dir, false);
+    group.bench_function("uncached_max_segments", |b| {
+        b.iter(|| assert!(uncached.check(black_box(&longest_input)).is_allowed()))
+    });
     group.finish();
 
     // Bearer tokens: the shipped policies, GET with and without a verified token.

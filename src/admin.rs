@@ -48,14 +48,20 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds `addr` (now, so a taken port fails the start) and serves on a thread.
-    pub fn start(addr: &str, state: AdminState) -> Result<AdminServer, AdminError> {
+    /// Binds `addr` (now, so a taken port fails the start) and serves on a thread,
+    /// over TLS when `tls` is given.
+    pub fn start(
+        addr: &str,
+        state: AdminState,
+        tls: Option<Arc<crate::tls::ReloadingTls>>,
+    ) -> Result<AdminServer, AdminError> {
         let bind_error = |source| AdminError::Bind { addr: addr.to_owned(), source };
         let listener = std::net::TcpListener::bind(addr).map_err(bind_error)?;
         listener.set_nonblocking(true).map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
         let (stop, stopped) = oneshot::channel();
         let state = Arc::new(state);
+        let tls_on = tls.is_some();
         let thread = std::thread::Builder::new()
             .name("cedargate-admin".to_owned())
             .spawn(move || {
@@ -66,10 +72,13 @@ impl AdminServer {
                         return;
                     }
                 };
-                runtime.block_on(serve(listener, state, stopped));
+                runtime.block_on(serve(listener, state, tls, stopped));
             })
             .map_err(AdminError::Thread)?;
-        tracing::info!(addr = %local_addr, "admin listening");
+        if !local_addr.ip().is_loopback() && !tls_on {
+            tracing::warn!(addr = %local_addr, "the admin listener leaves loopback without TLS: limit who reaches it (admin.tls, a NetworkPolicy)");
+        }
+        tracing::info!(addr = %local_addr, tls = tls_on, "admin listening");
         Ok(AdminServer { local_addr, stop: Some(stop), thread: Some(thread) })
     }
 
@@ -83,7 +92,12 @@ impl AdminServer {
     }
 }
 
-async fn serve(listener: std::net::TcpListener, state: Arc<AdminState>, mut stopped: oneshot::Receiver<()>) {
+async fn serve(
+    listener: std::net::TcpListener,
+    state: Arc<AdminState>,
+    tls: Option<Arc<crate::tls::ReloadingTls>>,
+    mut stopped: oneshot::Receiver<()>,
+) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => {
@@ -98,20 +112,39 @@ async fn serve(listener: std::net::TcpListener, state: Arc<AdminState>, mut stop
         };
         let Ok((stream, _)) = accepted else { continue };
         let state = Arc::clone(&state);
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(route(&state, request).await) }
-            });
-            // A client that never finishes its request head is dropped, so idle or
-            // stalled connections cannot pile up on this thread.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match acceptor {
+                None => serve_connection(stream, state).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(stream)) => serve_connection(stream, state).await,
+                        _ => tracing::debug!("admin listener: TLS handshake failed or timed out"),
+                    }
+                }
+            }
         });
     }
+}
+
+/// A client that never finishes its request head (or TLS handshake) is dropped
+/// after this, so idle or stalled connections cannot pile up on this thread.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn serve_connection<IO>(io: IO, state: Arc<AdminState>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(route(&state, request).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -139,6 +172,11 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Response<Full<
         }
         (&Method::GET, "/status") => reply(StatusCode::OK, "application/json", status(state).to_string()),
         (&Method::GET, "/loglevel") => reply(StatusCode::OK, TEXT, format!("{}\n", telemetry::log_filter())),
+        (&Method::PUT | &Method::POST, "/loglevel") if !state.checker.config().admin.allow_log_level_changes => reply(
+            StatusCode::FORBIDDEN,
+            TEXT,
+            "changing the log level is off: set admin.allow_log_level_changes = true\n",
+        ),
         (&Method::PUT | &Method::POST, "/loglevel") => {
             let body = match Limited::new(request.into_body(), 4096).collect().await {
                 Ok(body) => body.to_bytes(),
@@ -183,6 +221,7 @@ fn status(state: &AdminState) -> serde_json::Value {
             (name.clone(), value)
         })
         .collect();
+    let revocations = &state.checker.credentials().revocations;
     let issuers: Vec<serde_json::Value> = state
         .checker
         .credentials()
@@ -216,6 +255,11 @@ fn status(state: &AdminState) -> serde_json::Value {
             "token_signatures": state.checker.credentials().tokens.cached_signatures(),
         },
         "issuers": issuers,
+        "revocation": {
+            "file": state.checker.config().identity.revocation_file.as_ref().map(|p| p.display().to_string()),
+            "entries": revocations.current().len(),
+            "last_error": revocations.last_error(),
+        },
         "log_filter": telemetry::log_filter(),
     })
 }

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::grpc::{self, Listener};
 use crate::policy_set::PolicySnapshot;
 use crate::reload::PolicyReloader;
+use crate::tls::ReloadingTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -34,6 +35,8 @@ pub enum AppError {
     Admin(#[from] AdminError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A started server.
@@ -64,7 +67,8 @@ pub struct Running {
 /// policy set, JWKS file or revocation file), binds and serves.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, AppError> {
     let listen = config.server.listen.clone();
-    let shutdown_timeout = config.server.shutdown_timeout;
+    // The drain comes first, then in-flight Checks get the shutdown timeout.
+    let shutdown_timeout = config.server.drain + config.server.shutdown_timeout;
     let checker = Arc::new(Checker::load(config, clock)?);
     let snapshot = checker.policies();
     tracing::info!(
@@ -74,10 +78,21 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
         issuers = checker.config().tokens.issuers.len(),
         "policy set loaded"
     );
+    let grpc_tls = match &checker.config().server.tls {
+        Some(files) => Some(ReloadingTls::load("grpc", files, &[b"h2"])?),
+        None => None,
+    };
+    let admin_tls = match &checker.config().admin.tls {
+        Some(files) => Some(ReloadingTls::load("admin", files, &[b"http/1.1"])?),
+        None => None,
+    };
     let listener =
         Listener::bind(&listen).await.map_err(|source| AppError::Bind { addr: listen.to_string(), source })?;
     let local_addr = listener.local_addr();
     let mut background = checker.credentials().spawn_refreshers();
+    for tls in grpc_tls.iter().chain(admin_tls.iter()) {
+        background.push(tokio::spawn(Arc::clone(tls).run_watcher()));
+    }
     // One reloader per policy directory: the enforced set, the shadow set, and
     // each named set, all validated against the same token model.
     let tokens = TokenModel::from_config(&checker.config().tokens);
@@ -115,8 +130,12 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
         metrics.add_source(Arc::clone(other) as _);
     }
     metrics.add_source(Arc::clone(&checker) as _);
+    metrics.add_source(Arc::clone(&checker.credentials().revocations) as _);
     if let Some(audit) = &audit {
         metrics.add_source(audit.stats());
+    }
+    for tls in grpc_tls.iter().chain(admin_tls.iter()) {
+        metrics.add_source(Arc::clone(tls) as _);
     }
     let ready = Arc::new(AtomicBool::new(false));
     let admin = match config.admin.listen.as_str() {
@@ -131,13 +150,15 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
                 ready: Arc::clone(&ready),
                 started: std::time::Instant::now(),
             },
+            admin_tls,
         )?),
     };
     let (tx, rx) = oneshot::channel::<()>();
     let serve_checker = Arc::clone(&checker);
     let serve_audit = audit.clone();
+    let options = grpc::ServeOptions { tls: grpc_tls, drain: config.server.drain };
     let task = tokio::spawn(async move {
-        grpc::serve(listener, serve_checker, serve_audit, async {
+        grpc::serve(listener, serve_checker, serve_audit, options, async {
             let _ = rx.await;
         })
         .await

@@ -65,6 +65,8 @@ pub struct RequestRecord<'a> {
     pub method: &'a str,
     pub host: &'a str,
     pub path: &'a str,
+    /// `resource.path` as the policies saw it (decoded, case-folded, no trailing `/`).
+    pub resource_path: Option<&'a str>,
     /// Envoy's `x-request-id`, to join with Envoy's access log.
     pub request_id: &'a str,
     pub source: Option<String>,
@@ -117,6 +119,7 @@ impl<'a> AuditRecord<'a> {
                 method: http.map_or("", |h| h.method.as_str()),
                 host: http.map_or("", |h| h.host.as_str()),
                 path,
+                resource_path: decision.resource_path.as_deref(),
                 request_id,
                 source: input.source.ip.map(|ip| match input.source.port {
                     Some(port) => std::net::SocketAddr::new(ip, port).to_string(),

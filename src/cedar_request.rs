@@ -12,7 +12,8 @@ use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request, Rest
 
 use crate::certificate::PeerCertificate;
 use crate::config::{ClaimType, LimitsConfig, PrincipalFrom};
-use crate::http_path::{self, NormalizedPath, PathError};
+use crate::decision_cache::{Relevance, TagKeys};
+use crate::http_path::{self, NormalizedPath, PathError, PathRules};
 use crate::identity::{unix_seconds, PeerIdentity};
 use crate::input::{CheckInput, HttpInput};
 use crate::policy_set::{CedarTypes, PolicySnapshot};
@@ -37,6 +38,14 @@ pub enum RequestError {
     HeaderTooLarge(String),
     #[error("request path refused: {0}")]
     Path(#[from] PathError),
+    #[error("request host is not a canonical host name or address")]
+    HostInvalid,
+    #[error("method override `{0}` refused: the upstream could act on another method than the one authorized")]
+    MethodOverride(&'static str),
+    #[error("header `{0}`, which a policy reads, is repeated with different values")]
+    HeaderAmbiguous(String),
+    #[error("query parameter `{0}`, which a policy reads, is repeated with different values")]
+    QueryAmbiguous(String),
     #[error("method is not an action in the schema")]
     MethodUnknown,
     #[error("cannot build the cedar request: {0}")]
@@ -50,6 +59,10 @@ impl RequestError {
             RequestError::TooManyHeaders(_) => "too_many_headers",
             RequestError::HeaderTooLarge(_) => "header_too_large",
             RequestError::Path(_) => "path_invalid",
+            RequestError::HostInvalid => "host_invalid",
+            RequestError::MethodOverride(_) => "method_override",
+            RequestError::HeaderAmbiguous(_) => "header_ambiguous",
+            RequestError::QueryAmbiguous(_) => "query_ambiguous",
             RequestError::MethodUnknown => "method_unknown",
             RequestError::Build(_) => "internal_error",
         }
@@ -58,11 +71,21 @@ impl RequestError {
     pub fn http_status(&self) -> u16 {
         match self {
             RequestError::TooManyHeaders(_) | RequestError::HeaderTooLarge(_) => 431,
-            RequestError::Path(_) => 400,
+            RequestError::Path(_)
+            | RequestError::HostInvalid
+            | RequestError::MethodOverride(_)
+            | RequestError::HeaderAmbiguous(_)
+            | RequestError::QueryAmbiguous(_) => 400,
             RequestError::MissingHttp | RequestError::MethodUnknown | RequestError::Build(_) => 403,
         }
     }
 }
+
+/// Headers and query keys with which clients ask a server to act as if the request
+/// had another method (Express' method-override, Rails and Laravel `_method`, ...).
+/// cedargate authorizes the method Envoy reports, so these are refused.
+const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+const METHOD_OVERRIDE_QUERY: &str = "_method";
 
 /// Applies the size limits before any other work is done on the request.
 pub fn check_limits<'a>(input: &'a CheckInput, limits: &LimitsConfig) -> Result<&'a HttpInput, RequestError> {
@@ -70,9 +93,12 @@ pub fn check_limits<'a>(input: &'a CheckInput, limits: &LimitsConfig) -> Result<
     if http.headers.len() > limits.max_headers {
         return Err(RequestError::TooManyHeaders(http.headers.len()));
     }
-    if let Some((name, _)) = http.headers.iter().find(|(_, v)| v.len() > limits.max_header_bytes) {
+    if let Some((name, _)) = http.headers.iter().find(|(n, v)| n.len() + v.len() > limits.max_header_bytes) {
         let name: String = name.chars().take(64).collect();
         return Err(RequestError::HeaderTooLarge(name));
+    }
+    if let Some(name) = METHOD_OVERRIDE_HEADERS.iter().find(|name| http.header(name).is_some()) {
+        return Err(RequestError::MethodOverride(name));
     }
     Ok(http)
 }
@@ -81,22 +107,65 @@ pub fn check_limits<'a>(input: &'a CheckInput, limits: &LimitsConfig) -> Result<
 /// entity store, which holds nothing else of these types.
 const REQUEST_ID: &str = "request";
 
-/// The parts of a request every later step needs: the normalized path and the action.
+/// What every later step needs to know of a request, worked out once: the
+/// canonical path and host, the action, the principal, and what the policies that
+/// can apply to it read.
 #[derive(Debug)]
 pub struct Prepared<'s> {
     pub path: NormalizedPath,
+    /// `:authority` without port, lowercase.
+    pub host: String,
     pub action: &'s EntityUid,
+    pub principal: EntityUid,
+    pub relevance: &'s Relevance,
 }
 
-/// Normalizes the path and finds the action for the method.
+/// Checks the path and host are canonical, finds the action for the method and
+/// refuses what policies could read two ways.
 pub fn prepare<'s>(
     snapshot: &'s PolicySnapshot,
     http: &HttpInput,
-    limits: &LimitsConfig,
+    peer: &PeerIdentity,
+    token: Option<&VerifiedToken>,
+    rules: &PathRules,
 ) -> Result<Prepared<'s>, RequestError> {
-    let path = http_path::normalize(&http.path, limits.max_path_bytes)?;
+    let path = http_path::normalize(&http.path, rules)?;
+    if path.query.iter().any(|(key, _)| key.eq_ignore_ascii_case(METHOD_OVERRIDE_QUERY)) {
+        return Err(RequestError::MethodOverride(METHOD_OVERRIDE_QUERY));
+    }
+    let host = canonical_host(&http.host).ok_or(RequestError::HostInvalid)?;
     let action = snapshot.actions_by_method.get(http.method.as_str()).ok_or(RequestError::MethodUnknown)?;
-    Ok(Prepared { path, action })
+    let principal = principal_uid(snapshot, peer, token);
+    let relevance = snapshot.index.relevance(action, &principal);
+    let headers = http.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    if let Some(name) = ambiguous(headers, &relevance.tags, !http.raw_headers) {
+        return Err(RequestError::HeaderAmbiguous(name.chars().take(64).collect()));
+    }
+    if let Some(name) = ambiguous(path.query.iter().map(|(k, v)| (k.as_str(), v.as_str())), &relevance.tags, false) {
+        return Err(RequestError::QueryAmbiguous(name.chars().take(64).collect()));
+    }
+    Ok(Prepared { path, host, action, principal, relevance })
+}
+
+/// The first key a policy reads that the request gives two different values. An
+/// upstream may take the first, the last or all of them, so a `forbid` on one value
+/// could be dodged by sending another beside it. Identical repeats are one value.
+/// `joined`: Envoy joined repeated headers with `,` (its `encode_raw_headers` is
+/// off), so a read header with a `,` might be two.
+fn ambiguous<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, relevant: &TagKeys, joined: bool) -> Option<&'a str> {
+    let mut previous: Option<(&str, &str)> = None;
+    let mut sorted: Vec<(&str, &str)> = pairs.filter(|(k, _)| relevant.contains(k)).collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    for (key, value) in sorted {
+        if joined && value.contains(',') {
+            return Some(key);
+        }
+        if previous.is_some_and(|(k, v)| k == key && v != value) {
+            return Some(key);
+        }
+        previous = Some((key, value));
+    }
+    None
 }
 
 /// Builds the Cedar request for one Check.
@@ -109,7 +178,7 @@ pub fn build(
     http: &HttpInput,
     now: SystemTime,
 ) -> Result<CedarInput, RequestError> {
-    let parts = request_parts(snapshot, peer, token, input, http, &prepared.path, now).map_err(RequestError::Build)?;
+    let parts = request_parts(snapshot, prepared, peer, token, input, http, now).map_err(RequestError::Build)?;
     // Schema conformance of these entities is proven once per load by
     // `check_schema_contract`, so it is not re-checked on every request.
     let entities = snapshot
@@ -117,18 +186,29 @@ pub fn build(
         .clone()
         .upsert_entities(parts.entities, None)
         .map_err(|e| RequestError::Build(e.to_string()))?;
-    let request =
-        Request::new(parts.principal, prepared.action.clone(), parts.resource, parts.context, Some(&snapshot.schema))
-            .map_err(|e| RequestError::Build(e.to_string()))?;
+    let request = Request::new(
+        prepared.principal.clone(),
+        prepared.action.clone(),
+        parts.resource,
+        parts.context,
+        Some(&snapshot.schema),
+    )
+    .map_err(|e| RequestError::Build(e.to_string()))?;
     Ok(CedarInput { request, entities })
 }
 
 /// The principal's uid: the peer workload, or the token's subject as a `User`.
 pub fn principal_uid(snapshot: &PolicySnapshot, peer: &PeerIdentity, token: Option<&VerifiedToken>) -> EntityUid {
     match token.filter(|t| t.principal == PrincipalFrom::Subject) {
-        Some(token) => uid(&snapshot.types.user, &token.sub),
+        Some(token) => uid(&snapshot.types.user, &user_id(&token.iss, &token.sub)),
         None => uid(&snapshot.types.workload, peer.spiffe_id.as_str()),
     }
+}
+
+/// `User::"<iss>#<sub>"`: a subject is only ever the same principal as a subject of
+/// the same issuer (issuers may not contain `#`, so the id splits one way only).
+pub fn user_id(iss: &str, sub: &str) -> String {
+    format!("{iss}#{sub}")
 }
 
 /// What one request adds to the base entity store, and its context.
@@ -136,34 +216,34 @@ struct RequestParts {
     /// The peer workload, resource, headers, query and route entities, and the token
     /// subject when it is the principal and not already in `entities.json`.
     entities: Vec<Entity>,
-    principal: EntityUid,
     resource: EntityUid,
     context: Context,
 }
 
 fn request_parts(
     snapshot: &PolicySnapshot,
+    prepared: &Prepared<'_>,
     peer: &PeerIdentity,
     token: Option<&VerifiedToken>,
     input: &CheckInput,
     http: &HttpInput,
-    path: &NormalizedPath,
     now: SystemTime,
 ) -> Result<RequestParts, String> {
     let types = &snapshot.types;
+    let path = &prepared.path;
     let workload = workload_entity(peer, snapshot)?;
     let headers = tag_entity(&types.headers, http.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     let query = tag_entity(&types.query, path.query.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     let route = tag_entity(&types.route, input.context_extensions.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
-    let resource = request_entity(types, http, path, headers.uid(), query.uid())?;
+    let resource = request_entity(types, prepared, http, headers.uid(), query.uid())?;
     let context = context(input, workload.uid(), token, route.uid(), now)?;
-    let principal = principal_uid(snapshot, peer, token);
+    let principal = &prepared.principal;
     let mut entities = vec![workload, resource.clone(), headers, query, route];
     // A user listed in entities.json keeps its attributes and groups from there.
-    if principal.type_name() == &types.user && snapshot.entities.get(&principal).is_none() {
+    if principal.type_name() == &types.user && snapshot.entities.get(principal).is_none() {
         entities.push(Entity::new_no_attrs(principal.clone(), HashSet::new()));
     }
-    Ok(RequestParts { principal, resource: resource.uid(), entities, context })
+    Ok(RequestParts { resource: resource.uid(), entities, context })
 }
 
 fn uid(type_name: &cedar_policy::EntityTypeName, id: &str) -> EntityUid {
@@ -257,8 +337,9 @@ fn certificate_record(cert: &PeerCertificate) -> Result<RestrictedExpression, St
 }
 
 /// An entity whose tags carry a string map (headers, query parameters, route
-/// settings): policies read them with `hasTag` / `getTag`. Repeated keys are joined
-/// with `,`, as Envoy joins repeated headers.
+/// settings): policies read them with `hasTag` / `getTag`. A key repeated with one
+/// value is that value; with different values (which `prepare` refused for keys a
+/// policy reads) they are joined with `,`, as Envoy joins repeated headers.
 fn tag_entity<'a>(
     type_name: &cedar_policy::EntityTypeName,
     pairs: impl Iterator<Item = (&'a str, &'a str)>,
@@ -272,28 +353,33 @@ fn tag_entity<'a>(
     .map_err(|e| e.to_string())
 }
 
-/// The tags of a tag entity: each key once, repeated keys' values joined with `,`.
+/// The tags of a tag entity: each key once; a key repeated with the same value has
+/// that value, with different values they are joined with `,`.
 pub fn joined_tags<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> BTreeMap<&'a str, String> {
-    let mut tags: BTreeMap<&str, String> = BTreeMap::new();
+    let mut tags: BTreeMap<&str, (String, Vec<&str>)> = BTreeMap::new();
     for (key, value) in pairs {
         tags.entry(key)
-            .and_modify(|joined| {
-                joined.push(',');
-                joined.push_str(value);
+            .and_modify(|(joined, seen)| {
+                if !seen.contains(&value) {
+                    seen.push(value);
+                    joined.push(',');
+                    joined.push_str(value);
+                }
             })
-            .or_insert_with(|| value.to_owned());
+            .or_insert_with(|| (value.to_owned(), vec![value]));
     }
-    tags
+    tags.into_iter().map(|(k, (v, _))| (k, v)).collect()
 }
 
-/// The resource: the HTTP request, a child of every prefix of its normalized path.
+/// The resource: the HTTP request, a child of every prefix of its path.
 fn request_entity(
     types: &CedarTypes,
+    prepared: &Prepared<'_>,
     http: &HttpInput,
-    path: &NormalizedPath,
     headers: EntityUid,
     query: EntityUid,
 ) -> Result<Entity, String> {
+    let path = &prepared.path;
     let segments = path.segments.iter().enumerate().map(|(index, value)| {
         RestrictedExpression::new_record([
             ("index".to_owned(), RestrictedExpression::new_long(i64::try_from(index).unwrap_or(i64::MAX))),
@@ -302,7 +388,7 @@ fn request_entity(
     });
     let segments: Vec<RestrictedExpression> = segments.collect::<Result<_, _>>().map_err(|e| e.to_string())?;
     let attrs = [
-        ("host".to_owned(), string(&normalize_host(&http.host))),
+        ("host".to_owned(), string(&prepared.host)),
         ("path".to_owned(), string(&path.path)),
         ("segments".to_owned(), RestrictedExpression::new_set(segments)),
         ("method".to_owned(), string(&http.method)),
@@ -310,7 +396,7 @@ fn request_entity(
         ("headers".to_owned(), RestrictedExpression::new_entity_uid(headers)),
         ("query".to_owned(), RestrictedExpression::new_entity_uid(query)),
     ];
-    let parents: Vec<EntityUid> = path.prefixes().map(|p| uid(&types.path, &p)).collect();
+    let parents: Vec<EntityUid> = path.prefixes().map(|p| uid(&types.path, p)).collect();
     Entity::new_with_tags(uid(&types.http_request, REQUEST_ID), attrs, parents, []).map_err(|e| e.to_string())
 }
 
@@ -377,16 +463,39 @@ fn token_record(token: &VerifiedToken) -> Result<RestrictedExpression, String> {
     RestrictedExpression::new_record(fields).map_err(|e| e.to_string())
 }
 
-/// `:authority` without port or trailing dot, lowercase: `Orders.Example.org.:8443`
-/// and `orders.example.org` are one host to a policy.
-pub fn normalize_host(host: &str) -> String {
-    let without_port = if host.starts_with('[') {
-        // IPv6 literal: keep the brackets, drop a port after them.
-        host.find(']').and_then(|end| host.get(..=end)).unwrap_or(host)
+/// `:authority` without its port, lowercase: `Orders.Example.org:8443` and
+/// `orders.example.org` are one host to a policy. `None` for anything an upstream
+/// might read as another host than the policies did: a trailing dot (Envoy's
+/// `strip_trailing_host_dot` removes one; `name..` is not a name), an empty label,
+/// userinfo, a bad port, or characters outside host names and IP literals.
+pub fn canonical_host(host: &str) -> Option<String> {
+    if host.is_empty() {
+        return Some(String::new());
+    }
+    let (name, port) = if host.starts_with('[') {
+        let end = host.find(']')?;
+        let literal = host.get(1..end)?;
+        if literal.is_empty() || !literal.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            return None;
+        }
+        let after = host.get(end + 1..)?;
+        let port = if after.is_empty() { "" } else { after.strip_prefix(':')? };
+        (host.get(..=end)?, port)
     } else {
-        host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h)
+        host.split_once(':').unwrap_or((host, ""))
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    if !port.is_empty() && (port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    if !name.starts_with('[') {
+        let labels_ok = name.split('.').all(|label| {
+            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+        if !labels_ok {
+            return None;
+        }
+    }
+    Some(name.to_ascii_lowercase())
 }
 
 /// `2026-11-23T02:56:08.000Z`, the form Cedar's `datetime()` accepts.
@@ -419,6 +528,7 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
         not_before: 0,
         not_after: 3600,
         is_ca: false,
+        key_usage: None,
         uri_sans: vec![id.as_str().to_owned()],
     };
     let peer = PeerIdentity { spiffe_id: id, certificate: Some(cert) };
@@ -440,7 +550,7 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
         context_extensions: vec![("k".into(), "v".into())],
         ..CheckInput::default()
     };
-    let path = http_path::normalize(&http.path, usize::MAX).map_err(|e| e.to_string())?;
+    let rules = PathRules { max_bytes: usize::MAX, max_segments: usize::MAX, case_insensitive: true };
     let mut samples = vec![None];
     if tokens.enabled {
         samples.push(Some(tokens.sample(PrincipalFrom::Peer)));
@@ -449,7 +559,8 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
         samples.push(Some(tokens.sample(PrincipalFrom::Subject)));
     }
     for token in &samples {
-        let parts = request_parts(snapshot, &peer, token.as_ref(), &input, &http, &path, SystemTime::UNIX_EPOCH)?;
+        let prepared = prepare(snapshot, &http, &peer, token.as_ref(), &rules).map_err(|e| e.to_string())?;
+        let parts = request_parts(snapshot, &prepared, &peer, token.as_ref(), &input, &http, SystemTime::UNIX_EPOCH)?;
         let what = match token {
             None => "without a token".to_owned(),
             Some(t) if t.principal == PrincipalFrom::Subject => {
@@ -462,7 +573,7 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
         };
         Entities::from_entities(parts.entities, Some(&snapshot.schema))
             .map_err(|e| format!("the entities cedargate builds {what} do not conform to the schema: {e}"))?;
-        Request::new(parts.principal, action.clone(), parts.resource, parts.context, Some(&snapshot.schema))
+        Request::new(prepared.principal, action.clone(), parts.resource, parts.context, Some(&snapshot.schema))
             .map_err(|e| format!("the request cedargate builds {what} does not conform to the schema: {e}"))?;
     }
     Ok(())
@@ -526,11 +637,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn host_loses_port_case_and_trailing_dot() {
-        assert_eq!(normalize_host("Orders.Example.org.:8443"), "orders.example.org");
-        assert_eq!(normalize_host("orders"), "orders");
-        assert_eq!(normalize_host("[::1]:8443"), "[::1]");
-        assert_eq!(normalize_host("[::1]"), "[::1]");
+    fn host_loses_port_and_case_and_ambiguous_hosts_are_refused() {
+        let host = |h: &str| canonical_host(h);
+        assert_eq!(host("Orders.Example.org:8443").as_deref(), Some("orders.example.org"));
+        assert_eq!(host("orders").as_deref(), Some("orders"));
+        assert_eq!(host("[::1]:8443").as_deref(), Some("[::1]"));
+        assert_eq!(host("[::1]").as_deref(), Some("[::1]"));
+        assert_eq!(host("10.0.0.1:80").as_deref(), Some("10.0.0.1"));
+        assert_eq!(host("").as_deref(), Some(""));
+        for bad in [
+            "orders.example.org.",
+            "orders.example.org..",
+            "orders..example.org",
+            "user@orders",
+            "orders:x",
+            "orders:123456",
+            "orders example",
+            "[::1]x",
+            "[zz]",
+            "a/b",
+            "a%2eb",
+        ] {
+            assert_eq!(host(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
@@ -541,7 +670,7 @@ mod tests {
 
     #[test]
     fn limits_are_checked_with_their_own_errors() {
-        let limits = LimitsConfig { max_headers: 2, max_header_bytes: 4, max_path_bytes: 100 };
+        let limits = LimitsConfig { max_headers: 2, max_header_bytes: 6, max_path_bytes: 100, max_path_segments: 8 };
         let mut input = CheckInput::default();
         assert_eq!(check_limits(&input, &limits).unwrap_err(), RequestError::MissingHttp);
         input.http = Some(HttpInput {

@@ -24,6 +24,8 @@ pub struct PeerCertificate {
     pub not_after: i64,
     /// Whether basicConstraints says `CA:true`.
     pub is_ca: bool,
+    /// The keyUsage extension, when present.
+    pub key_usage: Option<KeyUsage>,
     /// Every URI subject alternative name, in certificate order.
     pub uri_sans: Vec<String>,
 }
@@ -38,6 +40,14 @@ impl PeerCertificate {
     pub fn lifetime_seconds(&self) -> i64 {
         self.not_after.saturating_sub(self.not_before)
     }
+}
+
+/// The keyUsage bits the X.509-SVID rules speak of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyUsage {
+    pub digital_signature: bool,
+    pub key_cert_sign: bool,
+    pub crl_sign: bool,
 }
 
 /// Why `source.certificate` could not be used.
@@ -80,6 +90,11 @@ pub fn parse_der(der: &[u8]) -> Result<PeerCertificate, CertificateError> {
     }
     let basic_constraints = cert.basic_constraints().map_err(|e| CertificateError::BadExtensions(e.to_string()))?;
     let san = cert.subject_alternative_name().map_err(|e| CertificateError::BadExtensions(e.to_string()))?;
+    let key_usage = cert.key_usage().map_err(|e| CertificateError::BadExtensions(e.to_string()))?.map(|ext| KeyUsage {
+        digital_signature: ext.value.digital_signature(),
+        key_cert_sign: ext.value.key_cert_sign(),
+        crl_sign: ext.value.crl_sign(),
+    });
     let uri_sans = san
         .map(|ext| {
             ext.value
@@ -99,6 +114,7 @@ pub fn parse_der(der: &[u8]) -> Result<PeerCertificate, CertificateError> {
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
         is_ca: basic_constraints.is_some_and(|ext| ext.value.ca),
+        key_usage,
         uri_sans,
     })
 }

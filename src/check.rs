@@ -9,10 +9,11 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::cedar_request::{self, TokenModel};
-use crate::config::Config;
+use crate::config::{Config, PathCase};
 use crate::credentials::{Credentials, CredentialsError};
 use crate::decision::{Decision, DenyReason, Outcome, ShadowVerdict};
 use crate::decision_cache::{self, DecisionCache};
+use crate::http_path::PathRules;
 use crate::identity::{self, CertificateCache, IdentityError, PeerIdentity};
 use crate::input::{CheckInput, HttpInput};
 use crate::metrics::{CacheOutcome, Metrics, Stage};
@@ -58,6 +59,8 @@ pub struct Checker {
     shadow: Option<Arc<ArcSwap<PolicySnapshot>>>,
     /// Named policy sets that routes select (`cedargate.policy_set`).
     sets: BTreeMap<String, Arc<ArcSwap<PolicySnapshot>>>,
+    /// How request paths are checked and compared, from `limits` and `policies`.
+    path_rules: PathRules,
 }
 
 /// The context extension a route sets to select a named policy set.
@@ -85,6 +88,11 @@ impl Checker {
         let cache = DecisionCache::new(&config.cache, Arc::clone(&metrics)).map(Arc::new);
         let entries = config.cache.certificate_entries;
         let certificates = (entries > 0).then(|| CertificateCache::new(entries));
+        let path_rules = PathRules {
+            max_bytes: config.limits.max_path_bytes,
+            max_segments: config.limits.max_path_segments,
+            case_insensitive: config.policies.path_case == PathCase::Insensitive,
+        };
         Checker {
             config,
             policies,
@@ -95,6 +103,7 @@ impl Checker {
             metrics,
             shadow: None,
             sets: BTreeMap::new(),
+            path_rules,
         }
     }
 
@@ -192,6 +201,7 @@ impl Checker {
             elapsed: Default::default(),
             cache: CacheOutcome::Bypass,
             shadow: None,
+            resource_path: None,
         };
         let decided = match selected {
             Ok(_) => self.decide(&snapshot, set == DEFAULT_SET, input, now, &mut decision),
@@ -261,8 +271,9 @@ impl Checker {
                 Some(self.shadow_verdict(&shadow.load(), &judged, &peer, token.as_ref(), input, http, now));
         }
         decision.token = token;
-        let (verdict, cache) = judged?;
+        let Judged { verdict, cache, resource_path } = judged?;
         decision.cache = cache;
+        decision.resource_path = Some(resource_path);
         decision.policies = verdict.policies;
         decision.errors = verdict.errors;
         outcome_of(verdict.allowed, verdict.forbid_failed)
@@ -280,21 +291,22 @@ impl Checker {
         input: &CheckInput,
         http: &HttpInput,
         now: SystemTime,
-    ) -> Result<(Verdict, CacheOutcome), DenyReason> {
-        let prepared = cedar_request::prepare(snapshot, http, &self.config.limits)?;
+    ) -> Result<Judged, DenyReason> {
+        let prepared = cedar_request::prepare(snapshot, http, peer, token, &self.path_rules)?;
         let prepared = &prepared;
         let evaluate = || {
             let cedar = cedar_request::build(snapshot, prepared, peer, token, input, http, now)?;
             Ok(snapshot.index.evaluate(&snapshot.authorizer, &cedar.request, &cedar.entities))
         };
-        let Some(cache) = &self.cache else { return Ok((evaluate()?, CacheOutcome::Bypass)) };
+        let judged = |verdict, cache| Judged { verdict, cache, resource_path: prepared.path.path.clone() };
+        let Some(cache) = &self.cache else { return Ok(judged(evaluate()?, CacheOutcome::Bypass)) };
         let Some(key) = decision_cache::key(snapshot, prepared, peer, token, input, http) else {
-            return Ok((evaluate()?, CacheOutcome::Bypass));
+            return Ok(judged(evaluate()?, CacheOutcome::Bypass));
         };
         let lifetime = decision_cache::lifetime(cache.ttl(), peer, token, now);
         let (verdict, hit) = cache.get_or_compute(key, lifetime, evaluate)?;
         self.metrics.record_cache_lookup("decision", hit);
-        Ok((verdict, if hit { CacheOutcome::Hit } else { CacheOutcome::Miss }))
+        Ok(judged(verdict, if hit { CacheOutcome::Hit } else { CacheOutcome::Miss }))
     }
 
     /// What the shadow policy set says about the same request. It never changes
@@ -303,15 +315,15 @@ impl Checker {
     fn shadow_verdict(
         &self,
         shadow: &PolicySnapshot,
-        enforced: &Result<(Verdict, CacheOutcome), DenyReason>,
+        enforced: &Result<Judged, DenyReason>,
         peer: &PeerIdentity,
         token: Option<&VerifiedToken>,
         input: &CheckInput,
         http: &HttpInput,
         now: SystemTime,
     ) -> ShadowVerdict {
-        let code = |result: &Result<(Verdict, CacheOutcome), DenyReason>| match result {
-            Ok((v, _)) => match outcome_of(v.allowed, v.forbid_failed) {
+        let code = |result: &Result<Judged, DenyReason>| match result {
+            Ok(Judged { verdict: v, .. }) => match outcome_of(v.allowed, v.forbid_failed) {
                 Ok(()) => "allow",
                 Err(reason) => reason.code(),
             },
@@ -321,12 +333,12 @@ impl Checker {
         let (enforced_code, shadow_code) = (code(enforced), code(&judged));
         let agrees = (enforced_code == "allow") == (shadow_code == "allow");
         let (policies, errors) = match judged {
-            Ok((v, _)) => (v.policies, v.errors),
+            Ok(Judged { verdict: v, .. }) => (v.policies, v.errors),
             Err(_) => (Vec::new(), Vec::new()),
         };
         if !agrees {
             self.metrics.record_shadow_disagreement();
-            let enforced_policies = enforced.as_ref().map(|(v, _)| v.policies.clone()).unwrap_or_default();
+            let enforced_policies = enforced.as_ref().map(|j| j.verdict.policies.clone()).unwrap_or_default();
             tracing::warn!(
                 principal = peer.spiffe_id.as_str(),
                 http.method = http.method.as_str(),
@@ -341,6 +353,14 @@ impl Checker {
         }
         ShadowVerdict { version: shadow.version.clone(), decision: shadow_code, policies, errors, agrees }
     }
+}
+
+/// Cedar's verdict on one request, how the cache took part, and the path the
+/// policies saw.
+struct Judged {
+    verdict: Verdict,
+    cache: CacheOutcome,
+    resource_path: String,
 }
 
 /// A verdict as an outcome: Cedar skips a forbid whose condition errors, which

@@ -37,12 +37,38 @@ pub struct ServerConfig {
     /// How long a shutdown waits for in-flight Checks before giving up.
     #[serde(deserialize_with = "human_duration")]
     pub shutdown_timeout: Duration,
+    /// On SIGTERM, how long to keep answering Checks after the health service turned
+    /// NOT_SERVING, so Envoy's health checks (and Kubernetes' readiness probe) move
+    /// traffic to other replicas before the listener closes.
+    #[serde(deserialize_with = "human_duration")]
+    pub drain: Duration,
+    /// TLS (and, with a client CA, mTLS) on a TCP listener; unset: plaintext.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: ListenAddr::Tcp("127.0.0.1:9191".to_owned()), shutdown_timeout: Duration::from_secs(15) }
+        ServerConfig {
+            listen: ListenAddr::Tcp("127.0.0.1:9191".to_owned()),
+            shutdown_timeout: Duration::from_secs(15),
+            drain: Duration::from_secs(0),
+            tls: None,
+        }
     }
+}
+
+/// A listener's certificate, key and optional client CA, as PEM files. They are
+/// re-read when they change (certificate rotation needs no restart).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The server certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates that sign the clients' certificates: set, every client must
+    /// present one (mTLS); unset, any client may connect.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -65,6 +91,18 @@ pub struct PoliciesConfig {
     /// teams' services behind one Envoy keep separate policies; routes that select
     /// none use `dir`, and naming a set that does not exist denies.
     pub sets: BTreeMap<String, PathBuf>,
+    /// Whether request paths are compared case-insensitively (ASCII): then a policy
+    /// on `/admin` also covers `/ADMIN`, as it must in front of an upstream that
+    /// routes without regard to case. `sensitive` keeps the case as sent.
+    pub path_case: PathCase,
+}
+
+/// How policies compare request paths.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PathCase {
+    Insensitive,
+    Sensitive,
 }
 
 impl Default for PoliciesConfig {
@@ -75,6 +113,7 @@ impl Default for PoliciesConfig {
             debounce: Duration::from_millis(200),
             shadow_dir: None,
             sets: BTreeMap::new(),
+            path_case: PathCase::Insensitive,
         }
     }
 }
@@ -121,15 +160,18 @@ impl Default for IdentityConfig {
 pub struct LimitsConfig {
     /// Most request headers a Check may carry (Envoy's own default limit is 100).
     pub max_headers: usize,
-    /// Largest single header value, in bytes.
+    /// Largest single header, name and value, in bytes.
     pub max_header_bytes: usize,
     /// Largest `:path` (with query), in bytes.
     pub max_path_bytes: usize,
+    /// Most path segments: bounds the work a path costs (each prefix is a `Path`
+    /// parent of the request).
+    pub max_path_segments: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { max_headers: 200, max_header_bytes: 16 * 1024, max_path_bytes: 8 * 1024 }
+        LimitsConfig { max_headers: 200, max_header_bytes: 16 * 1024, max_path_bytes: 8 * 1024, max_path_segments: 32 }
     }
 }
 
@@ -312,11 +354,16 @@ impl Default for CacheConfig {
 pub struct AdminConfig {
     /// `ip:port`; empty turns the admin listener off.
     pub listen: String,
+    /// Allow `PUT /loglevel`. The admin listener has no authentication, so its one
+    /// mutating endpoint is off unless asked for.
+    pub allow_log_level_changes: bool,
+    /// TLS (mTLS with a client CA) for an admin listener that leaves loopback.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: "127.0.0.1:9090".to_owned() }
+        AdminConfig { listen: "127.0.0.1:9090".to_owned(), allow_log_level_changes: false, tls: None }
     }
 }
 
@@ -501,6 +548,7 @@ impl Config {
             ("limits.max_headers", self.limits.max_headers),
             ("limits.max_header_bytes", self.limits.max_header_bytes),
             ("limits.max_path_bytes", self.limits.max_path_bytes),
+            ("limits.max_path_segments", self.limits.max_path_segments),
             ("identity.max_certificate_bytes", self.identity.max_certificate_bytes),
         ] {
             if value == 0 {
@@ -551,6 +599,12 @@ impl Config {
         if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid("admin.listen", format!("`{}` is not `ip:port`", self.admin.listen)));
         }
+        if self.server.tls.is_some() && matches!(self.server.listen, ListenAddr::Unix(_)) {
+            return Err(invalid(
+                "server.tls",
+                "TLS is for TCP listeners; a Unix socket is guarded by its file mode".into(),
+            ));
+        }
         if self.audit.enabled && (self.audit.sink.is_empty() || self.audit.queue == 0) {
             return Err(invalid("audit.sink", "set a sink (`stdout` or a path) and a queue above 0".to_owned()));
         }
@@ -593,6 +647,12 @@ impl IssuerConfig {
     fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.issuer.is_empty() {
             return Err(("tokens.issuers.issuer", "must be set".to_owned()));
+        }
+        // A `User` is named `<iss>#<sub>`: without `#` in issuers that name splits
+        // one way only, so subjects of two issuers never meet (an OpenID issuer has
+        // no fragment anyway).
+        if self.issuer.contains('#') {
+            return Err(("tokens.issuers.issuer", "may not contain `#`".to_owned()));
         }
         if self.audiences.is_empty() || self.audiences.iter().any(String::is_empty) {
             return Err(("tokens.issuers.audiences", "list at least one non-empty audience".to_owned()));
@@ -657,6 +717,12 @@ mod tests {
     }
 
     #[test]
+    fn the_kubernetes_config_parses_and_validates() {
+        let text = include_str!("../deploy/kubernetes/cedargate.toml");
+        Config::from_toml(text).unwrap().validate("deploy/kubernetes/cedargate.toml").unwrap();
+    }
+
+    #[test]
     fn unknown_key_is_named_in_the_error() {
         let err = Config::from_toml("[server]\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(err.contains("lisen"), "{err}");
@@ -711,6 +777,10 @@ mod tests {
             text.replace(", \"HS256\"", "").replace("jwks_file = \"jwks.json\"", "jwks_url = \"http://idp/jwks\"");
         let err = Config::from_toml(&plain).unwrap().validate("x.toml").unwrap_err().to_string();
         assert!(err.contains("https://"), "{err}");
+        // `User::"<iss>#<sub>"` must split one way only.
+        let hashed = text.replace(", \"HS256\"", "").replace("idp.example.org\"", "idp.example.org#x\"");
+        let err = Config::from_toml(&hashed).unwrap().validate("x.toml").unwrap_err().to_string();
+        assert!(err.contains("tokens.issuers.issuer") && err.contains('#'), "{err}");
     }
 
     #[test]

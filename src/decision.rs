@@ -36,6 +36,9 @@ pub struct Decision {
     pub cache: CacheOutcome,
     /// What the shadow policy set decided, when one is configured.
     pub shadow: Option<ShadowVerdict>,
+    /// `resource.path` as the policies saw it (decoded, case-folded, no trailing
+    /// `/`), when the request got that far.
+    pub resource_path: Option<String>,
 }
 
 /// The shadow policy set's decision on the same request. It never changes the answer.

@@ -49,7 +49,7 @@ pub enum TagKeys {
 }
 
 impl TagKeys {
-    fn contains(&self, key: &str) -> bool {
+    pub fn contains(&self, key: &str) -> bool {
         match self {
             TagKeys::All => true,
             TagKeys::Only(keys) => keys.contains(key),
@@ -176,8 +176,8 @@ pub fn key(
     input: &CheckInput,
     http: &HttpInput,
 ) -> Option<[u8; 32]> {
-    let principal = cedar_request::principal_uid(snapshot, peer, token);
-    let relevance = snapshot.index.relevance(prepared.action, &principal);
+    let principal = &prepared.principal;
+    let relevance = prepared.relevance;
     if relevance.time {
         return None;
     }
@@ -200,7 +200,7 @@ pub fn key(
         None => w.str(""),
     }
     // The resource.
-    w.str(&cedar_request::normalize_host(&http.host));
+    w.str(&prepared.host);
     w.str(&prepared.path.path);
     w.strs(&prepared.path.segments);
     w.str(&http.method);

@@ -95,6 +95,7 @@ fn panicked_decision(checker: &Checker) -> Decision {
         elapsed: Default::default(),
         cache: Default::default(),
         shadow: None,
+        resource_path: None,
     }
 }
 
@@ -134,13 +135,13 @@ pub fn nodelay(
     incoming: TcpListenerStream,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     use tokio_stream::StreamExt;
-    incoming.map(|accepted| {
-        accepted.inspect(|stream| {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!("cannot set TCP_NODELAY: {e}");
-            }
-        })
-    })
+    incoming.map(|accepted| accepted.inspect(set_nodelay))
+}
+
+pub(crate) fn set_nodelay(stream: &tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY: {e}");
+    }
 }
 
 /// A bound listener, before serving.
@@ -179,28 +180,47 @@ fn remove_stale_socket(path: &std::path::Path) -> std::io::Result<()> {
     }
 }
 
-/// Serves Check and health until `shutdown` completes, then drains in-flight Checks.
+/// How the gRPC listener serves: TLS, and the drain before it closes.
+pub struct ServeOptions {
+    pub tls: Option<Arc<crate::tls::ReloadingTls>>,
+    pub drain: std::time::Duration,
+}
+
+/// Serves Check and health until `shutdown` completes; then reports NOT_SERVING,
+/// keeps answering for the drain period (Envoy's health checks move traffic to
+/// other replicas meanwhile), and finishes the Checks in flight.
 pub async fn serve(
     listener: Listener,
     checker: Arc<Checker>,
     audit: Option<AuditLog>,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     // The policy set was loaded and validated before the server was built.
     health.set_serving::<AuthorizationServer<AuthorizationService>>().await;
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let drain = options.drain;
     let shutdown = async move {
         shutdown.await;
         health.set_not_serving::<AuthorizationServer<AuthorizationService>>().await;
         health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        if !drain.is_zero() {
+            tracing::info!(drain = ?drain, "health NOT_SERVING; still answering Checks while traffic moves away");
+            tokio::time::sleep(drain).await;
+        }
     };
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(AuthorizationServer::new(AuthorizationService::new(checker, audit)));
-    match listener {
-        Listener::Tcp(l) => router.serve_with_incoming_shutdown(nodelay(TcpListenerStream::new(l)), shutdown).await,
-        Listener::Unix(l, path) => {
+    match (listener, options.tls) {
+        (Listener::Tcp(l), Some(tls)) => {
+            router.serve_with_incoming_shutdown(crate::tls::incoming(l, tls), shutdown).await
+        }
+        (Listener::Tcp(l), None) => {
+            router.serve_with_incoming_shutdown(nodelay(TcpListenerStream::new(l)), shutdown).await
+        }
+        (Listener::Unix(l, path), _) => {
             let result = router.serve_with_incoming_shutdown(UnixListenerStream::new(l), shutdown).await;
             let _ = remove_stale_socket(&path);
             result

@@ -3,8 +3,8 @@
 //!
 //! Envoy only reports the *first* URI SAN as the principal and does not check trust
 //! domains, so the X.509-SVID rules (exactly one URI SAN, a valid SPIFFE ID, not a
-//! CA, inside its validity window, equal to the principal) are enforced here on the
-//! parsed certificate. A TLS connection outlives the handshake, so a certificate
+//! CA, a leaf's key usage, inside its validity window, equal to the principal) are
+//! enforced here on the parsed certificate. A TLS connection outlives the handshake, so a certificate
 //! that expired after the connection was made is caught here too.
 
 use std::sync::Arc;
@@ -42,6 +42,8 @@ pub enum IdentityError {
     PrincipalMismatch,
     #[error("peer certificate is a CA certificate, not a workload leaf")]
     CertificateIsCa,
+    #[error("peer certificate key usage is not a leaf X.509-SVID's (digitalSignature, never keyCertSign or cRLSign)")]
+    CertificateKeyUsage,
     #[error("peer certificate has expired")]
     CertificateExpired,
     #[error("peer certificate is not valid yet")]
@@ -65,6 +67,7 @@ impl IdentityError {
             IdentityError::SanSpiffeId(_) => "certificate_spiffe_id_invalid",
             IdentityError::PrincipalMismatch => "principal_certificate_mismatch",
             IdentityError::CertificateIsCa => "certificate_is_ca",
+            IdentityError::CertificateKeyUsage => "certificate_key_usage",
             IdentityError::CertificateExpired => "certificate_expired",
             IdentityError::CertificateNotYetValid => "certificate_not_yet_valid",
             IdentityError::TrustDomainNotAllowed(_) => "trust_domain_not_allowed",
@@ -156,6 +159,12 @@ fn svid_spiffe_id(cert: &PeerCertificate) -> Result<SpiffeId, IdentityError> {
 fn check_validity(cert: &PeerCertificate, now: SystemTime, config: &IdentityConfig) -> Result<(), IdentityError> {
     if cert.is_ca {
         return Err(IdentityError::CertificateIsCa);
+    }
+    // X.509-SVID §4.3: a leaf sets digitalSignature and never keyCertSign or
+    // cRLSign; a certificate that may sign others is not a workload's.
+    match cert.key_usage {
+        Some(ku) if ku.digital_signature && !ku.key_cert_sign && !ku.crl_sign => {}
+        _ => return Err(IdentityError::CertificateKeyUsage),
     }
     let now = unix_seconds(now);
     let skew = i64::try_from(config.clock_skew.as_secs()).unwrap_or(i64::MAX);

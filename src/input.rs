@@ -42,17 +42,25 @@ pub struct HttpInput {
     pub host: String,
     pub scheme: String,
     pub protocol: String,
-    /// Lowercase names; Envoy joins repeated headers with `,`. Sorted by name.
+    /// Lowercase names, sorted by name. With `raw_headers` a repeated header is one
+    /// entry per occurrence, in request order; otherwise Envoy joined them with `,`.
     pub headers: Vec<(String, String)>,
+    /// Envoy sent the headers unjoined (`encode_raw_headers: true`), so a repeated
+    /// header can be told from one whose value holds a `,`.
+    pub raw_headers: bool,
 }
 
 impl HttpInput {
-    /// The value of one header (names are lowercase).
+    /// The value of one header (names are lowercase); the first, if it is repeated.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .binary_search_by(|(n, _)| n.as_str().cmp(name))
-            .ok()
-            .and_then(|i| self.headers.get(i))
-            .map(|(_, v)| v.as_str())
+        let start = self.headers.partition_point(|(n, _)| n.as_str() < name);
+        self.headers.get(start).filter(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of one header, in request order.
+    pub fn header_values(&self, name: &str) -> impl Iterator<Item = &str> + '_ {
+        let start = self.headers.partition_point(|(n, _)| n.as_str() < name);
+        let end = self.headers.partition_point(|(n, _)| n.as_str() <= name);
+        self.headers.get(start..end).unwrap_or_default().iter().map(|(_, v)| v.as_str())
     }
 }

@@ -35,5 +35,6 @@ pub mod revocation;
 pub mod spiffe;
 pub mod telemetry;
 pub mod test_tokens;
+pub mod tls;
 pub mod token;
 pub mod wire;

@@ -24,7 +24,7 @@ pub struct Verdict {
     /// Determining policies, sorted: the permits that allowed or the forbids that
     /// denied (none for a default deny).
     pub policies: Vec<String>,
-    /// Policies whose condition failed to evaluate (`id: message`), sorted.
+    /// Policies whose condition failed to evaluate (`id: kind`), sorted.
     pub errors: Vec<String>,
     /// A forbid failed to evaluate: it might have applied, so the caller denies.
     pub forbid_failed: bool,
@@ -161,7 +161,7 @@ impl PolicyIndex {
             for error in response.diagnostics().errors() {
                 let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = error;
                 forbid_failed |= self.forbid_ids.contains(e.policy_id());
-                errors.push(format!("{}: {}", e.policy_id(), e.inner()));
+                errors.push(format!("{}: {}", e.policy_id(), error_kind(e.inner())));
             }
         }
         let allowed = forbids.is_empty() && !permits.is_empty();
@@ -170,6 +170,26 @@ impl PolicyIndex {
         errors.sort_unstable();
         Verdict { allowed, policies, errors, forbid_failed }
     }
+}
+
+/// What kind of evaluation error this is (`integer_overflow`, `entity_attr_does_not_exist`,
+/// ...), from the error's variant name. Cedar's messages quote the values involved,
+/// which come from the request (headers, claims): those never reach logs or audit
+/// records, only the policy id and this kind.
+fn error_kind(error: &impl std::fmt::Debug) -> String {
+    let debug = format!("{error:?}");
+    let variant = debug
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .find(|word| !word.is_empty() && *word != "EvaluationError")
+        .unwrap_or("evaluation_error");
+    let mut kind = String::with_capacity(variant.len() + 4);
+    for (i, c) in variant.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            kind.push('_');
+        }
+        kind.push(c.to_ascii_lowercase());
+    }
+    kind
 }
 
 fn add(set: &mut PolicySet, policy: &Policy) -> Result<(), String> {
@@ -235,6 +255,33 @@ mod tests {
         // alice's `get` is evaluated against her own policy and the common ones only.
         assert_eq!(index.candidates(&actions[1], &uid(r#"User::"alice""#)), 3);
         assert_eq!(index.candidates(&actions[2], &uid(r#"User::"dave""#)), 2);
+    }
+
+    /// Evaluation errors name the policy and the kind of error, never the request
+    /// values Cedar's message quotes.
+    #[test]
+    fn evaluation_errors_carry_no_request_values() {
+        let (schema, _) = cedar_policy::Schema::from_cedarschema_str(SCHEMA).unwrap();
+        let policies = PolicySet::from_str(
+            r#"
+            @id("reads-missing") forbid (principal, action, resource) when { context.rec.missing == "x" };
+            @id("overflows") permit (principal, action, resource) when { context.n + 9223372036854775807 > 0 };
+            "#,
+        )
+        .unwrap();
+        let actions = [uid(r#"Action::"get""#)];
+        let index = PolicyIndex::build(&policies, &actions, &schema.action_entities().unwrap()).unwrap();
+        let context =
+            cedar_policy::Context::from_json_str(r#"{"rec": {"secret": "hunter2"}, "n": 424242}"#, None).unwrap();
+        let request =
+            Request::new(uid(r#"User::"alice""#), actions[0].clone(), uid(r#"Doc::"d""#), context, None).unwrap();
+        let verdict = index.evaluate(&Authorizer::new(), &request, &Entities::empty());
+        assert!(verdict.forbid_failed);
+        // (`PolicySet::from_str` names them policy0, policy1 in order.)
+        assert_eq!(verdict.errors, vec!["policy0: record_attr_does_not_exist", "policy1: integer_overflow"]);
+        for error in &verdict.errors {
+            assert!(!error.contains("hunter2") && !error.contains("424242"), "{error}");
+        }
     }
 
     /// A policy that reads the time only makes the time relevant where it can apply.

@@ -139,7 +139,9 @@ fn fingerprint(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
             let relevant = name == SCHEMA_FILE
                 || name == ENTITIES_FILE
                 || Path::new(&name).extension().is_some_and(|e| e == POLICY_EXTENSION);
-            let meta = entry.metadata().ok().filter(|_| relevant)?;
+            // Follow symlinks: a Kubernetes ConfigMap volume swaps a `..data` link
+            // under files that are themselves links, so the links never change.
+            let meta = std::fs::metadata(entry.path()).ok().filter(|_| relevant)?;
             Some((name, meta.len(), meta.modified().ok()))
         })
         .collect();

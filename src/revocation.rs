@@ -1,18 +1,22 @@
 //! Revoked credentials: a denylist file for the incident runbook "revoke this
 //! credential now", re-read within a second of a change.
 //!
-//! The format is one entry per line, a kind and a value, with `#` comments:
+//! One entry per line, a kind and a value; a line starting with `#` is a comment,
+//! and so is anything after whitespace and `#` that follows the value:
 //!
 //! ```text
 //! # INC-4711: laptop of j.doe stolen
 //! jti 3f1c9a70-5b7e-4c1d-9a0e-6f2b8d4e1a11
-//! sub alice@example.org
-//! serial 4e:1f:0a:9c
+//! sub alice@example.org          # the value ends at whitespace; `user#1` is a value
+//! sub "Jane Doe"                 # a JSON string for a value with spaces
+//! serial 4e:1f:0a:9c             # hex as openssl prints it; also a1b, 0xA1B
+//! serial_decimal 5294621338      # the serial as an integer (Python's serial_number)
 //! fingerprint 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 //! ```
 //!
-//! A file that does not parse never replaces the last good list, so a typo during
-//! an incident cannot un-revoke anything.
+//! Every line means exactly what it says or the whole file is refused, and a file
+//! that does not parse never replaces the last good list, so a typo during an
+//! incident cannot un-revoke anything; the refusal is logged, counted and shown.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -22,6 +26,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
+
+use crate::metrics::{Sample, StateSource};
 
 /// How often the file is re-read.
 const POLL: Duration = Duration::from_millis(250);
@@ -51,25 +57,33 @@ impl Denylist {
     pub fn parse(text: &str) -> Result<Denylist, String> {
         let mut list = Denylist::default();
         for (n, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or_default().trim();
-            if line.is_empty() {
+            let at = |message: String| format!("line {}: {message}", n + 1);
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (kind, value) = line
-                .split_once(char::is_whitespace)
-                .map(|(k, v)| (k, v.trim()))
-                .ok_or_else(|| format!("line {}: expected `<kind> <value>`", n + 1))?;
+            let (kind, rest) =
+                line.split_once(char::is_whitespace).ok_or_else(|| at("expected `<kind> <value>`".to_owned()))?;
+            let (value, rest) = value_of(rest.trim_start()).map_err(at)?;
+            let rest = rest.trim_start();
+            if !rest.is_empty() && !rest.starts_with('#') {
+                return Err(at(format!("unexpected text after the value: `{}`", excerpt(rest))));
+            }
+            let bad = |what: &str| at(format!("`{}` is not {what}", excerpt(&value)));
             match kind {
-                "jti" => list.jti.insert(value.to_owned()),
-                "sub" => list.sub.insert(value.to_owned()),
-                "serial" => list.serial.insert(
-                    serial_value(value).ok_or_else(|| format!("line {}: `{value}` is not a hex serial", n + 1))?,
-                ),
-                "fingerprint" => list.fingerprint.insert(
-                    fingerprint_value(value)
-                        .ok_or_else(|| format!("line {}: `{value}` is not a hex SHA-256 fingerprint", n + 1))?,
-                ),
-                other => return Err(format!("line {}: unknown kind `{other}` (jti, sub, serial, fingerprint)", n + 1)),
+                "jti" => list.jti.insert(value),
+                "sub" => list.sub.insert(value),
+                "serial" => list.serial.insert(serial_hex(&value).ok_or_else(|| bad("a hex serial"))?),
+                "serial_decimal" => list.serial.insert(serial_decimal(&value).ok_or_else(|| bad("a decimal serial"))?),
+                "fingerprint" => {
+                    list.fingerprint.insert(fingerprint_value(&value).ok_or_else(|| bad("a hex SHA-256 fingerprint"))?)
+                }
+                other => {
+                    return Err(at(format!(
+                        "unknown kind `{}` (jti, sub, serial, serial_decimal, fingerprint)",
+                        excerpt(other)
+                    )))
+                }
             };
         }
         Ok(list)
@@ -99,15 +113,73 @@ impl Denylist {
     }
 }
 
-/// `4E:1F:0a:9c` → `4e1f0a9c`; leading zero bytes are dropped, as serials are
-/// integers (`00:ab` and `ab` are the same serial).
-fn serial_value(s: &str) -> Option<String> {
-    let hex = hex_digits(s).filter(|h| !h.is_empty() && h.len() % 2 == 0)?;
-    let mut trimmed = hex.as_str();
-    while trimmed.len() > 2 && trimmed.starts_with("00") {
-        trimmed = trimmed.get(2..).unwrap_or(trimmed);
+/// The value at the start of `s`, and what follows it: a JSON string when it starts
+/// with `"`, else everything up to the next whitespace.
+fn value_of(s: &str) -> Result<(String, &str), String> {
+    if s.starts_with('"') {
+        let mut stream = serde_json::Deserializer::from_str(s).into_iter::<String>();
+        let value = match stream.next() {
+            Some(Ok(value)) => value,
+            _ => return Err("the quoted value is not a JSON string".to_owned()),
+        };
+        let rest = s.get(stream.byte_offset()..).unwrap_or_default();
+        if value.is_empty() {
+            return Err("the value is empty".to_owned());
+        }
+        return Ok((value, rest));
     }
-    Some(trimmed.to_owned())
+    let end = s.find(char::is_whitespace).unwrap_or(s.len());
+    let (value, rest) = s.split_at(end);
+    if value.is_empty() {
+        return Err("expected `<kind> <value>`".to_owned());
+    }
+    Ok((value.to_owned(), rest))
+}
+
+/// At most 64 characters of a value, for an error message.
+fn excerpt(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// A serial in hex, as `PeerCertificate::serial` has it: lowercase, without
+/// separators or leading zeros (serials are integers: `00:ab`, `0xAB` and `ab` are
+/// one serial). Any number of digits, so Python's `%x` (`a1b`) is accepted.
+fn serial_hex(s: &str) -> Option<String> {
+    let s = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
+    let hex = hex_digits(s).filter(|h| !h.is_empty())?;
+    Some(canonical_serial(hex.trim_start_matches('0')))
+}
+
+/// A serial written as a decimal integer, converted to the hex form.
+fn serial_decimal(s: &str) -> Option<String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Base conversion digit by digit: serials have up to 20 bytes, past u128.
+    let mut value: Vec<u8> = Vec::new(); // big-endian base-256
+    for digit in s.bytes().map(|b| b - b'0') {
+        let mut carry = u32::from(digit);
+        for byte in value.iter_mut().rev() {
+            let next = u32::from(*byte) * 10 + carry;
+            *byte = (next & 0xff) as u8;
+            carry = next >> 8;
+        }
+        while carry > 0 {
+            value.insert(0, (carry & 0xff) as u8);
+            carry >>= 8;
+        }
+    }
+    Some(canonical_serial(crate::certificate::hex(&value).trim_start_matches('0')))
+}
+
+/// Hex digits without leading zeros as `certificate::serial_hex` prints them: whole
+/// bytes (an odd count gets one leading `0`), and `00` for zero.
+fn canonical_serial(digits: &str) -> String {
+    match digits.len() {
+        0 => "00".to_owned(),
+        n if n % 2 == 1 => format!("0{digits}"),
+        _ => digits.to_owned(),
+    }
 }
 
 fn fingerprint_value(s: &str) -> Option<[u8; 32]> {
@@ -128,10 +200,11 @@ fn hex_digits(s: &str) -> Option<String> {
 pub struct Revocations {
     path: Option<PathBuf>,
     current: ArcSwap<Denylist>,
-    /// Bumped on every change; part of every cache key that depends on it.
-    generation: AtomicU64,
     last_digest: Mutex<Option<[u8; 32]>>,
-    pub reload_failures: AtomicU64,
+    /// Why the file on disk is not the list in force, until a good version is read.
+    last_error: Mutex<Option<String>>,
+    loaded: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl Revocations {
@@ -140,9 +213,10 @@ impl Revocations {
         Revocations {
             path: None,
             current: ArcSwap::from_pointee(Denylist::default()),
-            generation: AtomicU64::new(0),
             last_digest: Mutex::new(None),
-            reload_failures: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            loaded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         }
     }
 
@@ -157,15 +231,30 @@ impl Revocations {
         self.current.load()
     }
 
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+    /// Why the file is refused, while it is.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
-    /// Re-reads the file; returns whether the list changed.
+    /// Re-reads the file; returns whether the list changed. A failure keeps the
+    /// list in force and is remembered for metrics and `/status`.
     pub fn reload(&self) -> Result<bool, String> {
         let Some(path) = &self.path else {
             return Ok(false);
         };
+        let result = self.reload_from(path);
+        if let Ok(mut last_error) = self.last_error.lock() {
+            *last_error = result.as_ref().err().cloned();
+        }
+        match &result {
+            Ok(true) => self.loaded.fetch_add(1, Ordering::Relaxed),
+            Ok(false) => 0,
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+
+    fn reload_from(&self, path: &Path) -> Result<bool, String> {
         let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
         let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
         let mut last = self.last_digest.lock().map_err(|_| "state poisoned".to_owned())?;
@@ -175,7 +264,6 @@ impl Revocations {
         let list = Denylist::parse(&text)?;
         tracing::info!(path = %path.display(), entries = list.len(), "revocation list loaded");
         self.current.store(Arc::new(list));
-        self.generation.fetch_add(1, Ordering::AcqRel);
         *last = Some(digest);
         Ok(true)
     }
@@ -191,15 +279,48 @@ impl Revocations {
             match self.reload() {
                 Ok(_) => failing = false,
                 Err(e) => {
-                    self.reload_failures.fetch_add(1, Ordering::Relaxed);
                     // Log a broken file once, not four times a second.
                     if !failing {
-                        tracing::error!(error = %e, "revocation file unusable; keeping the last good list");
+                        tracing::error!(error = %e, "revocation file refused; keeping the last good list");
                     }
                     failing = true;
                 }
             }
         }
+    }
+}
+
+impl std::fmt::Debug for Revocations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revocations").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// The list in force and the file's reloads, sampled when scraped.
+impl StateSource for Revocations {
+    fn samples(&self) -> Vec<Sample> {
+        let reloads = |result: &str, value: &AtomicU64| Sample::Counter {
+            name: "revocation_reloads",
+            help: "Revocation file reads that changed the list, and refused ones (a refused file keeps the last list)",
+            labels: vec![("result", result.to_owned())],
+            value: value.load(Ordering::Relaxed),
+        };
+        vec![
+            reloads("success", &self.loaded),
+            reloads("failure", &self.failed),
+            Sample::Gauge {
+                name: "revocation_reload_failing",
+                help: "1 while the revocation file on disk is refused and an older list is in force",
+                labels: vec![],
+                value: i64::from(self.last_error().is_some()),
+            },
+            Sample::Gauge {
+                name: "revocation_entries",
+                help: "Entries of the revocation list in force",
+                labels: vec![],
+                value: i64::try_from(self.current().len()).unwrap_or(i64::MAX),
+            },
+        ]
     }
 }
 
@@ -221,29 +342,69 @@ mod tests {
     }
 
     #[test]
-    fn bad_lines_name_the_line() {
-        assert_eq!(
-            Denylist::parse("jti a\nbogus x").unwrap_err(),
-            "line 2: unknown kind `bogus` (jti, sub, serial, fingerprint)"
-        );
-        assert!(Denylist::parse("serial xyz").unwrap_err().contains("line 1"));
-        assert!(Denylist::parse("jti").unwrap_err().contains("line 1"));
+    fn a_hash_inside_a_value_is_part_of_it() {
+        let list = Denylist::parse("sub user#1\njti a#b # a comment\n").unwrap();
+        assert_eq!(list.token(None, "user#1"), Some(Revoked::Subject));
+        assert_eq!(list.token(None, "user"), None);
+        assert_eq!(list.token(Some("a#b"), ""), Some(Revoked::TokenId));
     }
 
     #[test]
-    fn an_invalid_file_keeps_the_last_good_list() {
+    fn quoted_values_may_hold_spaces() {
+        let list = Denylist::parse("sub \"Jane Doe\" # HR\nsub \"a\\\"b\"\n").unwrap();
+        assert_eq!(list.token(None, "Jane Doe"), Some(Revoked::Subject));
+        assert_eq!(list.token(None, "a\"b"), Some(Revoked::Subject));
+        assert!(Denylist::parse("sub \"open").is_err());
+        assert!(Denylist::parse("sub \"\"").is_err());
+    }
+
+    #[test]
+    fn serials_in_every_common_form_are_one_serial() {
+        // 0x0a1b as a certificate prints it, written as openssl, Python `%x`,
+        // Python `hex()`, with leading zeros, and in decimal (2587).
+        for line in
+            ["serial 0a:1b", "serial 0A1B", "serial a1b", "serial 0xa1b", "serial 00:00:0a:1b", "serial_decimal 2587"]
+        {
+            let list = Denylist::parse(line).unwrap();
+            assert_eq!(list.certificate("0a1b", &[0; 32]), Some(Revoked::CertificateSerial), "{line}");
+        }
+        // A 20-byte serial, past any machine integer, in decimal.
+        let list = Denylist::parse("serial_decimal 1461501637330902918203684832716283019655932542975").unwrap();
+        assert_eq!(list.certificate(&"ff".repeat(20), &[0; 32]), Some(Revoked::CertificateSerial));
+        assert_eq!(Denylist::parse("serial 0").unwrap().certificate("00", &[0; 32]), Some(Revoked::CertificateSerial));
+    }
+
+    #[test]
+    fn every_line_means_what_it_says_or_the_file_is_refused() {
+        assert_eq!(
+            Denylist::parse("jti a\nbogus x").unwrap_err(),
+            "line 2: unknown kind `bogus` (jti, sub, serial, serial_decimal, fingerprint)"
+        );
+        for bad in ["serial xyz", "serial_decimal 12a", "jti", "sub alice bob", "fingerprint abcd", "sub a\tb c"] {
+            let err = Denylist::parse(bad).unwrap_err();
+            assert!(err.starts_with("line 1: "), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_file_keeps_the_last_good_list_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("revoked.txt");
         std::fs::write(&path, "jti one\n").unwrap();
         let revocations = Revocations::from_file(&path).unwrap();
-        let generation = revocations.generation();
+        assert_eq!(revocations.last_error(), None);
         std::fs::write(&path, "jti one\nnonsense\n").unwrap();
         assert!(revocations.reload().is_err());
         assert_eq!(revocations.current().token(Some("one"), ""), Some(Revoked::TokenId));
-        assert_eq!(revocations.generation(), generation);
+        assert!(revocations.last_error().is_some_and(|e| e.contains("line 2")));
+        let failing = revocations
+            .samples()
+            .into_iter()
+            .any(|s| matches!(s, Sample::Gauge { name: "revocation_reload_failing", value: 1, .. }));
+        assert!(failing, "the refused file shows in the metrics");
         std::fs::write(&path, "jti two\n").unwrap();
         assert_eq!(revocations.reload(), Ok(true));
         assert_eq!(revocations.current().token(Some("one"), ""), None);
-        assert!(revocations.generation() > generation);
+        assert_eq!(revocations.last_error(), None);
     }
 }

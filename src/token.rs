@@ -111,6 +111,8 @@ pub enum TokenError {
     BindingCertificateMissing,
     #[error("token must be bound to the peer certificate (cnf x5t#S256)")]
     BindingRequired,
+    #[error("token is sender-constrained by a confirmation method cedargate cannot verify (only cnf x5t#S256 is)")]
+    BindingUnsupported,
     #[error("token has been revoked")]
     Revoked,
 }
@@ -140,6 +142,7 @@ impl TokenError {
             TokenError::BindingMismatch => "token_binding_mismatch",
             TokenError::BindingCertificateMissing => "token_binding_certificate_missing",
             TokenError::BindingRequired => "token_binding_required",
+            TokenError::BindingUnsupported => "token_binding_unsupported",
             TokenError::Revoked => "token_revoked",
         }
     }
@@ -248,6 +251,8 @@ impl TokenVerifier {
     }
 
     /// Finds and verifies the request's token. `Ok(None)`: no token, and none required.
+    /// A token header that is present but holds no usable token is refused, never
+    /// taken for "no token": it would reach the upstream unverified.
     pub fn verify(
         &self,
         input: &CheckInput,
@@ -256,7 +261,7 @@ impl TokenVerifier {
         revoked: &Denylist,
         now: SystemTime,
     ) -> Result<Option<VerifiedToken>, TokenError> {
-        let Some((header, token)) = self.find_token(http) else {
+        let Some((header, token)) = self.find_token(http)? else {
             return if self.token_required(input) { Err(TokenError::Missing) } else { Ok(None) };
         };
         if token.len() > self.max_token_bytes {
@@ -284,14 +289,26 @@ impl TokenVerifier {
         }
     }
 
-    /// The first configured header that carries a token. `authorization` must use
-    /// the Bearer scheme; another scheme there (Basic, ...) is not a bearer token.
-    fn find_token<'a>(&self, http: &'a HttpInput) -> Option<(&str, &'a str)> {
-        self.headers.iter().find_map(|name| {
-            let value = http.header(name)?;
-            let token = if name == "authorization" { bearer(value)? } else { value.trim() };
-            (!token.is_empty()).then_some((name.as_str(), token))
-        })
+    /// The one token the request carries in a configured header, if any. Exactly
+    /// one header line may carry it: two tokens (the same header twice, or two
+    /// token headers) would leave one unverified on its way upstream.
+    fn find_token<'a>(&self, http: &'a HttpInput) -> Result<Option<(&str, &'a str)>, TokenError> {
+        let mut found = None;
+        for name in &self.headers {
+            for value in http.header_values(name) {
+                if found.is_some() {
+                    return Err(TokenError::Malformed("more than one token header"));
+                }
+                found = Some((name.as_str(), value));
+            }
+        }
+        let Some((name, value)) = found else { return Ok(None) };
+        let token = if name == "authorization" {
+            bearer(value).ok_or(TokenError::Malformed("authorization is not `Bearer <token>`"))?
+        } else {
+            Some(value).filter(|v| is_token68(v)).ok_or(TokenError::Malformed("token header is not one token"))?
+        };
+        Ok(Some((name, token)))
     }
 
     fn issuer_of(&self, claims: &Map<String, Value>) -> Result<(usize, &Issuer), TokenError> {
@@ -304,9 +321,18 @@ impl TokenVerifier {
     }
 }
 
+/// RFC 6750 §2.1: `Bearer`, one space, a token68. Anything looser (a tab, two
+/// spaces, a non-ASCII space, another scheme, a list) is a different reading than
+/// an upstream's might be, so it is not a bearer token.
 fn bearer(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let (scheme, token) = value.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && is_token68(token)).then_some(token)
+}
+
+/// RFC 9110 `token68`: `[A-Za-z0-9-._~+/]+ =*`.
+fn is_token68(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    !body.is_empty() && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
 /// A compact JWS split into its parts, header and claims decoded but not trusted.
@@ -450,6 +476,9 @@ impl Issuer {
 }
 
 /// RFC 8705 §3.1: `cnf["x5t#S256"]` is base64url(SHA-256(DER of the certificate)).
+/// A `cnf` naming any other confirmation method (DPoP `jkt`, `jwk`, `x5t`, `kid`,
+/// ...) is a sender-constrained token cedargate cannot check the sender of: it is
+/// refused, never accepted as a plain bearer token.
 fn check_binding(
     claims: &Map<String, Value>,
     peer_certificate: Option<&PeerCertificate>,
@@ -457,11 +486,15 @@ fn check_binding(
 ) -> Result<bool, TokenError> {
     let thumbprint = match claims.get("cnf") {
         None => None,
-        Some(Value::Object(cnf)) => match cnf.get("x5t#S256") {
-            None => None,
-            Some(Value::String(t)) => Some(t),
-            Some(_) => return Err(TokenError::ClaimInvalid("cnf".to_owned())),
-        },
+        Some(Value::Object(cnf)) => {
+            if cnf.is_empty() || cnf.keys().any(|method| method != "x5t#S256") {
+                return Err(TokenError::BindingUnsupported);
+            }
+            match cnf.get("x5t#S256") {
+                Some(Value::String(t)) => Some(t),
+                _ => return Err(TokenError::ClaimInvalid("cnf".to_owned())),
+            }
+        }
         Some(_) => return Err(TokenError::ClaimInvalid("cnf".to_owned())),
     };
     let Some(thumbprint) = thumbprint else {
@@ -589,11 +622,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bearer_scheme_is_case_insensitive_and_other_schemes_are_ignored() {
+    fn only_a_strict_bearer_credential_is_a_token() {
         assert_eq!(bearer("Bearer abc"), Some("abc"));
-        assert_eq!(bearer("bearer  abc "), Some("abc"));
-        assert_eq!(bearer("Basic dXNlcg=="), None);
-        assert_eq!(bearer("Bearer"), None);
+        assert_eq!(bearer("bearer a.b-c_d~e+f/g=="), Some("a.b-c_d~e+f/g=="));
+        for loose in [
+            "bearer  abc",
+            "Bearer abc ",
+            "Bearer\tabc",
+            "Bearer\u{a0}abc",
+            "Bearer",
+            "Bearer ",
+            "Basic dXNlcg==",
+            "Token abc",
+            "DPoP abc",
+            "Bearer a, Bearer b",
+            "Bearer a,b",
+            "Bearer =abc",
+        ] {
+            assert_eq!(bearer(loose), None, "{loose:?}");
+        }
     }
 
     #[test]

@@ -64,25 +64,27 @@ fn socket(address: Option<Address>) -> (Option<IpAddr>, Option<u16>) {
 }
 
 fn http(http: HttpRequest) -> HttpInput {
-    let mut headers: Vec<(String, String)> = if http.headers.is_empty() {
-        // `encode_raw_headers: true` sends repeated, unjoined raw headers instead.
-        let mut joined: std::collections::BTreeMap<String, String> = Default::default();
-        for h in http.header_map.map(|m| m.headers).unwrap_or_default() {
-            let value =
-                if h.raw_value.is_empty() { h.value } else { String::from_utf8_lossy(&h.raw_value).into_owned() };
-            joined
-                .entry(h.key.to_ascii_lowercase())
-                .and_modify(|v| {
-                    v.push(',');
-                    v.push_str(&value);
-                })
-                .or_insert(value);
-        }
-        joined.into_iter().collect()
+    // `encode_raw_headers: true` sends `header_map`: one entry per header line,
+    // repeated names unjoined, so repetition stays visible.
+    let raw_headers = http.headers.is_empty() && http.header_map.is_some();
+    let mut headers: Vec<(String, String)> = if raw_headers {
+        http.header_map
+            .map(|m| m.headers)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| {
+                // A value that is not UTF-8 keeps its replacement characters: it
+                // cannot equal any string a policy compares it with.
+                let value =
+                    if h.raw_value.is_empty() { h.value } else { String::from_utf8_lossy(&h.raw_value).into_owned() };
+                (h.key.to_ascii_lowercase(), value)
+            })
+            .collect()
     } else {
         http.headers.into_iter().collect()
     };
-    headers.sort();
+    // Stable: repeated headers keep their order.
+    headers.sort_by(|a, b| a.0.cmp(&b.0));
     HttpInput {
         id: http.id,
         method: http.method,
@@ -91,6 +93,7 @@ fn http(http: HttpRequest) -> HttpInput {
         scheme: http.scheme,
         protocol: http.protocol,
         headers,
+        raw_headers,
     }
 }
 

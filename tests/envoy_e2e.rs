@@ -9,219 +9,24 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use cedargate::config::IssuerConfig;
-use common::envoy_binary::{envoy_binary, free_port};
+use cedargate::config::{IssuerConfig, WhenFull};
+use common::envoy::{mesh_pki, reason, start_upstream, write_leaf, Client, Envoy, FRONTEND};
 use common::jwt::{self, Signer};
-use common::pki::{Leaf, LeafSpec, Pki};
+use common::pki::LeafSpec;
 use common::{shipped_policies, start, test_config};
 use time::OffsetDateTime;
 
-const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
 const PAYMENTS: &str = "spiffe://example.org/ns/default/sa/payments";
-const ORDERS: &str = "spiffe://example.org/ns/default/sa/orders";
-
-/// An upstream that answers every request with the request's header block, and
-/// counts the requests that reached it.
-struct Upstream {
-    port: u16,
-    hits: Arc<AtomicUsize>,
-}
-
-fn start_upstream() -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&hits);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let counter = Arc::clone(&counter);
-            std::thread::spawn(move || {
-                stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 1 << 20 {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                counter.fetch_add(1, Ordering::SeqCst);
-                let head = String::from_utf8_lossy(&request).to_lowercase();
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
-                    head.len(),
-                    head
-                );
-                let _ = stream.write_all(response.as_bytes());
-            });
-        }
-    });
-    Upstream { port, hits }
-}
-
-/// A running Envoy, killed when dropped.
-struct Envoy {
-    child: Child,
-    port: u16,
-    admin_port: u16,
-    log: PathBuf,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Envoy {
-    fn start(dir: &Path, cedargate_port: u16, upstream_port: u16) -> Envoy {
-        let port = free_port();
-        let admin_port = free_port();
-        let template = std::fs::read_to_string(common::repo_dir().join("envoy-config/envoy.yaml")).unwrap();
-        let certs = format!("{}/", dir.display());
-        let mut config = template.clone();
-        for (from, to, count) in [
-            ("port_value: 9901", format!("port_value: {admin_port}"), 1),
-            ("port_value: 10000", format!("port_value: {port}"), 1),
-            ("port_value: 9191", format!("port_value: {cedargate_port}"), 1),
-            ("port_value: 8080", format!("port_value: {upstream_port}"), 1),
-            ("/etc/cedargate/certs/", certs, 3),
-        ] {
-            assert_eq!(
-                template.matches(from).count(),
-                count,
-                "envoy-config/envoy.yaml must contain `{from}` exactly {count} time(s)"
-            );
-            config = config.replace(from, &to);
-        }
-        let config_path = dir.join("envoy.yaml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = dir.join("envoy.log");
-        let child = Command::new(envoy_binary())
-            .arg("-c")
-            .arg(&config_path)
-            .args(["--disable-hot-restart", "--concurrency", "1", "-l", "warning"])
-            .args(["--base-id", &(std::process::id() % 60_000 + u32::from(port)).to_string()])
-            .arg("--log-path")
-            .arg(&log)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("envoy starts");
-        let mut envoy = Envoy { child, port, admin_port, log };
-        envoy.wait_ready();
-        envoy
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("envoy exited with {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
-            }
-            if self.admin("/ready").is_some_and(|body| body.trim() == "LIVE") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("envoy not ready in 30 s: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
-    }
-
-    fn admin(&self, path: &str) -> Option<String> {
-        let out = Command::new("curl")
-            .args(["-s", "--max-time", "2", &format!("http://127.0.0.1:{}{path}", self.admin_port)])
-            .output()
-            .ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// Sum of the admin counters whose name ends with `suffix`.
-    fn counter(&self, suffix: &str) -> u64 {
-        self.admin("/stats")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_once(": "))
-            .filter(|(name, _)| name.ends_with(suffix))
-            .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
-            .sum()
-    }
-}
-
-/// What curl got back.
-#[derive(Debug)]
-struct Reply {
-    exit: i32,
-    status: u16,
-    body: String,
-}
-
-struct Client<'a> {
-    envoy: &'a Envoy,
-    dir: &'a Path,
-}
-
-impl Client<'_> {
-    /// A request to `https://orders.example.org:<port><path>` with `client` (a name
-    /// of a certificate written to the test directory, or None for no certificate).
-    fn get(&self, client: Option<&str>, path: &str, extra: &[&str]) -> Reply {
-        let dir = self.dir;
-        let port = self.envoy.port;
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--path-as-is", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
-            .arg("--cacert")
-            .arg(dir.join("ca.pem"))
-            .args(["--resolve", &format!("orders.example.org:{port}:127.0.0.1")]);
-        if let Some(name) = client {
-            cmd.arg("--cert")
-                .arg(dir.join(format!("{name}.pem")))
-                .arg("--key")
-                .arg(dir.join(format!("{name}-key.pem")));
-        }
-        cmd.args(extra).arg(format!("https://orders.example.org:{port}{path}"));
-        let out = cmd.output().expect("curl runs");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
-        Reply {
-            exit: out.status.code().unwrap_or(-1),
-            status: status.trim().parse().unwrap_or(0),
-            body: body.to_owned(),
-        }
-    }
-}
-
-fn write_leaf(dir: &Path, name: &str, leaf: &Leaf) {
-    std::fs::write(dir.join(format!("{name}.pem")), &leaf.cert_pem).unwrap();
-    std::fs::write(dir.join(format!("{name}-key.pem")), &leaf.key_pem).unwrap();
-}
-
-fn reason(reply: &Reply) -> String {
-    serde_json::from_str::<serde_json::Value>(&reply.body)
-        .ok()
-        .and_then(|v| v["reason"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("<not a cedargate body: {:?}>", reply.body))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_through_real_envoy_are_authorized_by_cedargate() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let pki = Pki::new();
-    std::fs::write(d.join("ca.pem"), pki.ca_pem()).unwrap();
-    let mut server_spec = LeafSpec::svid(ORDERS);
-    server_spec.dns.push("orders.example.org".into());
-    write_leaf(d, "server", &pki.leaf(&server_spec));
-    let frontend = pki.svid(FRONTEND);
-    write_leaf(d, "frontend", &frontend);
+    let (pki, frontend) = mesh_pki(d);
     write_leaf(d, "payments", &pki.svid(PAYMENTS));
     write_leaf(d, "evil", &pki.svid("spiffe://evil.org/ns/default/sa/frontend"));
     let now = OffsetDateTime::now_utc();
@@ -262,13 +67,20 @@ async fn requests_through_real_envoy_are_authorized_by_cedargate() {
     let reply = tokio::task::block_in_place(|| client.get(Some("payments"), "/api/orders/1", &[]));
     assert_eq!((reply.status, reason(&reply)), (403, "policy_denied".into()), "{reply:?}");
 
-    // Path tricks aimed at /admin, including one whose raw form starts with a permitted prefix.
-    for path in ["//admin", "/api/orders/../../admin", "/%61dmin", "/api/orders/%2e%2e/%2e%2e/admin"] {
+    // Path tricks aimed at /admin, including one whose raw form starts with a
+    // permitted prefix: Envoy normalizes each to /admin, which the guardrail denies.
+    for path in ["//admin", "/api/orders/../../admin", "/%61dmin", "/api/orders/%2e%2e/%2e%2e/admin", "/ADMIN"] {
         let reply = tokio::task::block_in_place(|| client.get(Some("frontend"), path, &[]));
-        assert_eq!(reply.status, 403, "{path}: {reply:?}");
+        assert_eq!((reply.status, reason(&reply)), (403, "policy_denied".into()), "{path}: {reply:?}");
     }
+    // Encoded slashes are refused by Envoy itself (path_with_escaped_slashes_action).
     let reply = tokio::task::block_in_place(|| client.get(Some("frontend"), "/api/orders/..%2F..%2Fadmin", &[]));
-    assert_eq!((reply.status, reason(&reply)), (400, "path_invalid".into()), "{reply:?}");
+    assert_eq!(reply.status, 400, "{reply:?}");
+    // Method overrides are refused: the upstream could act on another method.
+    let reply = tokio::task::block_in_place(|| {
+        client.get(Some("frontend"), "/api/orders/1", &["-H", "x-http-method-override: DELETE"])
+    });
+    assert_eq!((reply.status, reason(&reply)), (400, "method_override".into()), "{reply:?}");
 
     // Another trust domain, signed by the same CA: Envoy lets it through, cedargate does not.
     let reply = tokio::task::block_in_place(|| client.get(Some("evil"), "/api/orders/1", &[]));
@@ -310,6 +122,18 @@ async fn requests_through_real_envoy_are_authorized_by_cedargate() {
     assert_eq!(reply.status, 200, "{reply:?}");
     let (reply, _) = order("payments", &bearer(&bound), "replay.h");
     assert_eq!((reply.status, reason(&reply)), (401, "token_binding_mismatch".into()), "{reply:?}");
+    // A forged `alg: none` token in an authorization header that is not quite
+    // `Bearer <token>`: refused, never taken for "no token" and sent upstream.
+    let forged = format!("{}.{}.", b64(r#"{"alg":"none"}"#), b64(&jwt::claims(t, "mallory").to_string()));
+    for auth in [format!("authorization: Bearer\t{forged}"), format!("authorization: Token {forged}")] {
+        let (reply, _) = order("frontend", &auth, "forged.h");
+        assert_eq!((reply.status, reason(&reply)), (401, "token_malformed".into()), "{auth}: {reply:?}");
+    }
+    // A DPoP-bound token is sender-constrained in a way cedargate cannot check.
+    let mut dpop = jwt::claims(t, "alice");
+    dpop["cnf"] = serde_json::json!({ "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" });
+    let (reply, _) = order("frontend", &bearer(&dpop), "dpop.h");
+    assert_eq!((reply.status, reason(&reply)), (401, "token_binding_unsupported".into()), "{reply:?}");
     assert_eq!(hits(), 3, "no refused token reached the upstream");
 
     // Expired certificate and no certificate: refused by Envoy during the handshake.
@@ -327,4 +151,208 @@ async fn requests_through_real_envoy_are_authorized_by_cedargate() {
     assert_eq!(reply.status, 403, "{reply:?}");
     assert_eq!(hits(), 3, "nothing reached the upstream while cedargate was down");
     assert!(envoy.counter("ext_authz.error") >= 1, "Envoy counted the failed authorization call");
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+/// Request targets an attacker would try, to make Envoy, cedargate and the upstream
+/// read a path three ways: dot segments in every encoding, `//`, encoded separators,
+/// `;`, NUL and control bytes, overlong UTF-8, double encoding, trailing dots and
+/// spaces, case, query tricks, absolute-form and asterisk targets.
+const TRICKY_TARGETS: &[&str] = &[
+    "/api/orders/1",
+    "/api/orders/1/",
+    "/api//orders/1",
+    "/api/orders//1",
+    "//api/orders/1",
+    "///healthz",
+    "/api/./orders/1",
+    "/api/orders/./1",
+    "/api/x/../orders/1",
+    "/./healthz",
+    "/../healthz",
+    "/healthz/../../healthz",
+    "/admin/../healthz",
+    "/admin/%2e%2e/healthz",
+    "/admin/.%2e/healthz",
+    "/admin/%2e./healthz",
+    "/admin/%2E%2E/healthz",
+    "/aDmIn/%2e%2E/healthz",
+    "/admin%3f/../healthz",
+    "/admin%3F/../healthz",
+    "/healthz/../admin",
+    "/healthz/%2e%2e/admin",
+    "/healthz/..%2fadmin",
+    "/healthz/..%2Fadmin",
+    "/healthz/..%5cadmin",
+    "/healthz/..%5Cadmin",
+    "/healthz/..\\admin",
+    "/healthz\\..\\admin",
+    "/healthz;/../admin",
+    "/healthz;x=1",
+    "/api/orders;jsessionid=1/1",
+    "/api/orders/1%3b",
+    "/healthz%00",
+    "/healthz%00/../admin",
+    "/healthz/%0d%0aX-Injected:%20yes",
+    "/%61pi/orders/1",
+    "/api/%6Frders/1",
+    "/%41PI/orders/1",
+    "/API/ORDERS/1",
+    "/Api/Orders/1",
+    "/ADMIN",
+    "/Admin/x",
+    "/admin",
+    "/healthz/%252e%252e/admin",
+    "/healthz/%25",
+    "/healthz/%25%32%65",
+    "/%c0%ae%c0%ae/admin",
+    "/healthz/%c0%ae%c0%ae/admin",
+    "/healthz/%e0%80%ae%e0%80%ae/admin",
+    "/healthz/%ff",
+    "/api/orders/1.",
+    "/api/orders/1..",
+    "/api/orders/...",
+    "/admin./",
+    "/admin.",
+    "/admin%20",
+    "/admin%20/",
+    "/api/orders/caf%C3%A9",
+    "/api/orders/caf%c3%a9",
+    "/api/orders/%E2%80%AE",
+    "/api/orders/1?x=1",
+    "/api/orders/1?x=/../admin",
+    "/api/orders/1?_method=DELETE",
+    "/api/orders/1%23x",
+    "/api/orders/1%3Fx",
+    "/api/orders/%2e",
+    "/api/orders/.",
+    "/api/orders/..",
+    "/api/orders/%2e%2e%2f..%2fadmin",
+    "/healthz/%2f",
+    "/healthz%2F",
+    "/%2e/healthz",
+    "/healthz/",
+    "/healthz//",
+    "/api/orders/%7e",
+    "/api/orders/~",
+    "/api/orders/a%20b",
+    "/api/orders/1%09",
+    "*",
+    "https://orders.example.org/admin",
+    "https://orders.example.org/healthz/../admin",
+    "http://evil.example.org/healthz",
+];
+
+/// For every request Envoy forwards, the path the upstream receives is byte for byte
+/// the path cedargate authorized (read back from its audit record): Envoy with the
+/// shipped configuration, the shipped policies, real HTTP/1.1 and HTTP/2 clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_path_the_upstream_receives_is_the_path_that_was_authorized() {
+    assert!(TRICKY_TARGETS.len() >= 80);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    mesh_pki(d);
+    let audit = d.join("audit.jsonl");
+    let mut config = test_config(shipped_policies());
+    config.audit.enabled = true;
+    config.audit.sink = audit.display().to_string();
+    config.audit.include_query = true;
+    config.audit.when_full = WhenFull::Block;
+    let cedargate = start(config).await;
+    let cedargate_port: u16 = cedargate.local_addr.rsplit(':').next().unwrap().parse().unwrap();
+    let upstream = start_upstream();
+    let envoy = Envoy::start(d, cedargate_port, upstream.port);
+    let client = Client { envoy: &envoy, dir: d };
+
+    let mut sent = 0;
+    for target in TRICKY_TARGETS {
+        for version in ["--http1.1", "--http2"] {
+            let mut args = vec!["--request-target", target, version];
+            if *target == "*" {
+                args.extend(["-X", "OPTIONS"]);
+            }
+            tokio::task::block_in_place(|| client.get(Some("frontend"), "/", &args));
+            sent += 1;
+        }
+    }
+    let received = upstream.received.lock().unwrap().clone();
+    assert!(!received.is_empty(), "some requests must reach the upstream");
+    let authorized = audit_paths(&audit, received.len());
+    for r in &received {
+        let id = r.decision_id.as_deref().unwrap_or_else(|| panic!("{r:?} reached the upstream without a decision"));
+        let (decision, path, resource_path) = authorized.get(id).unwrap_or_else(|| panic!("no audit record for {r:?}"));
+        assert_eq!(decision, "allow", "{r:?}");
+        assert_eq!(&r.target, path, "the upstream received another path than was authorized");
+        // And it means to the upstream what it meant to the policies: decoded once,
+        // as a server routes on it (case folded and a trailing `/` dropped, as the
+        // shipped configuration has policies compare paths).
+        let raw_path = r.target.split('?').next().unwrap();
+        let decoded = percent_encoding::percent_decode_str(raw_path).decode_utf8().unwrap().to_ascii_lowercase();
+        let routed = if decoded.len() > 1 { decoded.strip_suffix('/').unwrap_or(&decoded) } else { &decoded };
+        assert_eq!(routed, resource_path, "{r:?}");
+        assert!(!routed.contains("admin"), "a path under /admin reached the upstream: {r:?}");
+    }
+    println!("{sent} requests sent, {} reached the upstream, each with the path authorized", received.len());
+    drop(envoy);
+    cedargate.shutdown().await.unwrap();
+}
+
+/// Decision id → (decision, `request.path`, `request.resource_path`) of the audit
+/// file, waiting (bounded) until it holds at least `at_least` allows: the writer
+/// flushes every 100 ms.
+fn audit_paths(audit: &Path, at_least: usize) -> std::collections::HashMap<String, (String, String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(audit).unwrap_or_default();
+        let records: std::collections::HashMap<String, (String, String, String)> = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .map(|r| {
+                let field = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+                let request = &r["request"];
+                (
+                    field(&r["decision_id"]),
+                    (field(&r["decision"]), field(&request["path"]), field(&request["resource_path"])),
+                )
+            })
+            .collect();
+        if records.values().filter(|(d, _, _)| d == "allow").count() >= at_least || Instant::now() > deadline {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Envoy calls cedargate over mTLS (the shipped `cedargate-cluster-mtls.yaml`):
+/// Envoy presents its own SVID, cedargate requires one from the mesh CA, and Envoy
+/// accepts only cedargate's SPIFFE ID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_travel_over_mtls_between_envoy_and_cedargate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (pki, _) = mesh_pki(d);
+    write_leaf(d, "cedargate", &pki.svid("spiffe://example.org/ns/cedargate-system/sa/cedargate"));
+    let mut config = test_config(shipped_policies());
+    config.server.tls = Some(cedargate::config::TlsFiles {
+        cert_file: d.join("cedargate.pem"),
+        key_file: d.join("cedargate-key.pem"),
+        client_ca_file: Some(d.join("ca.pem")),
+    });
+    let cedargate = start(config).await;
+    let cedargate_port: u16 = cedargate.local_addr.rsplit(':').next().unwrap().parse().unwrap();
+    let upstream = start_upstream();
+    let envoy = Envoy::start_with(d, &[cedargate_port], upstream.port, true);
+    let client = Client { envoy: &envoy, dir: d };
+    let reply = tokio::task::block_in_place(|| client.get(Some("frontend"), "/api/orders/1", &[]));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let reply = tokio::task::block_in_place(|| client.get(Some("frontend"), "/admin", &[]));
+    assert_eq!((reply.status, reason(&reply)), (403, "policy_denied".into()), "{reply:?}");
+    assert!(envoy.counter("cluster.cedargate.ssl.handshake") >= 1, "the Checks went over TLS");
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), 1);
+    drop(envoy);
+    cedargate.shutdown().await.unwrap();
 }

@@ -313,11 +313,22 @@ fn no_token_or_key_material_reaches_audit_or_logs_at_any_level() {
 }
 
 #[test]
+fn changing_the_log_level_is_off_unless_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = Binary::start(dir.path(), &format!("[policies]\ndir = \"{}\"\n", shipped_policies().display()));
+    let (status, body) = admin_request(binary.admin, "PUT", "/loglevel", "trace");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("admin.allow_log_level_changes"), "{body}");
+    assert_eq!(admin_request(binary.admin, "GET", "/loglevel", ""), (200, "info\n".to_owned()));
+}
+
+#[test]
 fn the_log_level_changes_at_runtime() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new();
-    let binary = Binary::start(
+    let binary = Binary::start_with_admin(
         dir.path(),
+        "allow_log_level_changes = true",
         &format!(
             "[policies]\ndir = \"{}\"\n[identity]\ntrust_domains = [\"example.org\"]\n",
             shipped_policies().display()

@@ -217,3 +217,40 @@ fn sighup_reloads_the_running_binary() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// A Kubernetes ConfigMap volume: each file is a link through `..data`, which the
+/// kubelet swaps to a new directory on an update. The links themselves never change,
+/// so the watcher must look through them.
+#[tokio::test]
+async fn a_configmap_style_update_is_served() {
+    use std::os::unix::fs::symlink;
+    let root = tempfile::tempdir().unwrap();
+    let volume = root.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    let v1 = volume.join("..2026_11_23_v1");
+    std::fs::create_dir(&v1).unwrap();
+    common::copy_shipped_policies(&v1);
+    symlink("..2026_11_23_v1", volume.join("..data")).unwrap();
+    for entry in std::fs::read_dir(&v1).unwrap() {
+        let name = entry.unwrap().file_name();
+        symlink(Path::new("..data").join(&name), volume.join(&name)).unwrap();
+    }
+    let pki = Pki::new();
+    let running = common::start(test_config(volume.clone())).await;
+    assert_eq!(outcome(&check(&running, delete(&pki)).await), (403, "policy_denied".into()));
+
+    // The kubelet's update: a new directory, `..data` swapped by rename, and a link
+    // for the new file.
+    let v2 = volume.join("..2026_11_23_v2");
+    std::fs::create_dir(&v2).unwrap();
+    common::copy_shipped_policies(&v2);
+    write_policy(&v2, "orders.cedar", "reporting-deletes");
+    symlink("..2026_11_23_v2", volume.join("..data_tmp")).unwrap();
+    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+    let started = Instant::now();
+    while outcome(&check(&running, delete(&pki)).await).0 != 200 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the swapped ConfigMap was not loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.shutdown().await.unwrap();
+}

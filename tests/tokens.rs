@@ -252,8 +252,9 @@ fn missing_tokens_are_refused_only_where_required() {
     assert!(w.decide(&bare).is_allowed(), "GET needs no token by default");
     assert_eq!(w.decide(&bare.clone().route("cedargate.token", "required")).code(), "token_missing");
     assert_eq!(w.decide(&bare.clone().route("cedargate.token", "requird")).code(), "token_missing", "typos require");
-    // Another scheme in authorization is not a bearer token.
-    assert!(w.decide(&bare.clone().header("authorization", "Basic dXNlcjpwdw==")).is_allowed());
+    // Another scheme in the token header is a credential cedargate cannot verify:
+    // refused, never passed upstream as if there were no token.
+    assert_eq!(w.decide(&bare.clone().header("authorization", "Basic dXNlcjpwdw==")).code(), "token_malformed");
 
     let w = World::new(&[&ec], |c| c.tokens.required = true);
     assert_eq!(w.decide(&bare).code(), "token_missing");
@@ -278,8 +279,11 @@ fn the_token_subject_can_be_the_principal_with_groups_from_entities_json() {
     std::fs::copy(shipped_policies().join("schema.cedarschema"), policies.path().join("schema.cedarschema")).unwrap();
     std::fs::write(
         policies.path().join("entities.json"),
-        r#"[{"uid":{"type":"Group","id":"buyers"},"attrs":{},"parents":[]},
-            {"uid":{"type":"User","id":"alice"},"attrs":{},"parents":[{"type":"Group","id":"buyers"}]}]"#,
+        format!(
+            r#"[{{"uid":{{"type":"Group","id":"buyers"}},"attrs":{{}},"parents":[]}},
+            {{"uid":{{"type":"User","id":"{}#alice"}},"attrs":{{}},"parents":[{{"type":"Group","id":"buyers"}}]}}]"#,
+            jwt::ISSUER
+        ),
     )
     .unwrap();
     std::fs::write(
@@ -528,4 +532,116 @@ fn jwt_svid_profile_requires_a_spiffe_id_subject() {
     config.tokens.issuers =
         vec![IssuerConfig { spiffe: true, algorithms: vec!["EdDSA".into()], ..issuer(Path::new("j")) }];
     assert!(config.validate("t").unwrap_err().to_string().contains("JWT-SVID"));
+}
+
+#[test]
+fn a_token_header_that_is_not_a_strict_bearer_credential_is_refused() {
+    let ec = Signer::ec("ec-1");
+    let w = World::new(&[&ec], |_| {});
+    let leaf = w.pki.svid(FRONTEND);
+    let bare = Req::new(FRONTEND, Some(&leaf.cert_pem));
+    let now = jwt::now();
+    let good = at_jwt(&ec, &claims(now, "alice"));
+    let none = format!(
+        "{}.{}.",
+        base64_url(r#"{"alg":"none","typ":"at+jwt"}"#),
+        base64_url(&claims(now, "mallory").to_string())
+    );
+    // GET needs no token on this route, so each of these was once "no token": allowed,
+    // with the forged header passed upstream untouched.
+    for value in [
+        format!("Bearer\t{none}"),
+        format!("bearer\t{none}"),
+        format!("Token {none}"),
+        format!("Bearer\u{a0}{none}"),
+        format!("Bearer  {good}"),
+        format!("Bearer {good}, Bearer {none}"),
+        format!("DPoP {good}"),
+        "Bearer".to_owned(),
+        String::new(),
+    ] {
+        let d = w.decide(&bare.clone().header("authorization", &value));
+        assert_eq!(d.code(), "token_malformed", "{value:?}");
+        assert_eq!(d.outcome_status(), 401);
+    }
+    // The alg=none token in a well-formed header is refused for its algorithm.
+    assert_eq!(
+        w.decide(&bare.clone().header("authorization", &format!("Bearer {none}"))).code(),
+        "token_algorithm_not_allowed"
+    );
+    // Two authorization lines, even both valid: one would travel unverified.
+    let twice = bare.raw_input(&[("authorization", &format!("Bearer {good}")), ("authorization", "Bearer x.y.z")]);
+    assert_eq!(w.checker.check(&twice).code(), "token_malformed");
+    // A token header other than the issuer's, beside it.
+    let w = World::new(&[&ec], |c| c.tokens.issuers[0].header = "x-token".to_owned());
+    let both = bare.clone().header("x-token", &good).header("x-token", "garbage");
+    assert_eq!(w.decide(&both).code(), "token_malformed", "Envoy joined two x-token lines with `,`");
+    assert_eq!(w.decide(&bare.clone().header("x-token", "not a token")).code(), "token_malformed");
+    assert!(w.decide(&bare.clone().header("x-token", &good)).is_allowed());
+}
+
+fn base64_url(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+#[test]
+fn sender_constrained_tokens_that_cannot_be_checked_are_refused() {
+    let ec = Signer::ec("ec-1");
+    let w = World::new(&[&ec], |_| {});
+    let now = jwt::now();
+    let leaf = w.pki.svid(FRONTEND);
+    for cnf in [
+        json!({ "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" }),
+        json!({ "jwk": { "kty": "EC", "crv": "P-256", "x": "a", "y": "b" } }),
+        json!({ "x5t": "dGh1bWJwcmludA" }),
+        json!({ "kid": "k" }),
+        json!({}),
+        json!({ "x5t#S256": jwt::x5t_s256(&leaf.der), "jkt": "0ZcOCORZNYy" }),
+    ] {
+        let mut c = claims(now, "alice");
+        c["cnf"] = cnf.clone();
+        let req = Req::new(FRONTEND, Some(&leaf.cert_pem))
+            .method("POST")
+            .path("/api/orders")
+            .header("authorization", &format!("Bearer {}", at_jwt(&ec, &c)));
+        assert_eq!(w.decide(&req).code(), "token_binding_unsupported", "{cnf}");
+    }
+}
+
+#[test]
+fn subjects_of_two_issuers_are_never_the_same_principal() {
+    let (a, b) = (Signer::ec("a-1"), Signer::ec("b-1"));
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::copy(shipped_policies().join("schema.cedarschema"), policies.join("schema.cedarschema")).unwrap();
+    std::fs::write(
+        policies.join("entities.json"),
+        format!(
+            r#"[{{"uid":{{"type":"Group","id":"buyers"}},"attrs":{{}},"parents":[]}},
+            {{"uid":{{"type":"User","id":"{ISSUER}#alice@example.org"}},"attrs":{{}},"parents":[{{"type":"Group","id":"buyers"}}]}}]"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("users.cedar"),
+        r#"@id("buyers") permit (principal in Group::"buyers", action == Action::"POST", resource in Path::"/api/orders");"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("b.json"), jwt::jwks(&[&b])).unwrap();
+    let w = World::new(&[&a], |c| {
+        c.policies.dir = policies.clone();
+        c.tokens.issuers[0].principal = PrincipalFrom::Subject;
+        let mut other = issuer(&dir.path().join("b.json"));
+        other.issuer = "https://idp-b.example.org".to_owned();
+        c.tokens.issuers.push(other);
+    });
+    let now = jwt::now();
+    let d = w.decide(&w.place_order(&at_jwt(&a, &claims(now, "alice@example.org"))));
+    assert!(d.is_allowed(), "{d:?}");
+    let mut from_b = claims(now, "alice@example.org");
+    from_b["iss"] = json!("https://idp-b.example.org");
+    let d = w.decide(&w.place_order(&at_jwt(&b, &from_b)));
+    assert_eq!(d.code(), "policy_denied", "issuer B's alice is not issuer A's alice");
 }

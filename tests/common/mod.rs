@@ -2,6 +2,7 @@
 //! cedargate server on a free loopback port, and CheckRequest builders.
 #![allow(dead_code)]
 
+pub mod envoy;
 pub mod envoy_binary;
 pub mod jwks_server;
 pub mod jwt;
@@ -179,6 +180,18 @@ impl Req {
     pub fn input(&self) -> cedargate::input::CheckInput {
         cedargate::wire::check_input(self.build())
     }
+
+    /// The input with `extra` header lines added unjoined, as Envoy's
+    /// `encode_raw_headers` sends repeated headers.
+    pub fn raw_input(&self, extra: &[(&str, &str)]) -> cedargate::input::CheckInput {
+        let mut input = self.input();
+        if let Some(http) = input.http.as_mut() {
+            http.headers.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+            http.headers.sort_by(|a, b| a.0.cmp(&b.0));
+            http.raw_headers = true;
+        }
+        input
+    }
 }
 
 /// The HTTP status and the reason code of a response (200/"allow" for an allow).
@@ -237,9 +250,15 @@ impl Binary {
     /// listen addresses to `config` (which must not set `[server]` or `[admin]`).
     /// stderr (the logs) goes to `<dir>/stderr.log`, stdout to `<dir>/stdout.log`.
     pub fn start(dir: &std::path::Path, config: &str) -> Binary {
+        Binary::start_with_admin(dir, "", config)
+    }
+
+    /// `start`, with further `[admin]` keys (`admin` is their TOML lines).
+    pub fn start_with_admin(dir: &std::path::Path, admin: &str, config: &str) -> Binary {
         let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let (grpc, admin) = (free(), free());
-        let text = format!("[server]\nlisten = \"{grpc}\"\n[admin]\nlisten = \"{admin}\"\n{config}");
+        let (grpc, admin_addr) = (free(), free());
+        let text = format!("[server]\nlisten = \"{grpc}\"\n[admin]\nlisten = \"{admin_addr}\"\n{admin}\n{config}");
+        let admin = admin_addr;
         std::fs::write(dir.join("cedargate.toml"), text).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_cedargate"))
             .args(["serve", "--config"])

@@ -24,6 +24,8 @@ pub struct LeafSpec {
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
     pub is_ca: bool,
+    /// Key usages instead of the default (digitalSignature for a leaf).
+    pub key_usages: Option<Vec<KeyUsagePurpose>>,
 }
 
 impl LeafSpec {
@@ -36,6 +38,7 @@ impl LeafSpec {
             not_before: now - Duration::minutes(1),
             not_after: now + Duration::hours(1),
             is_ca: false,
+            key_usages: None,
         }
     }
 
@@ -82,6 +85,9 @@ impl Pki {
         } else {
             params.is_ca = IsCa::ExplicitNoCa;
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        }
+        if let Some(usages) = &spec.key_usages {
+            params.key_usages = usages.clone();
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
         let key = KeyPair::generate().unwrap();

@@ -1,0 +1,265 @@
+//! A real Envoy with the shipped `envoy-config/envoy.yaml` in front of a small
+//! upstream, and curl as the mTLS client: shared by the end-to-end tests.
+//!
+//! Everything binds 127.0.0.1; every process started here is ended here.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::envoy_binary::{envoy_binary, free_port};
+use super::pki::{Leaf, LeafSpec, Pki};
+
+/// The orders service, whose certificate Envoy serves (and presents to cedargate).
+pub const ORDERS: &str = "spiffe://example.org/ns/default/sa/orders";
+/// The frontend, the mesh client of the tests.
+pub const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
+
+/// A mesh PKI written to `dir` as envoy.yaml expects it: `ca.pem`, Envoy's own
+/// certificate (`server.pem`, the orders service, also `orders.example.org`) and
+/// the frontend's client certificate (`frontend.pem`), which is returned.
+pub fn mesh_pki(dir: &Path) -> (Pki, Leaf) {
+    let pki = Pki::new();
+    std::fs::write(dir.join("ca.pem"), pki.ca_pem()).unwrap();
+    let mut server_spec = LeafSpec::svid(ORDERS);
+    server_spec.dns.push("orders.example.org".into());
+    write_leaf(dir, "server", &pki.leaf(&server_spec));
+    let frontend = pki.svid(FRONTEND);
+    write_leaf(dir, "frontend", &frontend);
+    (pki, frontend)
+}
+
+/// An upstream that answers every request with the request's header block, counts
+/// the requests that reached it and records what each asked for.
+pub struct Upstream {
+    pub port: u16,
+    pub hits: Arc<AtomicUsize>,
+    /// The request target of each request as received, with the decision id
+    /// cedargate attached.
+    pub received: Arc<Mutex<Vec<Received>>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub target: String,
+    pub decision_id: Option<String>,
+}
+
+pub fn start_upstream() -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let counter = Arc::clone(&hits);
+    let log = Arc::clone(&received);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let counter = Arc::clone(&counter);
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 1 << 20 {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let raw = String::from_utf8_lossy(&request).into_owned();
+                let target = raw.split(' ').nth(1).unwrap_or_default().to_owned();
+                let decision_id = raw.lines().find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("x-cedargate-decision-id").then(|| value.trim().to_owned())
+                });
+                log.lock().unwrap().push(Received { target, decision_id });
+                counter.fetch_add(1, Ordering::SeqCst);
+                let head = raw.to_lowercase();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+                    head.len(),
+                    head
+                );
+                let _ = stream.write_all(response.as_bytes());
+            });
+        }
+    });
+    Upstream { port, hits, received }
+}
+
+/// A running Envoy, killed when dropped.
+pub struct Envoy {
+    child: Child,
+    pub port: u16,
+    admin_port: u16,
+    log: PathBuf,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Envoy {
+    pub fn start(dir: &Path, cedargate_port: u16, upstream_port: u16) -> Envoy {
+        Envoy::start_with(dir, &[cedargate_port], upstream_port, false)
+    }
+
+    /// The shipped envoy.yaml with its ports and certificate directory replaced, one
+    /// endpoint per cedargate replica, and, with `mtls`, the shipped
+    /// `cedargate-cluster-mtls.yaml` spliced into the cedargate cluster.
+    pub fn start_with(dir: &Path, cedargate_ports: &[u16], upstream_port: u16, mtls: bool) -> Envoy {
+        let port = free_port();
+        let admin_port = free_port();
+        let mut template = std::fs::read_to_string(super::repo_dir().join("envoy-config/envoy.yaml")).unwrap();
+        let cluster = "  - name: cedargate\n    type: STATIC\n";
+        assert_eq!(template.matches(cluster).count(), 1, "envoy.yaml must have the cedargate cluster");
+        if mtls {
+            let snippet =
+                std::fs::read_to_string(super::repo_dir().join("envoy-config/cedargate-cluster-mtls.yaml")).unwrap();
+            let socket: String = snippet.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect();
+            template = template.replace(cluster, &format!("{cluster}{socket}"));
+        }
+        let endpoint = "        - endpoint:\n            address:\n              socket_address: { address: 127.0.0.1, port_value: 9191 }\n";
+        assert_eq!(template.matches(endpoint).count(), 1, "envoy.yaml must have one cedargate endpoint");
+        let endpoints: String = cedargate_ports.iter().map(|p| endpoint.replace("9191", &p.to_string())).collect();
+        let certs = format!("{}/", dir.display());
+        let mut config = template.replace(endpoint, &endpoints);
+        let cert_paths = if mtls { 6 } else { 3 };
+        for (from, to, count) in [
+            ("port_value: 9901", format!("port_value: {admin_port}"), 1),
+            ("port_value: 10000", format!("port_value: {port}"), 1),
+            ("port_value: 8080", format!("port_value: {upstream_port}"), 1),
+            ("/etc/cedargate/certs/", certs, cert_paths),
+        ] {
+            assert_eq!(
+                template.matches(from).count(),
+                count,
+                "envoy-config/envoy.yaml must contain `{from}` exactly {count} time(s)"
+            );
+            config = config.replace(from, &to);
+        }
+        let config_path = dir.join("envoy.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.join("envoy.log");
+        let child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--disable-hot-restart", "--concurrency", "1", "-l", "warning"])
+            .args(["--base-id", &(std::process::id() % 60_000 + u32::from(port)).to_string()])
+            .arg("--log-path")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("envoy starts");
+        let mut envoy = Envoy { child, port, admin_port, log };
+        envoy.wait_ready();
+        envoy
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("envoy exited with {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            if self.admin("/ready").is_some_and(|body| body.trim() == "LIVE") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("envoy not ready in 30 s: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+    }
+
+    fn admin(&self, path: &str) -> Option<String> {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "2", &format!("http://127.0.0.1:{}{path}", self.admin_port)])
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Sum of the admin counters whose name ends with `suffix`.
+    /// The cluster's endpoints as Envoy's admin `/clusters` reports them: how many
+    /// it considers healthy.
+    pub fn healthy_endpoints(&self, cluster: &str) -> usize {
+        self.admin("/clusters")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(&format!("{cluster}::")) && l.contains("::health_flags::"))
+            .filter(|l| l.ends_with("::healthy"))
+            .count()
+    }
+
+    pub fn counter(&self, suffix: &str) -> u64 {
+        self.admin("/stats")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .filter(|(name, _)| name.ends_with(suffix))
+            .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+            .sum()
+    }
+}
+
+/// What curl got back.
+#[derive(Debug)]
+pub struct Reply {
+    pub exit: i32,
+    pub status: u16,
+    pub body: String,
+}
+
+pub struct Client<'a> {
+    pub envoy: &'a Envoy,
+    pub dir: &'a Path,
+}
+
+impl Client<'_> {
+    /// A request to `https://orders.example.org:<port><path>` with `client` (a name
+    /// of a certificate written to the test directory, or None for no certificate).
+    pub fn get(&self, client: Option<&str>, path: &str, extra: &[&str]) -> Reply {
+        let dir = self.dir;
+        let port = self.envoy.port;
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--path-as-is", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+            .arg("--cacert")
+            .arg(dir.join("ca.pem"))
+            .args(["--resolve", &format!("orders.example.org:{port}:127.0.0.1")]);
+        if let Some(name) = client {
+            cmd.arg("--cert")
+                .arg(dir.join(format!("{name}.pem")))
+                .arg("--key")
+                .arg(dir.join(format!("{name}-key.pem")));
+        }
+        cmd.args(extra).arg(format!("https://orders.example.org:{port}{path}"));
+        let out = cmd.output().expect("curl runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        Reply {
+            exit: out.status.code().unwrap_or(-1),
+            status: status.trim().parse().unwrap_or(0),
+            body: body.to_owned(),
+        }
+    }
+}
+
+pub fn write_leaf(dir: &Path, name: &str, leaf: &Leaf) {
+    std::fs::write(dir.join(format!("{name}.pem")), &leaf.cert_pem).unwrap();
+    std::fs::write(dir.join(format!("{name}-key.pem")), &leaf.key_pem).unwrap();
+}
+
+pub fn reason(reply: &Reply) -> String {
+    serde_json::from_str::<serde_json::Value>(&reply.body)
+        .ok()
+        .and_then(|v| v["reason"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("<not a cedargate body: {:?}>", reply.body))
+}

@@ -1,0 +1,261 @@
+//! No input makes cedargate panic, loop or allow by accident: property tests over
+//! everything that parses untrusted bytes, and over the whole pipeline.
+//!
+//! Each property runs 2,000 cases (`PROPTEST_CASES` overrides: the longer run in
+//! SECURITY.md uses 200,000, in release mode). A failing case is shrunk and printed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+
+use cedargate::cedar_request::{canonical_host, TokenModel};
+use cedargate::certificate;
+use cedargate::check::{Checker, SystemClock};
+use cedargate::config::IssuerConfig;
+use cedargate::http_path::{normalize, PathRules};
+use cedargate::policy_set::{self, PolicyFiles};
+use cedargate::revocation::Denylist;
+use cedargate::spiffe::SpiffeId;
+use common::jwt::{self, Signer};
+use common::pki::Pki;
+use common::{shipped_policies, test_config, Req};
+use proptest::prelude::*;
+
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000);
+    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+}
+
+const RULES: PathRules = PathRules { max_bytes: 8192, max_segments: 32, case_insensitive: true };
+
+/// Path-like text: the characters that matter to normalization, densely.
+fn path_like() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("/".to_owned()),
+        Just("//".to_owned()),
+        Just(".".to_owned()),
+        Just("..".to_owned()),
+        Just("%2e".to_owned()),
+        Just("%2F".to_owned()),
+        Just("%5c".to_owned()),
+        Just("%25".to_owned()),
+        Just("%c0%ae".to_owned()),
+        Just("%00".to_owned()),
+        Just(";".to_owned()),
+        Just("\\".to_owned()),
+        Just("?".to_owned()),
+        Just("#".to_owned()),
+        Just("&".to_owned()),
+        Just("=".to_owned()),
+        "[a-zA-Z0-9_~-]{1,4}",
+        "%[0-9a-fA-FgG]{0,2}",
+        any::<char>().prop_map(String::from),
+    ];
+    prop::collection::vec(piece, 0..24).prop_map(|pieces| pieces.concat())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn path_checking_never_panics_and_what_it_accepts_is_canonical(raw in prop_oneof![path_like(), any::<String>()]) {
+        if let Ok(path) = normalize(&raw, &RULES) {
+            prop_assert!(path.segments.len() <= RULES.max_segments);
+            for segment in &path.segments {
+                prop_assert!(!segment.is_empty() && segment != "." && segment != "..", "{raw:?}");
+                prop_assert!(!segment.contains('/') && !segment.contains('\\'), "{raw:?}");
+                prop_assert!(!segment.ends_with('.') && !segment.chars().any(char::is_control), "{raw:?}");
+            }
+            let joined = format!("/{}", path.segments.join("/"));
+            prop_assert_eq!(&path.path, &joined);
+            prop_assert_eq!(path.prefixes().count(), path.segments.len() + 1);
+            prop_assert_eq!(path.path.to_ascii_lowercase(), path.path.clone());
+        }
+    }
+
+    #[test]
+    fn host_checking_never_panics_and_accepted_hosts_are_plain(raw in prop_oneof!["[a-zA-Z0-9.:\\[\\]@%_-]{0,24}", any::<String>()]) {
+        if let Some(host) = canonical_host(&raw) {
+            prop_assert!(!host.ends_with('.') && !host.contains(".."), "{raw:?}");
+            prop_assert_eq!(host.to_ascii_lowercase(), host.clone());
+            prop_assert!(!host.contains('@') && !host.contains('%'));
+        }
+    }
+
+    #[test]
+    fn spiffe_id_parsing_never_panics_and_round_trips(raw in prop_oneof!["spiffe://[a-zA-Z0-9.%:@_/-]{0,30}", any::<String>()]) {
+        if let Ok(id) = SpiffeId::from_str(&raw) {
+            prop_assert_eq!(id.as_str(), raw.as_str());
+            prop_assert_eq!(format!("spiffe://{}{}", id.trust_domain(), id.path()), raw.clone());
+        }
+    }
+
+    #[test]
+    fn certificate_parsing_never_panics_on_garbage(bytes in prop::collection::vec(any::<u8>(), 0..600), text in any::<String>()) {
+        let _ = certificate::parse_der(&bytes);
+        let _ = certificate::parse_url_encoded_pem(&text, 16 * 1024);
+        let pem = format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64_std(&bytes));
+        let _ = certificate::parse_url_encoded_pem(&pem, 16 * 1024);
+    }
+
+    #[test]
+    fn certificate_parsing_never_panics_on_a_damaged_certificate(flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), cut in any::<prop::sample::Index>()) {
+        let mut der = sample_der().to_vec();
+        for (at, byte) in flips {
+            let i = at.index(der.len());
+            der[i] ^= byte;
+        }
+        let _ = certificate::parse_der(&der);
+        let _ = certificate::parse_der(&der[..cut.index(der.len())]);
+    }
+
+    #[test]
+    fn revocation_file_parsing_never_panics(text in prop_oneof![
+        prop::collection::vec(prop_oneof![
+            "(jti|sub|serial|serial_decimal|fingerprint|bogus)[ \t]+[0-9a-fA-Fx:#\" \\\\]{0,70}",
+            "#[^\n]{0,20}",
+            any::<String>(),
+        ], 0..8).prop_map(|lines| lines.join("\n")),
+        any::<String>(),
+    ]) {
+        let _ = Denylist::parse(&text);
+    }
+
+    #[test]
+    fn entities_file_parsing_never_panics(text in prop_oneof![
+        any::<String>(),
+        prop::collection::vec((
+            prop_oneof![Just("Workload"), Just("Group"), Just("User"), Just("Path"), Just("Nope")],
+            prop_oneof![Just("spiffe://example.org/a".to_owned()), "[a-z:/%.]{0,12}"],
+            prop::bool::ANY,
+        ), 0..4).prop_map(|entities| {
+            let items: Vec<String> = entities.iter().map(|(t, id, attrs)| {
+                let attrs = if *attrs { r#","attrs":{"x":1}"# } else { "" };
+                format!(r#"{{"uid":{{"type":"{t}","id":{}}}{attrs},"parents":[{{"type":"Group","id":"g"}}]}}"#, serde_json::Value::String(id.clone()))
+            }).collect();
+            format!("[{}]", items.join(","))
+        }),
+    ]) {
+        let files = PolicyFiles { entities: Some(text), ..shipped_files() };
+        let _ = policy_set::load_files(&files, &TokenModel::default());
+    }
+
+    /// The whole pipeline, from Envoy's protobuf to a decision, on requests with
+    /// every field attacker-chosen: it answers, and it only allows what it could
+    /// read one way.
+    #[test]
+    fn the_pipeline_never_panics_and_only_allows_canonical_requests(
+        method in prop_oneof![Just("GET".to_owned()), Just("POST".to_owned()), "[A-Za-z]{0,8}"],
+        path in prop_oneof![path_like().prop_map(|p| format!("/api/orders{p}")), path_like()],
+        host in prop_oneof![Just("orders.example.org".to_owned()), "[a-zA-Z0-9.:\\[\\]@-]{0,20}"],
+        principal in prop_oneof![Just(FRONTEND.to_owned()), any::<String>()],
+        with_certificate in prop::bool::ANY,
+        headers in prop::collection::vec((
+            prop_oneof![Just("authorization".to_owned()), Just("x-canary".to_owned()), Just("x-http-method-override".to_owned()), "[a-z-]{1,12}"],
+            prop_oneof![Just("Bearer a.b.c".to_owned()), any::<String>()],
+        ), 0..4),
+        route in prop::collection::vec(("[a-z.]{1,16}", "[a-z]{0,8}"), 0..2),
+    ) {
+        let world = world();
+        let mut req = Req::new(&principal, with_certificate.then_some(world.frontend_pem.as_str())).method(&method).path(&path).host(&host);
+        for (name, value) in &headers {
+            req = req.header(name, value);
+        }
+        for (key, value) in &route {
+            req = req.route(key, value);
+        }
+        let input = req.input();
+        let decision = world.checker.check(&input);
+        if decision.is_allowed() {
+            prop_assert!(normalize(&path, &RULES).is_ok(), "allowed a non-canonical path {path:?}");
+            prop_assert!(canonical_host(&host).is_some(), "allowed host {host:?}");
+            prop_assert!(!headers.iter().any(|(n, _)| n == "x-http-method-override"));
+            // A token header is only ever allowed through verified, and these are never valid.
+            prop_assert!(!headers.iter().any(|(n, _)| n == "authorization"), "{headers:?}");
+        }
+    }
+
+    /// Forged and garbled bearer tokens: shapes a JWT splitter must survive, none of
+    /// them signed by the issuer's key. Each is refused with a token reason.
+    #[test]
+    fn no_forged_token_is_ever_accepted(
+        header in prop_oneof![
+            Just(r#"{"alg":"none"}"#.to_owned()),
+            Just(r#"{"alg":"HS256","kid":"ec-1"}"#.to_owned()),
+            Just(r#"{"alg":"ES256","kid":"ec-1","typ":"at+jwt"}"#.to_owned()),
+            Just(r#"{"alg":"ES256","crit":["x"]}"#.to_owned()),
+            any::<String>(),
+        ],
+        claims in prop_oneof![
+            Just(jwt::claims(jwt::now(), "alice").to_string()),
+            any::<String>(),
+        ],
+        signature in prop_oneof![Just(String::new()), "[A-Za-z0-9_-]{0,90}"],
+        dots in 0usize..4,
+    ) {
+        let world = world();
+        let mut token = format!("{}.{}.{}", base64_url(&header), base64_url(&claims), signature);
+        for _ in 0..dots {
+            token.push('.');
+        }
+        let req = Req::new(FRONTEND, Some(&world.frontend_pem)).header("authorization", &format!("Bearer {token}"));
+        let decision = world.checker.check(&req.input());
+        prop_assert!(!decision.is_allowed());
+        prop_assert!(decision.code().starts_with("token_"), "{}", decision.code());
+    }
+}
+
+const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
+
+struct World {
+    checker: Checker,
+    frontend_pem: String,
+    _jwks: tempfile::TempDir,
+}
+
+/// One checker for every case: the shipped policies and one ES256 issuer.
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::ec("ec-1");
+        std::fs::write(dir.path().join("jwks.json"), jwt::jwks(&[&signer])).unwrap();
+        let mut config = test_config(shipped_policies());
+        config.tokens.issuers = vec![IssuerConfig {
+            issuer: jwt::ISSUER.to_owned(),
+            audiences: vec![jwt::AUDIENCE.to_owned()],
+            jwks_file: Some(dir.path().join("jwks.json")),
+            ..IssuerConfig::default()
+        }];
+        let checker = Checker::load(config, Arc::new(SystemClock)).unwrap();
+        World { checker, frontend_pem: Pki::new().svid(FRONTEND).cert_pem, _jwks: dir }
+    })
+}
+
+fn sample_der() -> &'static [u8] {
+    static DER: OnceLock<Vec<u8>> = OnceLock::new();
+    DER.get_or_init(|| Pki::new().svid(FRONTEND).der)
+}
+
+fn shipped_files() -> PolicyFiles {
+    let dir = shipped_policies();
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let policies = ["guardrails.cedar", "orders.cedar", "payments.cedar"]
+        .into_iter()
+        .map(|name| (name.to_owned(), read(name)))
+        .collect();
+    PolicyFiles { schema: read("schema.cedarschema"), policies, entities: None }
+}
+
+fn base64_url(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+fn base64_std(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
