@@ -21,7 +21,7 @@ use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest}
 const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
 
 fn fixture(name: &str) -> CheckRequest {
-    let path = common::repo_dir().join("../shared/fixtures/envoy-1.40").join(name);
+    let path = common::repo_dir().join("tests/fixtures/envoy-1.40").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
     check_json::parse(&text).unwrap()
 }
