@@ -19,6 +19,7 @@ pub mod config;
 pub mod credentials;
 pub mod decision;
 pub mod decision_cache;
+pub mod demo_pki;
 pub mod grpc;
 pub mod http_path;
 pub mod identity;

@@ -66,6 +66,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Write a throw-away demo PKI (a CA, Envoy's and four workloads' certificates)
+    /// and an envoy.yaml that uses it, for trying cedargate with Envoy locally.
+    DemoPki {
+        /// Directory to write into (created if missing).
+        #[arg(long, default_value = "demo")]
+        out: PathBuf,
+    },
     /// Format policy files in place with Cedar's formatter, or with `--check` only
     /// report the files that are not formatted. Exit 0 when all are (or now are)
     /// formatted, 1 when `--check` finds one that is not, 2 on a file that does
@@ -134,6 +141,18 @@ fn main() -> ExitCode {
         Command::Authorize(args) => authorize(*args),
         Command::Test { dir, config, format } => test(&dir, config.as_deref(), format),
         Command::Fmt { target, check, format } => fmt(&target, check, format),
+        Command::DemoPki { out } => match cedargate::demo_pki::write(&out) {
+            Ok(files) => {
+                for file in files {
+                    println!("wrote {}", file.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -148,3 +148,40 @@ fn fmt_checks_formats_in_place_and_refuses_what_does_not_parse() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("broken.cedar"));
 }
+
+#[test]
+fn demo_pki_makes_svids_the_shipped_policies_accept_and_an_envoy_config_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let run = cedargate(&["demo-pki", "--out", out.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    for (stem, spiffe_id) in cedargate::demo_pki::WORKLOADS {
+        let pem = std::fs::read_to_string(out.join(format!("{stem}.pem"))).unwrap();
+        let encoded = common::pki::url_encode(&pem);
+        let cert = cedargate::certificate::parse_url_encoded_pem(&encoded, 16 * 1024).unwrap();
+        assert_eq!(cert.uri_sans, vec![spiffe_id.to_owned()]);
+        assert!(cert.lifetime_seconds() <= 24 * 3600, "short-lived, as the shipped guardrail wants");
+        assert!(out.join(format!("{stem}-key.pem")).exists());
+    }
+    // The frontend's SVID, judged by the full X.509-SVID rules and the shipped policies.
+    let cert = out.join("frontend.pem");
+    let policies = shipped_policies();
+    let args = [
+        "authorize",
+        "--policies",
+        policies.to_str().unwrap(),
+        "--principal",
+        "spiffe://example.org/ns/default/sa/frontend",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--path",
+        "/api/orders/1",
+        "--host",
+        "orders.example.org",
+    ];
+    let allowed = cedargate(&args);
+    assert!(allowed.status.success(), "{}", stdout(&allowed));
+    let envoy = std::fs::read_to_string(out.join("envoy.yaml")).unwrap();
+    assert!(!envoy.contains("/etc/cedargate/certs/"), "envoy.yaml points at the demo certificates");
+    assert!(envoy.contains(&format!("{}/ca.pem", out.display())));
+}

@@ -139,3 +139,55 @@ async fn a_listener_with_unusable_tls_files_does_not_start() {
     let err = cedargate::app::start(config, Arc::new(cedargate::check::SystemClock)).await.err().unwrap();
     assert!(err.to_string().contains("missing.pem"), "{err}");
 }
+
+/// The admin listener over TLS with a client CA: metrics and status only for a
+/// client with a certificate the CA signed.
+#[tokio::test]
+async fn the_admin_listener_serves_over_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = Pki::new();
+    std::fs::write(d.join("ca.pem"), pki.ca_pem()).unwrap();
+    write(d, "server", &server_leaf(&pki));
+    let mut config = test_config(shipped_policies());
+    config.admin.tls = Some(TlsFiles {
+        cert_file: d.join("server.pem"),
+        key_file: d.join("server-key.pem"),
+        client_ca_file: Some(d.join("ca.pem")),
+    });
+    let running = start(config).await;
+    let admin = running.admin_addr.unwrap().to_string();
+    let get = |client: Option<Leaf>| {
+        let (admin, ca) = (admin.clone(), pki.ca_pem());
+        async move {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
+            let builder =
+                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(roots);
+            let config = match &client {
+                Some(leaf) => builder
+                    .with_client_auth_cert(
+                        vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()],
+                        PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap(),
+                    )
+                    .unwrap(),
+                None => builder.with_no_client_auth(),
+            };
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+            let tcp = tokio::net::TcpStream::connect(&admin).await.unwrap();
+            let mut stream = connector.connect(ServerName::try_from("cedargate.test").unwrap(), tcp).await.ok()?;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream.write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").await.ok()?;
+            let mut response = String::new();
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response)).await.ok()?.ok()?;
+            Some(response)
+        }
+    };
+    let response = get(Some(pki.svid(ENVOY))).await.expect("an admin client with a certificate is served");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(get(None).await.is_none_or(|r| r.is_empty()), "a client without a certificate is not served");
+    running.shutdown().await.unwrap();
+}

@@ -255,25 +255,56 @@ impl Binary {
 
     /// `start`, with further `[admin]` keys (`admin` is their TOML lines).
     pub fn start_with_admin(dir: &std::path::Path, admin: &str, config: &str) -> Binary {
+        Binary::start_with(dir, "", admin, config)
+    }
+
+    /// `start`, with further `[server]` and `[admin]` keys.
+    pub fn start_with(dir: &std::path::Path, server: &str, admin: &str, config: &str) -> Binary {
         let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let (grpc, admin_addr) = (free(), free());
-        let text = format!("[server]\nlisten = \"{grpc}\"\n[admin]\nlisten = \"{admin_addr}\"\n{admin}\n{config}");
-        let admin = admin_addr;
+        let text =
+            format!("[server]\nlisten = \"{grpc}\"\n{server}\n[admin]\nlisten = \"{admin_addr}\"\n{admin}\n{config}");
         std::fs::write(dir.join("cedargate.toml"), text).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_cedargate"))
+        let child = Binary::spawn(dir);
+        let mut binary = Binary { child, addr: grpc.to_string(), admin: admin_addr };
+        binary.wait_listening(dir);
+        binary
+    }
+
+    fn spawn(dir: &std::path::Path) -> std::process::Child {
+        let log = |name: &str| std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name)).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_cedargate"))
             .args(["serve", "--config"])
             .arg(dir.join("cedargate.toml"))
-            .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
-            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+            .stdout(log("stdout.log"))
+            .stderr(log("stderr.log"))
             .spawn()
-            .unwrap();
-        let binary = Binary { child, addr: grpc.to_string(), admin };
+            .unwrap()
+    }
+
+    fn wait_listening(&mut self, dir: &std::path::Path) {
         let started = std::time::Instant::now();
-        while std::net::TcpStream::connect(admin).is_err() || std::net::TcpStream::connect(grpc).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "cedargate did not start: {}", binary.stderr(dir));
+        while std::net::TcpStream::connect(self.admin).is_err() || std::net::TcpStream::connect(&self.addr).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("cedargate exited with {status}: {}", self.stderr(dir));
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "cedargate did not start: {}", self.stderr(dir));
             std::thread::sleep(Duration::from_millis(25));
         }
-        binary
+    }
+
+    /// Starts the binary again on the same addresses and configuration, once the
+    /// previous process has exited.
+    pub fn restart(&mut self, dir: &std::path::Path) {
+        assert!(self.child.try_wait().unwrap().is_some(), "the previous process still runs");
+        self.child = Binary::spawn(dir);
+        self.wait_listening(dir);
+    }
+
+    /// SIGKILL, and reaps the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn stderr(&self, dir: &std::path::Path) -> String {
