@@ -33,9 +33,8 @@ use std::time::{Duration, Instant};
 
 use cedargate::check::{Checker, SystemClock};
 use cedargate::config::{Config, IssuerConfig, ListenAddr};
-use cedargate::proto::envoy::config::core::v3::{address, socket_address::PortSpecifier, Address, SocketAddress};
 use cedargate::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use cedargate::proto::envoy::service::auth::v3::{attribute_context, AttributeContext, CheckRequest};
+use cedargate::proto::envoy::service::auth::v3::CheckRequest;
 use support::{micros, Stats};
 
 const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
@@ -80,62 +79,6 @@ fn args() -> Args {
 }
 
 /// An Envoy-shaped CheckRequest (the headers Envoy 1.40 sends for a browser-like GET).
-fn request(cert_pem: &str, path: &str, token: Option<&str>) -> CheckRequest {
-    let mut headers: Vec<(String, String)> = [
-        (":authority", "orders.example.org"),
-        (":method", "GET"),
-        (":path", path),
-        (":scheme", "https"),
-        ("accept", "application/json"),
-        ("user-agent", "cedargate-load/1.0"),
-        ("x-forwarded-proto", "https"),
-        ("x-request-id", "2f1b1d3e-8c5e-4f7a-9a53-1b2c3d4e5f60"),
-        ("x-envoy-expected-rq-timeout-ms", "15000"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    if let Some(token) = token {
-        headers.push(("authorization".into(), format!("Bearer {token}")));
-    }
-    let socket = |port| Address {
-        address: Some(address::Address::SocketAddress(SocketAddress {
-            address: "127.0.0.1".into(),
-            port_specifier: Some(PortSpecifier::PortValue(port)),
-            ..Default::default()
-        })),
-    };
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(attribute_context::Peer {
-                address: Some(socket(41000)),
-                principal: FRONTEND.into(),
-                certificate: pki::url_encode(cert_pem),
-                ..Default::default()
-            }),
-            destination: Some(attribute_context::Peer {
-                address: Some(socket(10000)),
-                principal: "spiffe://example.org/ns/default/sa/orders".into(),
-                ..Default::default()
-            }),
-            request: Some(attribute_context::Request {
-                time: None,
-                http: Some(attribute_context::HttpRequest {
-                    id: "1".into(),
-                    method: "GET".into(),
-                    path: path.into(),
-                    host: "orders.example.org".into(),
-                    scheme: "https".into(),
-                    protocol: "HTTP/1.1".into(),
-                    headers: headers.into_iter().collect(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
 /// What a scenario sends: the `i`-th request of a run.
 type Make = Arc<dyn Fn(usize) -> CheckRequest + Send + Sync>;
 
@@ -170,7 +113,7 @@ fn scenario(name: &str, pki: &pki::Pki) -> Scenario {
     match name {
         "cached" => {
             config.policies.dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-            let req = request(&cert, "/api/orders/42", None);
+            let req = support::envoy_request(&cert, "/api/orders/42", None);
             Scenario {
                 name: name.into(),
                 about: "shipped policies, one repeated request: decision cache hits",
@@ -187,7 +130,7 @@ fn scenario(name: &str, pki: &pki::Pki) -> Scenario {
             Scenario {
                 name: name.into(),
                 about: "100 policies + shipped, verified ES256 token, certificate, new path per request",
-                make: Arc::new(move |i| request(&cert, &format!("/api/orders/{i}"), Some(&token))),
+                make: Arc::new(move |i| support::envoy_request(&cert, &format!("/api/orders/{i}"), Some(&token))),
                 _dir: vec![audit, keys, policies],
                 config,
             }
@@ -198,7 +141,7 @@ fn scenario(name: &str, pki: &pki::Pki) -> Scenario {
             Scenario {
                 name: name.into(),
                 about: "10,000 policies + shipped, certificate, new path per request",
-                make: Arc::new(move |i| request(&cert, &format!("/api/orders/{i}"), None)),
+                make: Arc::new(move |i| support::envoy_request(&cert, &format!("/api/orders/{i}"), None)),
                 _dir: vec![audit, keys, policies],
                 config,
             }
@@ -220,7 +163,9 @@ fn scenario(name: &str, pki: &pki::Pki) -> Scenario {
             Scenario {
                 name: name.into(),
                 about: "shipped policies, ES256 tokens, signature verified on every request (signature cache off)",
-                make: Arc::new(move |i| request(&cert, "/api/orders/42", Some(&tokens[i % tokens.len()]))),
+                make: Arc::new(move |i| {
+                    support::envoy_request(&cert, "/api/orders/42", Some(&tokens[i % tokens.len()]))
+                }),
                 _dir: vec![audit, keys],
                 config,
             }
@@ -355,7 +300,8 @@ fn rss(pki: &pki::Pki) {
     let loaded = support::rss_mib();
     let leaf = pki.svid(FRONTEND);
     for i in 0..100_000 {
-        let input = cedargate::wire::check_input(request(&leaf.cert_pem, &format!("/api/orders/{i}"), None));
+        let input =
+            cedargate::wire::check_input(support::envoy_request(&leaf.cert_pem, &format!("/api/orders/{i}"), None));
         assert!(checker.check(&input).is_allowed());
     }
     let entries = checker.cache().map_or(0, |c| c.entries());
@@ -390,7 +336,7 @@ fn main() {
     let floor_runtime = support::server_runtime();
     let floor_addr = support::start_noop(&floor_runtime);
     let leaf = pki.svid(FRONTEND);
-    let floor_request = request(&leaf.cert_pem, "/api/orders/42", None);
+    let floor_request = support::envoy_request(&leaf.cert_pem, "/api/orders/42", None);
     let floor_make: Make = Arc::new(move |_| floor_request.clone());
     let (floor, floor_half) = measure(&load, floor_addr, &floor_make, &args);
     row("no-op (floor)", &floor, &floor_half, None);

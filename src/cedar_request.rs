@@ -179,21 +179,18 @@ pub fn build(
     now: SystemTime,
 ) -> Result<CedarInput, RequestError> {
     let parts = request_parts(snapshot, prepared, peer, token, input, http, now).map_err(RequestError::Build)?;
-    // Schema conformance of these entities is proven once per load by
-    // `check_schema_contract`, so it is not re-checked on every request.
+    // Schema conformance of these entities and of the request (principal and
+    // resource types each action applies to, the context's type) is proven once per
+    // load by `check_schema_contract`, for every action: it is not re-checked on
+    // every request.
     let entities = snapshot
         .entities
         .clone()
         .upsert_entities(parts.entities, None)
         .map_err(|e| RequestError::Build(e.to_string()))?;
-    let request = Request::new(
-        prepared.principal.clone(),
-        prepared.action.clone(),
-        parts.resource,
-        parts.context,
-        Some(&snapshot.schema),
-    )
-    .map_err(|e| RequestError::Build(e.to_string()))?;
+    let request =
+        Request::new(prepared.principal.clone(), prepared.action.clone(), parts.resource, parts.context, None)
+            .map_err(|e| RequestError::Build(e.to_string()))?;
     Ok(CedarInput { request, entities })
 }
 
@@ -409,7 +406,7 @@ fn context(
 ) -> Result<Context, String> {
     let millis = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_millis()).unwrap_or(0);
     let mut pairs = vec![
-        ("time".to_owned(), RestrictedExpression::new_datetime(cedar_datetime(unix_seconds(now), millis)?)),
+        ("time".to_owned(), time_of(unix_seconds(now), millis)?),
         ("peer".to_owned(), RestrictedExpression::new_entity_uid(peer)),
         (
             "destination".to_owned(),
@@ -498,6 +495,26 @@ pub fn canonical_host(host: &str) -> Option<String> {
     Some(name.to_ascii_lowercase())
 }
 
+/// `context.time` at millisecond `(seconds, millis)`. Cedar's datetime constructor
+/// parses its extension's name and the text on every call; Checks in the same
+/// millisecond on the same thread reuse the value instead.
+fn time_of(seconds: i64, millis: u32) -> Result<RestrictedExpression, String> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(i64, u32, RestrictedExpression)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((s, m, expr)) = last.as_ref() {
+            if (*s, *m) == (seconds, millis) {
+                return Ok(expr.clone());
+            }
+        }
+        let expr = RestrictedExpression::new_datetime(cedar_datetime(seconds, millis)?);
+        *last = Some((seconds, millis, expr.clone()));
+        Ok(expr)
+    })
+}
+
 /// `2026-11-23T02:56:08.000Z`, the form Cedar's `datetime()` accepts.
 fn cedar_datetime(seconds: i64, millis: u32) -> Result<String, String> {
     let t = time::OffsetDateTime::from_unix_timestamp(seconds).map_err(|e| e.to_string())?;
@@ -532,13 +549,10 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
         uri_sans: vec![id.as_str().to_owned()],
     };
     let peer = PeerIdentity { spiffe_id: id, certificate: Some(cert) };
-    let (method, action) = snapshot
-        .actions_by_method
-        .iter()
-        .min_by(|a, b| a.0.cmp(b.0))
-        .ok_or("the schema declares no HTTP method actions (`action \"GET\" appliesTo { ... }`)")?;
+    if snapshot.actions_by_method.is_empty() {
+        return Err("the schema declares no HTTP method actions (`action \"GET\" appliesTo { ... }`)".to_owned());
+    }
     let http = HttpInput {
-        method: method.clone(),
         path: "/contract/check?q=1".into(),
         host: "contract.example.org".into(),
         scheme: "https".into(),
@@ -558,7 +572,11 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
     if tokens.subject_principal {
         samples.push(Some(tokens.sample(PrincipalFrom::Subject)));
     }
-    for token in &samples {
+    // Every action a request can name, with every kind of principal and context.
+    let mut methods: Vec<&String> = snapshot.actions_by_method.keys().collect();
+    methods.sort();
+    for (method, token) in methods.into_iter().flat_map(|m| samples.iter().map(move |t| (m, t))) {
+        let http = HttpInput { method: method.clone(), ..http.clone() };
         let prepared = prepare(snapshot, &http, &peer, token.as_ref(), &rules).map_err(|e| e.to_string())?;
         let parts = request_parts(snapshot, &prepared, &peer, token.as_ref(), &input, &http, SystemTime::UNIX_EPOCH)?;
         let what = match token {
@@ -573,8 +591,10 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
         };
         Entities::from_entities(parts.entities, Some(&snapshot.schema))
             .map_err(|e| format!("the entities cedargate builds {what} do not conform to the schema: {e}"))?;
-        Request::new(prepared.principal, action.clone(), parts.resource, parts.context, Some(&snapshot.schema))
-            .map_err(|e| format!("the request cedargate builds {what} does not conform to the schema: {e}"))?;
+        Request::new(prepared.principal, prepared.action.clone(), parts.resource, parts.context, Some(&snapshot.schema))
+            .map_err(|e| {
+                format!("the {method} request cedargate builds {what} does not conform to the schema: {e}")
+            })?;
     }
     Ok(())
 }

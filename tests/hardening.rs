@@ -166,3 +166,26 @@ fn the_segment_count_of_a_path_is_bounded() {
     let one_more = format!("{at_limit}/x");
     assert_eq!(c.check(&req.clone().path(&one_more).input()).code(), "path_invalid");
 }
+
+/// Requests are no longer validated against the schema one by one: the load proves
+/// that every action accepts every principal type and context cedargate builds.
+/// A schema where one action does not is refused, naming the action.
+#[test]
+fn a_schema_whose_actions_do_not_fit_every_request_is_refused_at_load() {
+    use cedargate::cedar_request::TokenModel;
+    use cedargate::policy_set::{load_files, PolicyFiles};
+    let schema = std::fs::read_to_string(shipped_policies().join("schema.cedarschema")).unwrap();
+    let narrowed = schema.replace(
+        "action POST, PUT, PATCH, DELETE in [write]\n  appliesTo { principal: [Workload, User],",
+        "action POST, PUT, DELETE in [write]\n  appliesTo { principal: [Workload, User], resource: [HttpRequest], context: RequestContext };\n\naction PATCH in [write]\n  appliesTo { principal: [Workload],",
+    );
+    assert_ne!(narrowed, schema, "the shipped schema changed shape; update this test");
+    let files = PolicyFiles { schema: narrowed, ..PolicyFiles::default() };
+    let workloads_only = TokenModel::default();
+    assert!(load_files(&files, &workloads_only).is_ok(), "fine while users are never principals");
+    let users_too = TokenModel { enabled: true, subject_principal: true, ..TokenModel::default() };
+    let diagnostics = load_files(&files, &users_too).err().expect("refused");
+    let message = diagnostics.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("\n");
+    // PATCH is not the first action by name: every action is checked, not a sample.
+    assert!(message.contains("PATCH") && message.contains("User"), "{message}");
+}

@@ -1,0 +1,361 @@
+//! cedargate's Check cost, measured from outside: h2load (nghttp2's C load
+//! generator, on one core) drives the real `cedargate` binary over gRPC, side by
+//! side with a no-op Check server built from this repository (the floor of any
+//! ext_authz server), in interleaved rounds.
+//!
+//!     cargo bench --bench grpc -- [--duration 10] [--rounds 3] [--scenario NAME]...
+//!
+//! For each scenario it reports the median throughput, its median ratio to the
+//! floor of the same round, the server's CPU µs per Check (from /proc/<pid>/stat:
+//! stable where throughput is not), and p50/p99 latency at half the maximum rate.
+//! Installs h2load (`apt-get install nghttp2-client`) when it is missing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+#[path = "../tests/common/pki.rs"]
+#[allow(dead_code)]
+mod pki;
+
+#[path = "../tests/common/jwt.rs"]
+#[allow(dead_code)]
+mod jwt;
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+
+const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
+/// Connections and streams per connection: enough in flight to saturate a server
+/// on one core, from one h2load thread on the other.
+const CLIENTS: u32 = 4;
+const STREAMS: u32 = 16;
+
+struct Args {
+    duration: u64,
+    rounds: usize,
+    scenarios: Vec<String>,
+}
+
+fn args() -> Args {
+    let mut args = Args { duration: 10, rounds: 3, scenarios: Vec::new() };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        match arg.as_str() {
+            "--duration" => args.duration = value().parse().unwrap(),
+            "--rounds" => args.rounds = value().parse().unwrap(),
+            "--scenario" => args.scenarios.push(value()),
+            "--bench" => {}
+            other => panic!("unknown argument {other}; see the comment at the top of benches/grpc.rs"),
+        }
+    }
+    args
+}
+
+/// A server under test: a child process and the port it listens on.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// User plus system CPU time the process has used.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name (which may hold spaces) start at `) `.
+        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+}
+
+fn clock_ticks() -> u64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(100)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_listening(port: u16, child: &mut Child) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "the server exited");
+        assert!(started.elapsed() < Duration::from_secs(60), "the server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The no-op server: this very benchmark binary, run with `--serve-noop PORT`.
+fn serve_noop(port: u16) -> ! {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        use cedargate::proto::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+        tonic::transport::Server::builder()
+            .add_service(AuthorizationServer::new(support::Noop))
+            .serve_with_incoming(cedargate::grpc::nodelay(tokio_stream::wrappers::TcpListenerStream::new(listener)))
+            .await
+            .unwrap();
+    });
+    std::process::exit(0)
+}
+
+fn start_noop() -> Server {
+    let port = free_port();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--serve-noop", &port.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(port, &mut child);
+    Server { child, port }
+}
+
+/// The real binary with `config` (TOML, without `[server]` and `[admin]`).
+fn start_cedargate(dir: &Path, config: &str) -> Server {
+    let port = free_port();
+    let text = format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"\"\n{config}");
+    let path = dir.join(format!("cedargate-{port}.toml"));
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cedargate"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("cedargate-{port}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    wait_listening(port, &mut child);
+    Server { child, port }
+}
+
+/// One Envoy-shaped CheckRequest as a gRPC message on the wire (5-byte prefix).
+fn grpc_body(cert_pem: &str, token: Option<&str>) -> Vec<u8> {
+    let message = support::envoy_request(cert_pem, "/api/orders/42", token).encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(&message);
+    body
+}
+
+/// Checks the server answers the body with an allow (a deny would be measured as
+/// fast as an allow: h2load sees HTTP 200 either way).
+fn assert_allows(port: u16, cert_pem: &str, token: Option<&str>) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use cedargate::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+        let mut client = AuthorizationClient::connect(format!("http://127.0.0.1:{port}")).await.unwrap();
+        let body = grpc_body(cert_pem, token);
+        let request = cedargate::proto::envoy::service::auth::v3::CheckRequest::decode(&body[5..]).unwrap();
+        let response = client.check(request).await.unwrap().into_inner();
+        assert_eq!(response.status.map(|s| s.code), Some(0), "the benchmark request must be allowed");
+    });
+}
+
+struct Run {
+    per_second: f64,
+    cpu_us: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// One h2load run; `rate`: requests per second in all (open loop), else as fast as
+/// the server answers (closed loop).
+fn h2load(server: &Server, body: &Path, seconds: u64, rate: Option<f64>, log: &Path) -> Run {
+    let url = format!("http://127.0.0.1:{}/envoy.service.auth.v3.Authorization/Check", server.port);
+    let mut cmd = Command::new("h2load");
+    cmd.args(["-t", "1", "-c", &CLIENTS.to_string(), "-m", &STREAMS.to_string()])
+        .args(["-D", &seconds.to_string(), "-d"])
+        .arg(body)
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file"])
+        .arg(log);
+    if let Some(rate) = rate {
+        cmd.args(["--rps", &format!("{:.0}", (rate / f64::from(CLIENTS)).max(1.0))]);
+    }
+    cmd.arg(&url);
+    // h2load appends to an existing log: each run starts from an empty one.
+    let _ = std::fs::remove_file(log);
+    let cpu_before = server.cpu();
+    let out = cmd.output().expect("h2load runs");
+    let cpu = server.cpu() - cpu_before;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let succeeded: f64 = text
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .and_then(|l| l.split(", ").find(|p| p.ends_with("succeeded")))
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("h2load: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    let mut latencies: Vec<f64> = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.parse().ok())
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)));
+    Run {
+        per_second: succeeded / seconds as f64,
+        cpu_us: cpu.as_secs_f64() * 1e6 / succeeded.max(1.0),
+        p50_us: at(0.50).copied().unwrap_or(0.0),
+        p99_us: at(0.99).copied().unwrap_or(0.0),
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+struct Scenario {
+    name: &'static str,
+    what: &'static str,
+    server: Server,
+    body: PathBuf,
+}
+
+fn main() {
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() == Some("--serve-noop") {
+        serve_noop(argv.next().unwrap().parse().unwrap());
+    }
+    let args = args();
+    if Command::new("h2load").arg("--version").output().is_err() {
+        eprintln!("installing h2load (Debian's nghttp2-client)");
+        let ok = Command::new("apt-get").args(["install", "-y", "-qq", "nghttp2-client"]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "install h2load: apt-get install nghttp2-client");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = pki::Pki::new();
+    let cert = pki.svid(FRONTEND).cert_pem;
+    let signer = jwt::Signer::ec("bench");
+    std::fs::write(d.join("jwks.json"), jwt::jwks(&[&signer])).unwrap();
+    let token = signer.sign(&jwt::claims(jwt::now(), "alice"));
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let many = support::policies_with(10_000);
+    let audit = |name: &str| format!("[audit]\nsink = \"{}\"\n", d.join(format!("audit-{name}.jsonl")).display());
+    let base = |policies: &Path| format!("[policies]\ndir = \"{}\"\nwatch = false\n", policies.display());
+    let issuer = format!(
+        "[[tokens.issuers]]\nissuer = \"{}\"\naudiences = [\"{}\"]\njwks_file = \"{}\"\n",
+        jwt::ISSUER,
+        jwt::AUDIENCE,
+        d.join("jwks.json").display()
+    );
+    let plain_body = d.join("check.bin");
+    std::fs::write(&plain_body, grpc_body(&cert, None)).unwrap();
+    let token_body = d.join("check-token.bin");
+    std::fs::write(&token_body, grpc_body(&cert, Some(&token))).unwrap();
+    let configs: Vec<(&str, &str, String, &Path)> = vec![
+        (
+            "cache-hit",
+            "shipped policies, decision cache hit, audit to a file",
+            format!("{}{}", base(&shipped), audit("hit")),
+            &plain_body,
+        ),
+        (
+            "cache-hit-no-audit",
+            "the same, audit log off",
+            format!("{}[audit]\nenabled = false\n", base(&shipped)),
+            &plain_body,
+        ),
+        (
+            "evaluated",
+            "decision cache off: Cedar evaluates every Check",
+            format!("{}{}[cache]\ndecisions = false\n", base(&shipped), audit("eval")),
+            &plain_body,
+        ),
+        (
+            "all-caches-off",
+            "decision, signature and certificate caches off",
+            format!(
+                "{}{}[cache]\ndecisions = false\ntoken_entries = 0\ncertificate_entries = 0\n",
+                base(&shipped),
+                audit("off")
+            ),
+            &plain_body,
+        ),
+        (
+            "es256-evaluated",
+            "a valid ES256 token, decision cache off, signature cache on",
+            format!("{}{}[cache]\ndecisions = false\n{issuer}", base(&shipped), audit("es256")),
+            &token_body,
+        ),
+        (
+            "policies-10000",
+            "10,000 policies, decision cache off",
+            format!("{}{}[cache]\ndecisions = false\n", base(many.path()), audit("many")),
+            &plain_body,
+        ),
+    ];
+    let mut scenarios = vec![Scenario {
+        name: "noop",
+        what: "no-op Check server (the floor)",
+        server: start_noop(),
+        body: plain_body.clone(),
+    }];
+    for (name, what, config, body) in configs {
+        if !args.scenarios.is_empty() && !args.scenarios.iter().any(|s| s == name) {
+            continue;
+        }
+        let config = format!("[identity]\ntrust_domains = [\"example.org\"]\n{config}");
+        let server = start_cedargate(d, &config);
+        assert_allows(server.port, &cert, (body == &token_body).then_some(token.as_str()));
+        scenarios.push(Scenario { name, what, server, body: body.to_path_buf() });
+    }
+    eprintln!(
+        "{} rounds of {} s per scenario, interleaved; {CLIENTS} connections × {STREAMS} streams",
+        args.rounds, args.duration
+    );
+    let log = d.join("h2load.log");
+    let mut runs: Vec<Vec<Run>> = scenarios.iter().map(|_| Vec::new()).collect();
+    for round in 0..args.rounds {
+        for (i, s) in scenarios.iter().enumerate() {
+            let _ = h2load(&s.server, &s.body, 1, None, &log); // warm-up
+            let run = h2load(&s.server, &s.body, args.duration, None, &log);
+            eprintln!("round {round}: {:<20} {:>9.0} Check/s {:>7.1} µs CPU/Check", s.name, run.per_second, run.cpu_us);
+            runs[i].push(run);
+        }
+    }
+    println!("| server | what | Check/s (median) | × no-op (median of rounds) | server CPU µs/Check | at half rate: p50 µs | p99 µs | RSS MiB |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    let floor: Vec<f64> = runs[0].iter().map(|r| r.per_second).collect();
+    for (i, s) in scenarios.iter().enumerate() {
+        let per_second = median(runs[i].iter().map(|r| r.per_second).collect());
+        let ratio = median(runs[i].iter().zip(&floor).map(|(r, f)| r.per_second / f).collect());
+        let cpu = median(runs[i].iter().map(|r| r.cpu_us).collect());
+        let half = h2load(&s.server, &s.body, args.duration, Some(per_second / 2.0), &log);
+        println!(
+            "| `{}` | {} | {:.0} | {:.2} | {:.1} | {:.0} | {:.0} | {:.0} |",
+            s.name,
+            s.what,
+            per_second,
+            ratio,
+            cpu,
+            half.p50_us,
+            half.p99_us,
+            s.server.rss_mib()
+        );
+    }
+}
