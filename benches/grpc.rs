@@ -321,7 +321,7 @@ fn main() {
         }
         let config = format!("[identity]\ntrust_domains = [\"example.org\"]\n{config}");
         let server = start_cedargate(d, &config);
-        assert_allows(server.port, &cert, (body == &token_body).then_some(token.as_str()));
+        assert_allows(server.port, &cert, (*body == token_body).then_some(token.as_str()));
         scenarios.push(Scenario { name, what, server, body: body.to_path_buf() });
     }
     eprintln!(

@@ -12,10 +12,10 @@ use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request, Rest
 
 use crate::certificate::PeerCertificate;
 use crate::config::{ClaimType, LimitsConfig, PrincipalFrom};
-use crate::decision_cache::{Relevance, TagKeys};
 use crate::http_path::{self, NormalizedPath, PathError, PathRules};
 use crate::identity::{unix_seconds, PeerIdentity};
 use crate::input::{CheckInput, HttpInput};
+use crate::policy_reads::{Relevance, TagKeys};
 use crate::policy_set::{CedarTypes, PolicySnapshot};
 use crate::spiffe::SpiffeId;
 use crate::token::{ClaimValue, VerifiedToken};
@@ -591,10 +591,14 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
         };
         Entities::from_entities(parts.entities, Some(&snapshot.schema))
             .map_err(|e| format!("the entities cedargate builds {what} do not conform to the schema: {e}"))?;
-        Request::new(prepared.principal, prepared.action.clone(), parts.resource, parts.context, Some(&snapshot.schema))
-            .map_err(|e| {
-                format!("the {method} request cedargate builds {what} does not conform to the schema: {e}")
-            })?;
+        Request::new(
+            prepared.principal,
+            prepared.action.clone(),
+            parts.resource,
+            parts.context,
+            Some(&snapshot.schema),
+        )
+        .map_err(|e| format!("the {method} request cedargate builds {what} does not conform to the schema: {e}"))?;
     }
     Ok(())
 }

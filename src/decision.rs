@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use crate::cedar_request::RequestError;
 use crate::identity::{IdentityError, PeerIdentity};
-use crate::metrics::CacheOutcome;
 use crate::token::{TokenError, VerifiedToken};
 
 /// Allow or deny, with why.
@@ -70,6 +69,44 @@ impl Decision {
         match &self.outcome {
             Outcome::Allow => "allow",
             Outcome::Deny(reason) => reason.code(),
+        }
+    }
+
+    /// What this decision adds to the metrics, at `now_unix`.
+    pub fn metrics_record(&self, now_unix: i64) -> crate::metrics::CheckRecord {
+        crate::metrics::CheckRecord {
+            decision: if self.is_allowed() { "allow" } else { "deny" },
+            reason: self.code(),
+            cache: self.cache.label(),
+            token_failure: matches!(self.outcome, Outcome::Deny(DenyReason::Token(_))),
+            elapsed: self.elapsed,
+            certificate_remaining: self
+                .peer
+                .as_ref()
+                .and_then(|p| p.certificate.as_ref())
+                .map(|c| c.not_after - now_unix),
+            token_remaining: self.token.as_ref().map(|t| t.exp - now_unix),
+        }
+    }
+}
+
+/// How a decision was reached with respect to the decision cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheOutcome {
+    Hit,
+    Miss,
+    /// Not looked up: the Check was decided before Cedar (a credential failure), the
+    /// cache is off, or the policies read something that changes every request.
+    #[default]
+    Bypass,
+}
+
+impl CacheOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Bypass => "bypass",
         }
     }
 }

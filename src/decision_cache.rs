@@ -4,20 +4,17 @@
 //! - The key is a SHA-256 over the policy set version and every value the Cedar
 //!   request is built from (principal, action, resource and its attributes, the
 //!   context, the caller's certificate and token claims). It leaves out only what
-//!   `Relevance` proves no loaded policy can read.
+//!   `policy_reads::Relevance` proves no loaded policy can read.
 //! - Credentials are verified on every Check *before* the cache is consulted, so a
 //!   revoked, expired or re-keyed credential never reaches a cached verdict; and an
 //!   entry still never outlives the certificate or token it was computed for.
 //! - A new policy set has a new version, so no entry of the old one can be found.
 //!   Concurrent misses for one key compute once (moka's `try_get_with`).
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use cedar_policy::Policy;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::cedar_request::{self, Prepared, RequestError};
@@ -26,107 +23,9 @@ use crate::identity::{unix_seconds, PeerIdentity};
 use crate::input::{CheckInput, HttpInput};
 use crate::metrics::Metrics;
 use crate::policy_index::Verdict;
+use crate::policy_reads::TagKeys;
 use crate::policy_set::PolicySnapshot;
 use crate::token::{ClaimValue, VerifiedToken};
-
-/// What the loaded policies can read of a request beyond its fixed parts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Relevance {
-    /// Some policy reads `context.time` (or the context as a whole): every request
-    /// is then different and the cache is bypassed.
-    pub time: bool,
-    /// Which header, query and route tags policies can read.
-    pub tags: TagKeys,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TagKeys {
-    /// A tag is read with a computed key: any tag may matter.
-    All,
-    /// Only these keys appear in `getTag` / `hasTag`; other tags cannot be read
-    /// (Cedar has no way to enumerate tags).
-    Only(BTreeSet<String>),
-}
-
-impl TagKeys {
-    pub fn contains(&self, key: &str) -> bool {
-        match self {
-            TagKeys::All => true,
-            TagKeys::Only(keys) => keys.contains(key),
-        }
-    }
-}
-
-impl Relevance {
-    /// Reads every policy's conditions (as Cedar's JSON form). Anything not
-    /// understood counts as relevant, so the proof errs towards a larger key.
-    pub fn of<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Relevance {
-        let mut relevance = Relevance::none();
-        for policy in policies {
-            match policy.to_json() {
-                Ok(json) => relevance.visit(json.get("conditions").unwrap_or(&Value::Null), false),
-                Err(_) => return Relevance { time: true, tags: TagKeys::All },
-            }
-        }
-        relevance
-    }
-
-    /// What an empty policy set reads: nothing.
-    pub fn none() -> Relevance {
-        Relevance { time: false, tags: TagKeys::Only(BTreeSet::new()) }
-    }
-
-    /// What either of two policy sets can read.
-    pub fn union(&self, other: &Relevance) -> Relevance {
-        let tags = match (&self.tags, &other.tags) {
-            (TagKeys::Only(a), TagKeys::Only(b)) => TagKeys::Only(a.union(b).cloned().collect()),
-            _ => TagKeys::All,
-        };
-        Relevance { time: self.time || other.time, tags }
-    }
-
-    /// `attribute_base`: this node is the `left` of `.` or `has`, the only places
-    /// `context` may appear without exposing `context.time`.
-    fn visit(&mut self, node: &Value, attribute_base: bool) {
-        match node {
-            Value::Array(items) => items.iter().for_each(|item| self.visit(item, false)),
-            Value::Object(map) => {
-                if map.get("Var").and_then(Value::as_str) == Some("context") && !attribute_base {
-                    self.time = true;
-                }
-                for (key, value) in map {
-                    match key.as_str() {
-                        "." | "has" => {
-                            let names = match value.get("attr") {
-                                Some(Value::String(name)) => vec![name.as_str()],
-                                Some(Value::Array(names)) => names.iter().filter_map(Value::as_str).collect(),
-                                _ => vec!["time"],
-                            };
-                            if names.contains(&"time") {
-                                self.time = true;
-                            }
-                            self.visit(value.get("left").unwrap_or(&Value::Null), true);
-                        }
-                        "getTag" | "hasTag" => {
-                            let right = value.get("right").unwrap_or(&Value::Null);
-                            match (right.get("Value").and_then(Value::as_str), &mut self.tags) {
-                                (Some(name), TagKeys::Only(keys)) => {
-                                    keys.insert(name.to_owned());
-                                }
-                                (Some(_), TagKeys::All) => {}
-                                (None, tags) => *tags = TagKeys::All,
-                            }
-                            self.visit(value.get("left").unwrap_or(&Value::Null), false);
-                            self.visit(right, false);
-                        }
-                        _ => self.visit(value, false),
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-}
 
 /// A key: SHA-256 over length-prefixed fields, so no two field sequences collide.
 struct KeyWriter(Sha256);
@@ -359,46 +258,4 @@ impl DecisionCache {
 fn entry_bytes(verdict: &Verdict) -> u64 {
     let strings: usize = verdict.policies.iter().chain(&verdict.errors).map(|s| s.len() + 24).sum();
     (600 + strings) as u64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::str::FromStr;
-
-    fn relevance(text: &str) -> Relevance {
-        Relevance::of(cedar_policy::PolicySet::from_str(text).unwrap().policies())
-    }
-
-    #[test]
-    fn literal_tag_reads_bound_the_key() {
-        let r = relevance(
-            r#"permit (principal, action, resource) when {
-                resource.headers.hasTag("x-canary") && resource.headers.getTag("x-canary") == "1"
-                && context.route.hasTag("team")
-            };"#,
-        );
-        assert!(!r.time);
-        assert_eq!(r.tags, TagKeys::Only(["team".to_owned(), "x-canary".to_owned()].into()));
-    }
-
-    #[test]
-    fn a_computed_tag_key_makes_every_tag_relevant() {
-        let r = relevance(
-            r#"permit (principal, action, resource) when {
-                context has token && resource.headers.hasTag(context.token.sub)
-            };"#,
-        );
-        assert_eq!(r.tags, TagKeys::All);
-    }
-
-    #[test]
-    fn reading_the_time_or_the_whole_context_is_seen() {
-        assert!(
-            relevance(r#"permit (principal, action, resource) when { context.time > datetime("2020-01-01") };"#).time
-        );
-        assert!(relevance(r#"permit (principal, action, resource) when { context has time };"#).time);
-        assert!(relevance(r#"permit (principal, action, resource) when { context == {} };"#).time);
-        assert!(!relevance(r#"permit (principal, action, resource) when { context.peer == principal };"#).time);
-    }
 }

@@ -68,7 +68,7 @@ impl AuthorizationService {
             decision = check();
         }
         let now = std::time::SystemTime::now();
-        self.checker.metrics().record_decision(&decision, crate::identity::unix_seconds(now));
+        self.checker.metrics().record_check(&decision.metrics_record(crate::identity::unix_seconds(now)));
         let span = tracing::Span::current();
         span.record("decision.id", decision.id.as_str());
         span.record("decision.outcome", if decision.is_allowed() { "allow" } else { "deny" });
@@ -138,7 +138,7 @@ pub fn nodelay(
     incoming.map(|accepted| accepted.inspect(set_nodelay))
 }
 
-pub(crate) fn set_nodelay(stream: &tokio::net::TcpStream) {
+fn set_nodelay(stream: &tokio::net::TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!("cannot set TCP_NODELAY: {e}");
     }
@@ -215,7 +215,7 @@ pub async fn serve(
         .add_service(AuthorizationServer::new(AuthorizationService::new(checker, audit)));
     match (listener, options.tls) {
         (Listener::Tcp(l), Some(tls)) => {
-            router.serve_with_incoming_shutdown(crate::tls::incoming(l, tls), shutdown).await
+            router.serve_with_incoming_shutdown(crate::tls::incoming(l, tls, set_nodelay), shutdown).await
         }
         (Listener::Tcp(l), None) => {
             router.serve_with_incoming_shutdown(nodelay(TcpListenerStream::new(l)), shutdown).await

@@ -15,8 +15,6 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::decision::{Decision, Outcome};
-
 /// Latency buckets (seconds): fine in the microseconds a Check takes, coarse up
 /// to the second a stuck JWKS fetch could cost.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -86,6 +84,24 @@ struct CredentialLabels {
     credential: &'static str,
 }
 
+/// What one finished Check contributes to the metrics, as plain labels and numbers:
+/// this module knows nothing of decisions.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckRecord {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// `allow`, or the deny reason code.
+    pub reason: &'static str,
+    /// `hit`, `miss` or `bypass`.
+    pub cache: &'static str,
+    /// The reason is a refused bearer token.
+    pub token_failure: bool,
+    pub elapsed: Duration,
+    /// Seconds until the caller's certificate and token expire.
+    pub certificate_remaining: Option<i64>,
+    pub token_remaining: Option<i64>,
+}
+
 /// A stage of the pipeline, timed separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -100,27 +116,6 @@ impl Stage {
             Stage::Identity => "identity",
             Stage::Token => "token",
             Stage::Cedar => "cedar",
-        }
-    }
-}
-
-/// How a decision was reached with respect to the decision cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CacheOutcome {
-    Hit,
-    Miss,
-    /// Not looked up: the Check was decided before Cedar (a credential failure), the
-    /// cache is off, or the policies read something that changes every request.
-    #[default]
-    Bypass,
-}
-
-impl CacheOutcome {
-    pub fn label(self) -> &'static str {
-        match self {
-            CacheOutcome::Hit => "hit",
-            CacheOutcome::Miss => "miss",
-            CacheOutcome::Bypass => "bypass",
         }
     }
 }
@@ -166,25 +161,22 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Records a finished Check: its latency by outcome and cache use, its reason
-    /// and, for the credentials it carried, how long they remain valid.
-    pub fn record_decision(&self, decision: &Decision, now_unix: i64) {
-        let (label, reason) = match &decision.outcome {
-            Outcome::Allow => ("allow", "allow"),
-            Outcome::Deny(reason) => ("deny", reason.code()),
-        };
+    /// Records a finished Check: its latency by decision (`allow`/`deny`) and cache
+    /// use, its reason code, whether it was a token failure, and for the credentials
+    /// it carried how many seconds they remain valid.
+    pub fn record_check(&self, check: &CheckRecord) {
         self.check_duration
-            .get_or_create(&CheckLabels { decision: label, cache: decision.cache.label() })
-            .observe(decision.elapsed.as_secs_f64());
-        self.decisions.get_or_create(&DecisionLabels { decision: label, reason }).inc();
-        if let Outcome::Deny(crate::decision::DenyReason::Token(e)) = &decision.outcome {
-            self.token_failures.get_or_create(&ReasonLabels { reason: e.code() }).inc();
+            .get_or_create(&CheckLabels { decision: check.decision, cache: check.cache })
+            .observe(check.elapsed.as_secs_f64());
+        self.decisions.get_or_create(&DecisionLabels { decision: check.decision, reason: check.reason }).inc();
+        if check.token_failure {
+            self.token_failures.get_or_create(&ReasonLabels { reason: check.reason }).inc();
         }
-        if let Some(cert) = decision.peer.as_ref().and_then(|p| p.certificate.as_ref()) {
-            self.observe_remaining("certificate", cert.not_after - now_unix);
+        if let Some(seconds) = check.certificate_remaining {
+            self.observe_remaining("certificate", seconds);
         }
-        if let Some(token) = &decision.token {
-            self.observe_remaining("token", token.exp - now_unix);
+        if let Some(seconds) = check.token_remaining {
+            self.observe_remaining("token", seconds);
         }
     }
 

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::decision_cache::Relevance;
+use crate::policy_reads::Relevance;
 use cedar_policy::{
     ActionConstraint, Authorizer, Decision as CedarDecision, Entities, EntityUid, Policy, PolicyId, PolicySet,
     PrincipalConstraint, Request, Response,

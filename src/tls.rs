@@ -201,11 +201,13 @@ impl AsyncWrite for TlsConnection {
     }
 }
 
-/// Accepts TCP connections and completes their handshakes off the accept loop, so a
-/// slow or hostile client delays no one else. Ends when the stream is dropped.
+/// Accepts TCP connections, sets each up with `configure` (socket options), and
+/// completes their handshakes off the accept loop, so a slow or hostile client
+/// delays no one else. Ends when the stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
+    configure: fn(&TcpStream),
 ) -> impl tokio_stream::Stream<Item = std::io::Result<TlsConnection>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -223,7 +225,7 @@ pub fn incoming(
                     continue;
                 }
             };
-            crate::grpc::set_nodelay(&stream);
+            configure(&stream);
             let (acceptor, tx, listener_name) = (tls.acceptor(), tx.clone(), tls.listener);
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use cedargate::check::{Checker, SystemClock};
 use cedargate::config::{Config, IssuerConfig};
-use cedargate::metrics::CacheOutcome;
+use cedargate::decision::CacheOutcome;
 use cedargate::offline::SettableClock;
 use cedargate::reload::PolicyReloader;
 use common::jwt::{self, claims, Signer, AUDIENCE, ISSUER};

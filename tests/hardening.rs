@@ -184,7 +184,7 @@ fn a_schema_whose_actions_do_not_fit_every_request_is_refused_at_load() {
     let workloads_only = TokenModel::default();
     assert!(load_files(&files, &workloads_only).is_ok(), "fine while users are never principals");
     let users_too = TokenModel { enabled: true, subject_principal: true, ..TokenModel::default() };
-    let diagnostics = load_files(&files, &users_too).err().expect("refused");
+    let diagnostics = load_files(&files, &users_too).expect_err("refused");
     let message = diagnostics.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("\n");
     // PATCH is not the first action by name: every action is checked, not a sample.
     assert!(message.contains("PATCH") && message.contains("User"), "{message}");

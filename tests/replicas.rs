@@ -105,8 +105,9 @@ impl Replica {
             "[policies]\ndir = \"{}\"\n[identity]\ntrust_domains = [\"example.org\"]\n[audit]\nenabled = false\n",
             policies.display()
         );
-        // The drain outlasts Envoy's health-check interval (0.5 s) with room to spare.
-        let binary = Binary::start_with(&dir, "drain = \"1500ms\"\nshutdown_timeout = \"5s\"", "", &config);
+        // The drain outlasts Envoy's health-check interval (0.5 s) many times over, so
+        // a machine busy with other tests still notices NOT_SERVING in time.
+        let binary = Binary::start_with(&dir, "drain = \"3s\"\nshutdown_timeout = \"5s\"", "", &config);
         Replica { dir, policies, binary }
     }
 
