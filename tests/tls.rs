@@ -30,9 +30,8 @@ fn write(dir: &Path, name: &str, leaf: &Leaf) {
     std::fs::write(dir.join(format!("{name}-key.pem")), &leaf.key_pem).unwrap();
 }
 
-/// Connects with TLS (ALPN h2), with `client` as the client certificate; returns the
-/// server's leaf and the negotiated protocol, or the error.
-async fn handshake(addr: &str, ca_pem: &str, client: Option<&Leaf>) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+/// A client configuration trusting `ca_pem`, presenting `client` if given.
+fn client_config(ca_pem: &str, client: Option<&Leaf>, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -48,8 +47,14 @@ async fn handshake(addr: &str, ca_pem: &str, client: Option<&Leaf>) -> Result<(V
             .unwrap(),
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(config)
+}
+
+/// Connects with TLS (ALPN h2), with `client` as the client certificate; returns the
+/// server's leaf and the negotiated protocol, or the error.
+async fn handshake(addr: &str, ca_pem: &str, client: Option<&Leaf>) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+    let connector = tokio_rustls::TlsConnector::from(client_config(ca_pem, client, b"h2"));
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let mut stream =
         connector.connect(ServerName::try_from("cedargate.test").unwrap(), tcp).await.map_err(|e| e.to_string())?;
@@ -160,23 +165,7 @@ async fn the_admin_listener_serves_over_mtls() {
     let get = |client: Option<Leaf>| {
         let (admin, ca) = (admin.clone(), pki.ca_pem());
         async move {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
-            let builder =
-                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                    .with_safe_default_protocol_versions()
-                    .unwrap()
-                    .with_root_certificates(roots);
-            let config = match &client {
-                Some(leaf) => builder
-                    .with_client_auth_cert(
-                        vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()],
-                        PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap(),
-                    )
-                    .unwrap(),
-                None => builder.with_no_client_auth(),
-            };
-            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+            let connector = tokio_rustls::TlsConnector::from(client_config(&ca, client.as_ref(), b"http/1.1"));
             let tcp = tokio::net::TcpStream::connect(&admin).await.unwrap();
             let mut stream = connector.connect(ServerName::try_from("cedargate.test").unwrap(), tcp).await.ok()?;
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
