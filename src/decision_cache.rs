@@ -254,7 +254,7 @@ impl DecisionCache {
 
 /// Estimated bytes of an entry: the verdict's strings plus what an entry costs
 /// beyond them (key, `Arc`, moka's bookkeeping), as measured: 100,000 entries
-/// with one short policy id each took about 61 MiB of RSS (`benches/load.rs --rss`).
+/// with one short policy id each took about 61 MiB of RSS (`cargo bench --bench memory`).
 fn entry_bytes(verdict: &Verdict) -> u64 {
     let strings: usize = verdict.policies.iter().chain(&verdict.errors).map(|s| s.len() + 24).sum();
     (600 + strings) as u64
