@@ -13,9 +13,9 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{AdminError, AdminServer, AdminState};
 use crate::audit::{AuditError, AuditLog, AuditWriter};
-use crate::cedar_request::TokenModel;
 use crate::check::{Checker, Clock, SetupError};
 use crate::config::Config;
+use crate::config::TokenModel;
 use crate::grpc::{self, Listener};
 use crate::policy_set::PolicySnapshot;
 use crate::reload::PolicyReloader;

@@ -11,12 +11,12 @@ use std::time::SystemTime;
 use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request, RestrictedExpression};
 
 use crate::certificate::PeerCertificate;
-use crate::config::{ClaimType, LimitsConfig, PrincipalFrom};
+use crate::config::{ClaimType, LimitsConfig, PrincipalFrom, TokenModel};
 use crate::http_path::{self, NormalizedPath, PathError, PathRules};
 use crate::identity::{unix_seconds, PeerIdentity};
 use crate::input::{CheckInput, HttpInput};
 use crate::policy_reads::{Relevance, TagKeys};
-use crate::policy_set::{CedarTypes, PolicySnapshot};
+use crate::policy_set::{identity_parents, CedarTypes, PolicySnapshot};
 use crate::spiffe::SpiffeId;
 use crate::token::{ClaimValue, VerifiedToken};
 
@@ -285,42 +285,6 @@ fn identity_attrs(id: &SpiffeId) -> Vec<(String, RestrictedExpression)> {
     attrs
 }
 
-fn identity_parents(id: &SpiffeId, types: &CedarTypes) -> Vec<EntityUid> {
-    let mut parents = vec![uid(&types.trust_domain, id.trust_domain())];
-    if let Some((namespace, _)) = id.kubernetes() {
-        parents.push(uid(&types.namespace, &namespace_id(id.trust_domain(), namespace)));
-    }
-    parents
-}
-
-/// `Namespace::"spiffe://example.org/ns/payments"`: the SPIFFE ID prefix of every
-/// workload in that namespace, so the same name never means two trust domains.
-fn namespace_id(trust_domain: &str, namespace: &str) -> String {
-    format!("spiffe://{trust_domain}/ns/{namespace}")
-}
-
-/// A workload of `entities.json` in Cedar's entity JSON, with the attributes and
-/// parents a request would give it; used when loading `entities.json`.
-pub fn workload_json(id: &SpiffeId, declared_parents: &[EntityUid], types: &CedarTypes) -> serde_json::Value {
-    let mut attrs = serde_json::Map::new();
-    attrs.insert("trust_domain".into(), id.trust_domain().into());
-    attrs.insert("path".into(), id.path().into());
-    if let Some((namespace, service_account)) = id.kubernetes() {
-        attrs.insert("namespace".into(), namespace.into());
-        attrs.insert("service_account".into(), service_account.into());
-    }
-    let parents: Vec<serde_json::Value> = identity_parents(id, types)
-        .iter()
-        .chain(declared_parents)
-        .map(|p| serde_json::json!({ "type": p.type_name().to_string(), "id": p.id().unescaped() }))
-        .collect();
-    serde_json::json!({
-        "uid": { "type": types.workload.to_string(), "id": id.as_str() },
-        "attrs": attrs,
-        "parents": parents,
-    })
-}
-
 fn certificate_record(cert: &PeerCertificate) -> Result<RestrictedExpression, String> {
     RestrictedExpression::new_record([
         ("serial".to_owned(), string(&cert.serial)),
@@ -567,10 +531,10 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
     let rules = PathRules { max_bytes: usize::MAX, max_segments: usize::MAX, case_insensitive: true };
     let mut samples = vec![None];
     if tokens.enabled {
-        samples.push(Some(tokens.sample(PrincipalFrom::Peer)));
+        samples.push(Some(sample_token(tokens, PrincipalFrom::Peer)));
     }
     if tokens.subject_principal {
-        samples.push(Some(tokens.sample(PrincipalFrom::Subject)));
+        samples.push(Some(sample_token(tokens, PrincipalFrom::Subject)));
     }
     // Every action a request can name, with every kind of principal and context.
     let mut methods: Vec<&String> = snapshot.actions_by_method.keys().collect();
@@ -603,56 +567,35 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
     Ok(())
 }
 
-/// What the configured issuers put into requests, for the schema contract check.
-#[derive(Debug, Clone, Default)]
-pub struct TokenModel {
-    /// Some issuer is configured: requests may carry `context.token`.
-    pub enabled: bool,
-    /// Some issuer makes the token subject the principal (`User`).
-    pub subject_principal: bool,
-    /// Custom claims of all issuers, with their declared types.
-    pub claims: BTreeMap<String, ClaimType>,
-}
-
-impl TokenModel {
-    pub fn from_config(tokens: &crate::config::TokensConfig) -> TokenModel {
-        TokenModel {
-            enabled: !tokens.issuers.is_empty(),
-            subject_principal: tokens.issuers.iter().any(|i| i.principal == PrincipalFrom::Subject),
-            claims: tokens.issuers.iter().flat_map(|i| i.claims.iter().map(|(k, v)| (k.clone(), *v))).collect(),
-        }
-    }
-
-    /// A token with every optional field and custom claim present.
-    fn sample(&self, principal: PrincipalFrom) -> VerifiedToken {
-        let claims = self
-            .claims
-            .iter()
-            .map(|(name, kind)| {
-                let value = match kind {
-                    ClaimType::String => ClaimValue::String("s".into()),
-                    ClaimType::Long => ClaimValue::Long(1),
-                    ClaimType::Bool => ClaimValue::Bool(true),
-                    ClaimType::StringSet => ClaimValue::StringSet(vec!["s".into()]),
-                };
-                (name.clone(), value)
-            })
-            .collect();
-        VerifiedToken {
-            iss: "https://issuer.example".into(),
-            sub: "contract-check".into(),
-            aud: vec!["a".into()],
-            scope: vec!["s".into()],
-            jti: Some("j".into()),
-            client_id: Some("c".into()),
-            iat: Some(0),
-            exp: 60,
-            bound: true,
-            claims,
-            fingerprint: String::new(),
-            principal,
-            forward: Vec::new(),
-        }
+/// A token with every optional field and every custom claim of `model` present.
+fn sample_token(model: &TokenModel, principal: PrincipalFrom) -> VerifiedToken {
+    let claims = model
+        .claims
+        .iter()
+        .map(|(name, kind)| {
+            let value = match kind {
+                ClaimType::String => ClaimValue::String("s".into()),
+                ClaimType::Long => ClaimValue::Long(1),
+                ClaimType::Bool => ClaimValue::Bool(true),
+                ClaimType::StringSet => ClaimValue::StringSet(vec!["s".into()]),
+            };
+            (name.clone(), value)
+        })
+        .collect();
+    VerifiedToken {
+        iss: "https://issuer.example".into(),
+        sub: "contract-check".into(),
+        aud: vec!["a".into()],
+        scope: vec!["s".into()],
+        jti: Some("j".into()),
+        client_id: Some("c".into()),
+        iat: Some(0),
+        exp: 60,
+        bound: true,
+        claims,
+        fingerprint: String::new(),
+        principal,
+        forward: Vec::new(),
     }
 }
 

@@ -8,7 +8,8 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::cedar_request::{self, TokenModel};
+use crate::cedar_request;
+use crate::config::TokenModel;
 use crate::config::{Config, PathCase};
 use crate::credentials::{Credentials, CredentialsError};
 use crate::decision::{CacheOutcome, Decision, DenyReason, Outcome, ShadowVerdict};
@@ -18,7 +19,8 @@ use crate::identity::{self, CertificateCache, IdentityError, PeerIdentity};
 use crate::input::{CheckInput, HttpInput};
 use crate::metrics::{Metrics, Stage};
 use crate::policy_index::Verdict;
-use crate::policy_set::{self, LoadError, PolicySnapshot};
+use crate::policy_load;
+use crate::policy_set::{LoadError, PolicySnapshot};
 use crate::token::{TokenError, VerifiedToken};
 
 /// Where "now" comes from: the system clock in production, a fixed instant in tests
@@ -111,9 +113,9 @@ impl Checker {
     /// Remote JWKS are not fetched here: `app::start` starts their refreshers.
     pub fn load(config: Config, clock: Arc<dyn Clock>) -> Result<Self, SetupError> {
         let tokens = TokenModel::from_config(&config.tokens);
-        let snapshot = policy_set::load_dir(&config.policies.dir, &tokens)?;
+        let snapshot = policy_load::load_dir(&config.policies.dir, &tokens)?;
         let shadow = match &config.policies.shadow_dir {
-            Some(dir) => Some(policy_set::load_dir(dir, &tokens)?),
+            Some(dir) => Some(policy_load::load_dir(dir, &tokens)?),
             None => None,
         };
         let metrics = Arc::new(Metrics::default());
@@ -121,7 +123,7 @@ impl Checker {
         let policies = Arc::new(ArcSwap::from_pointee(snapshot));
         let mut sets = BTreeMap::new();
         for (name, dir) in &config.policies.sets {
-            let snapshot = policy_set::load_dir(dir, &tokens)?;
+            let snapshot = policy_load::load_dir(dir, &tokens)?;
             sets.insert(name.clone(), Arc::new(ArcSwap::from_pointee(snapshot)));
         }
         let mut checker = Checker::new(Arc::new(config), policies, Arc::new(credentials), clock, metrics);

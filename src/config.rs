@@ -291,6 +291,27 @@ pub enum ClaimType {
     StringSet,
 }
 
+/// What the configured issuers put into requests, for the schema contract check.
+#[derive(Debug, Clone, Default)]
+pub struct TokenModel {
+    /// Some issuer is configured: requests may carry `context.token`.
+    pub enabled: bool,
+    /// Some issuer makes the token subject the principal (`User`).
+    pub subject_principal: bool,
+    /// Custom claims of all issuers, with their declared types.
+    pub claims: BTreeMap<String, ClaimType>,
+}
+
+impl TokenModel {
+    pub fn from_config(tokens: &TokensConfig) -> TokenModel {
+        TokenModel {
+            enabled: !tokens.issuers.is_empty(),
+            subject_principal: tokens.issuers.iter().any(|i| i.principal == PrincipalFrom::Subject),
+            claims: tokens.issuers.iter().flat_map(|i| i.claims.iter().map(|(k, v)| (k.clone(), *v))).collect(),
+        }
+    }
+}
+
 /// Claims cedargate hands to policies itself; a custom claim may not shadow them.
 pub const STANDARD_CLAIMS: &[&str] = &["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "scope", "client_id", "cnf"];
 

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod offline;
 pub mod policy_fmt;
 pub mod policy_index;
+pub mod policy_load;
 pub mod policy_reads;
 pub mod policy_set;
 pub mod proto;

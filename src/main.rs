@@ -4,10 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use cedargate::cedar_request::TokenModel;
 use cedargate::check::SystemClock;
+use cedargate::config::TokenModel;
 use cedargate::config::{Config, ListenAddr};
-use cedargate::policy_set;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -164,7 +163,7 @@ fn validate(dir: &std::path::Path, config: Option<&std::path::Path>, format: For
             return ExitCode::from(2);
         }
     };
-    match (policy_set::load_dir(dir, &tokens), format) {
+    match (cedargate::policy_load::load_dir(dir, &tokens), format) {
         (Ok(snapshot), Format::Text) => {
             println!("{}: {} policies valid (version {})", dir.display(), snapshot.policy_count(), snapshot.version);
             ExitCode::SUCCESS

@@ -16,7 +16,6 @@ use cedar_policy::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::cedar_request::{self, TokenModel};
 use crate::policy_index::PolicyIndex;
 use crate::spiffe::SpiffeId;
 
@@ -111,7 +110,7 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    fn file_level(file: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn file_level(file: impl Into<String>, message: impl Into<String>) -> Self {
         Diagnostic { file: file.into(), line: None, column: None, message: message.into(), help: None }
     }
 
@@ -167,14 +166,6 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Loads and validates a policy directory. `tokens` says what the configured token
-/// issuers add to requests, which the schema must declare too.
-pub fn load_dir(dir: &Path, tokens: &TokenModel) -> Result<PolicySnapshot, LoadError> {
-    let fail = |diagnostics: Vec<Diagnostic>| LoadError { dir: dir.to_owned(), diagnostics };
-    let files = read_dir(dir).map_err(|d| fail(vec![d]))?;
-    load_files(&files, tokens).map_err(fail)
-}
-
 /// The text of every file of a policy directory, by file name.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyFiles {
@@ -184,7 +175,7 @@ pub struct PolicyFiles {
     pub entities: Option<String>,
 }
 
-fn read_dir(dir: &Path) -> Result<PolicyFiles, Diagnostic> {
+pub fn read_dir(dir: &Path) -> Result<PolicyFiles, Diagnostic> {
     let read = |name: &str| {
         std::fs::read_to_string(dir.join(name)).map_err(|e| Diagnostic::file_level(name, format!("cannot read: {e}")))
     };
@@ -207,8 +198,9 @@ fn read_dir(dir: &Path) -> Result<PolicyFiles, Diagnostic> {
     Ok(files)
 }
 
-/// Builds a snapshot from file contents (also used by tests and tools).
-pub fn load_files(files: &PolicyFiles, tokens: &TokenModel) -> Result<PolicySnapshot, Vec<Diagnostic>> {
+/// Parses and strictly validates file contents into a snapshot. Whether the schema
+/// fits the requests cedargate builds is `policy_load`'s to prove.
+pub fn parse_files(files: &PolicyFiles) -> Result<PolicySnapshot, Vec<Diagnostic>> {
     let types = CedarTypes::new().map_err(|e| vec![Diagnostic::file_level(SCHEMA_FILE, e)])?;
     let schema = Schema::from_cedarschema_str(&files.schema)
         .map(|(schema, _warnings)| schema)
@@ -291,16 +283,6 @@ pub fn load_files(files: &PolicyFiles, tokens: &TokenModel) -> Result<PolicySnap
             .time_to_idle(std::time::Duration::from_secs(600))
             .build(),
     };
-    cedar_request::check_schema_contract(&snapshot, tokens).map_err(|message| {
-        vec![Diagnostic {
-            help: Some(
-                "the schema must declare the types cedargate fills in for every request; compare with the shipped \
-                 policies/schema.cedarschema"
-                    .to_owned(),
-            ),
-            ..Diagnostic::file_level(SCHEMA_FILE, message)
-        }]
-    })?;
     Ok(snapshot)
 }
 
@@ -332,6 +314,46 @@ fn parse_policy_file(file: &str, text: &str) -> Result<Vec<Policy>, Vec<Diagnost
             policy.new_id(PolicyId::new(id))
         })
         .collect())
+}
+
+pub fn identity_parents(id: &SpiffeId, types: &CedarTypes) -> Vec<EntityUid> {
+    let mut parents = vec![entity_uid(&types.trust_domain, id.trust_domain())];
+    if let Some((namespace, _)) = id.kubernetes() {
+        parents.push(entity_uid(&types.namespace, &namespace_id(id.trust_domain(), namespace)));
+    }
+    parents
+}
+
+/// `Namespace::"spiffe://example.org/ns/payments"`: the SPIFFE ID prefix of every
+/// workload in that namespace, so the same name never means two trust domains.
+fn namespace_id(trust_domain: &str, namespace: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}")
+}
+
+/// A workload of `entities.json` in Cedar's entity JSON, with the attributes and
+/// parents a request would give it; used when loading `entities.json`.
+pub fn workload_json(id: &SpiffeId, declared_parents: &[EntityUid], types: &CedarTypes) -> serde_json::Value {
+    let mut attrs = serde_json::Map::new();
+    attrs.insert("trust_domain".into(), id.trust_domain().into());
+    attrs.insert("path".into(), id.path().into());
+    if let Some((namespace, service_account)) = id.kubernetes() {
+        attrs.insert("namespace".into(), namespace.into());
+        attrs.insert("service_account".into(), service_account.into());
+    }
+    let parents: Vec<serde_json::Value> = identity_parents(id, types)
+        .iter()
+        .chain(declared_parents)
+        .map(|p| serde_json::json!({ "type": p.type_name().to_string(), "id": p.id().unescaped() }))
+        .collect();
+    serde_json::json!({
+        "uid": { "type": types.workload.to_string(), "id": id.as_str() },
+        "attrs": attrs,
+        "parents": parents,
+    })
+}
+
+fn entity_uid(type_name: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(type_name.clone(), cedar_policy::EntityId::new(id))
 }
 
 /// Parents given to a workload in `entities.json`, by SPIFFE ID.
@@ -377,7 +399,7 @@ fn load_entities(
             .and_then(|p| p.as_array())
             .map(|parents| parents.iter().filter_map(|p| EntityUid::from_json(p.clone()).ok()).collect())
             .unwrap_or_default();
-        let filled = cedar_request::workload_json(&id, &parents, types);
+        let filled = workload_json(&id, &parents, types);
         workload_parents.insert(id.as_str().to_owned(), parents);
         *entry = filled;
     }

@@ -13,8 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::cedar_request::TokenModel;
-use crate::policy_set::{self, LoadError, PolicySnapshot, ENTITIES_FILE, POLICY_EXTENSION, SCHEMA_FILE};
+use crate::config::TokenModel;
+use crate::policy_load;
+use crate::policy_set::{LoadError, PolicySnapshot, ENTITIES_FILE, POLICY_EXTENSION, SCHEMA_FILE};
 
 /// How often the directory is looked at.
 const POLL: Duration = Duration::from_millis(100);
@@ -74,7 +75,7 @@ impl PolicyReloader {
     /// Loads and validates the directory; swaps it in if it is valid and differs.
     pub fn reload(&self) -> Result<ReloadOutcome, LoadError> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let attempt = policy_set::load_dir(&self.dir, &self.tokens);
+        let attempt = policy_load::load_dir(&self.dir, &self.tokens);
         let mut status = self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         status.last_attempt = Some(SystemTime::now());
         let serving = self.policies.load().version.clone();

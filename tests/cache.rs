@@ -29,7 +29,7 @@ fn checker(config: Config) -> Checker {
 fn reloader(checker: &Checker) -> PolicyReloader {
     PolicyReloader::new(
         checker.config().policies.dir.clone(),
-        cedargate::cedar_request::TokenModel::from_config(&checker.config().tokens),
+        cedargate::config::TokenModel::from_config(&checker.config().tokens),
         Arc::clone(checker.policy_handle()),
     )
 }

@@ -172,8 +172,9 @@ fn the_segment_count_of_a_path_is_bounded() {
 /// A schema where one action does not is refused, naming the action.
 #[test]
 fn a_schema_whose_actions_do_not_fit_every_request_is_refused_at_load() {
-    use cedargate::cedar_request::TokenModel;
-    use cedargate::policy_set::{load_files, PolicyFiles};
+    use cedargate::config::TokenModel;
+    use cedargate::policy_load::load_files;
+    use cedargate::policy_set::PolicyFiles;
     let schema = std::fs::read_to_string(shipped_policies().join("schema.cedarschema")).unwrap();
     let narrowed = schema.replace(
         "action POST, PUT, PATCH, DELETE in [write]\n  appliesTo { principal: [Workload, User],",
