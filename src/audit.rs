@@ -212,10 +212,6 @@ impl AuditLog {
     pub fn dropped(&self) -> u64 {
         self.counters.dropped.load(Ordering::Relaxed)
     }
-
-    pub fn written(&self) -> u64 {
-        self.counters.written.load(Ordering::Relaxed)
-    }
 }
 
 /// The writer thread, owned by the server; `finish` waits for it to drain.

@@ -35,12 +35,12 @@ pub struct ServerConfig {
     /// `host:port`, or `unix:/path/to.sock` for a sidecar on the same host.
     pub listen: ListenAddr,
     /// How long a shutdown waits for in-flight Checks before giving up.
-    #[serde(deserialize_with = "human_duration")]
+    #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// On SIGTERM, how long to keep answering Checks after the health service turned
     /// NOT_SERVING, so Envoy's health checks (and Kubernetes' readiness probe) move
     /// traffic to other replicas before the listener closes.
-    #[serde(deserialize_with = "human_duration")]
+    #[serde(with = "humantime_serde")]
     pub drain: Duration,
     /// TLS (and, with a client CA, mTLS) on a TCP listener; unset: plaintext.
     pub tls: Option<TlsFiles>,
@@ -80,7 +80,7 @@ pub struct PoliciesConfig {
     pub watch: bool,
     /// Quiet time after the last change before reloading, so a burst of saves
     /// becomes one reload.
-    #[serde(deserialize_with = "human_duration")]
+    #[serde(with = "humantime_serde")]
     pub debounce: Duration,
     /// A second policy directory evaluated beside `dir` on live traffic. Its
     /// decision never changes the answer; disagreements are counted, logged and
@@ -129,13 +129,13 @@ pub struct IdentityConfig {
     /// checked and only `source.principal` is known.
     pub require_certificate: bool,
     /// Tolerated clock difference when checking certificate validity windows.
-    #[serde(deserialize_with = "human_duration")]
+    #[serde(with = "humantime_serde")]
     pub clock_skew: Duration,
     /// Largest accepted `source.certificate` (URL-encoded PEM), in bytes.
     pub max_certificate_bytes: usize,
     /// Longest accepted certificate validity (`not_after - not_before`); a longer-lived
     /// certificate is refused with `certificate_long_lived`. Unset: no limit.
-    #[serde(deserialize_with = "optional_duration")]
+    #[serde(with = "humantime_serde")]
     pub max_certificate_lifetime: Option<Duration>,
     /// File of revoked credentials (token `jti` or subject, certificate serial or
     /// fingerprint), re-read within a second of a change. Unset: nothing is revoked.
@@ -213,18 +213,18 @@ pub struct IssuerConfig {
     pub jwks_url: Option<String>,
     /// PEM CA bundle to verify the JWKS server with; default: the system's roots.
     pub jwks_ca_file: Option<PathBuf>,
-    #[serde(deserialize_with = "human_duration")]
+    #[serde(with = "humantime_serde")]
     pub jwks_refresh: Duration,
-    #[serde(deserialize_with = "human_duration")]
+    #[serde(with = "humantime_serde")]
     pub jwks_min_refresh: Duration,
     /// Accepted `alg` values: RS256/384/512, PS256/384/512, ES256/384, EdDSA.
     /// Symmetric (HS*) and `none` are never accepted.
     pub algorithms: Vec<String>,
     /// Clock difference tolerated for `exp`, `nbf` and `iat`.
-    #[serde(deserialize_with = "human_duration")]
+    #[serde(with = "humantime_serde")]
     pub leeway: Duration,
     /// Longest accepted `exp - iat`; longer-lived tokens are refused (`token_long_lived`).
-    #[serde(deserialize_with = "optional_duration")]
+    #[serde(with = "humantime_serde")]
     pub max_lifetime: Option<Duration>,
     /// Claims that must be present (besides `iss`, `aud`, `exp`, which always must).
     pub required_claims: Vec<String>,
@@ -348,7 +348,7 @@ pub struct CacheConfig {
     pub max_bytes: u64,
     /// Longest an entry lives; it never outlives the token or certificate it was
     /// computed for.
-    #[serde(deserialize_with = "human_duration")]
+    #[serde(with = "humantime_serde")]
     pub ttl: Duration,
     /// Most remembered token signatures (0 turns that cache off).
     pub token_entries: u64,
@@ -497,32 +497,6 @@ impl<'de> Deserialize<'de> for ListenAddr {
         let s = String::deserialize(d)?;
         ListenAddr::parse(&s).map_err(serde::de::Error::custom)
     }
-}
-
-/// Parses `250ms`, `30s`, `5m`, `2h`, `1d`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("`{s}` is not a duration like `30s`, `5m` or `250ms`"))?;
-    let scale = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("`{s}` has no unit: use ms, s, m, h or d")),
-    };
-    n.checked_mul(scale).map(Duration::from_secs).ok_or_else(|| format!("`{s}` is too long"))
-}
-
-fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
-}
-
-fn human_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 /// A configuration that could not be used.
@@ -755,7 +729,7 @@ mod tests {
         let err = Config::from_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err();
         assert!(err.contains("ip:port"), "{err}");
         let err = Config::from_toml("[identity]\nclock_skew = \"30\"\n").unwrap_err();
-        assert!(err.contains("no unit"), "{err}");
+        assert!(err.contains("clock_skew") && err.contains("expected a duration"), "{err}");
         let err = Config::from_toml("[limits]\nmax_headers = \"many\"\n").unwrap_err();
         assert!(err.contains("max_headers"), "{err}");
     }
@@ -812,10 +786,16 @@ mod tests {
 
     #[test]
     fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("5w").is_err());
+        let config = Config::from_toml(
+            "[server]\nshutdown_timeout = \"250ms\"\ndrain = \"1m 30s\"\n[cache]\nttl = \"1d\"\n[identity]\nmax_certificate_lifetime = \"24h\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.server.shutdown_timeout, Duration::from_millis(250));
+        assert_eq!(config.server.drain, Duration::from_secs(90));
+        assert_eq!(config.cache.ttl, Duration::from_secs(86_400));
+        assert_eq!(config.identity.max_certificate_lifetime, Some(Duration::from_secs(86_400)));
+        for bad in ["s", "5x", "-1s", "", "30"] {
+            assert!(Config::from_toml(&format!("[cache]\nttl = \"{bad}\"\n")).is_err(), "{bad:?}");
+        }
     }
 }

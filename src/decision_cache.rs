@@ -246,10 +246,6 @@ impl DecisionCache {
         self.cache.run_pending_tasks();
         self.cache.entry_count()
     }
-
-    pub fn invalidate_all(&self) {
-        self.cache.invalidate_all();
-    }
 }
 
 /// Estimated bytes of an entry: the verdict's strings plus what an entry costs

@@ -41,7 +41,7 @@ pub struct PolicySnapshot {
     pub workload_parents: WorkloadParents,
     /// The policies split by action and principal, for evaluation.
     pub index: PolicyIndex,
-    /// Where each policy was written, for diagnostics and `explain`.
+    /// Which file each policy was written in, for diagnostics.
     pub policy_files: HashMap<PolicyId, String>,
     pub authorizer: Authorizer,
     /// The `Workload` entities built for callers, by SPIFFE ID and certificate
