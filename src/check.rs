@@ -9,8 +9,7 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::cedar_request;
-use crate::config::TokenModel;
-use crate::config::{Config, PathCase};
+use crate::config::{Config, PathCase, TokenModel};
 use crate::credentials::{Credentials, CredentialsError};
 use crate::decision::{CacheOutcome, Decision, DenyReason, Outcome, ShadowVerdict};
 use crate::decision_cache::{self, DecisionCache};
