@@ -112,15 +112,13 @@ async fn serve(
         };
         let Ok((stream, _)) = accepted else { continue };
         let state = Arc::clone(&state);
-        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
+        let tls = tls.clone();
         tokio::spawn(async move {
-            match acceptor {
+            match tls {
                 None => serve_connection(stream, state).await,
-                Some(acceptor) => {
-                    let handshake = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await;
-                    match handshake {
-                        Ok(Ok(stream)) => serve_connection(stream, state).await,
-                        _ => tracing::debug!("admin listener: TLS handshake failed or timed out"),
+                Some(tls) => {
+                    if let Some(stream) = tls.accept(stream).await {
+                        serve_connection(stream, state).await;
                     }
                 }
             }
@@ -128,8 +126,8 @@ async fn serve(
     }
 }
 
-/// A client that never finishes its request head (or TLS handshake) is dropped
-/// after this, so idle or stalled connections cannot pile up on this thread.
+/// A client that never finishes its request head is dropped after this (a stalled
+/// TLS handshake too, in `tls`), so idle connections cannot pile up on this thread.
 const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn serve_connection<IO>(io: IO, state: Arc<AdminState>)

@@ -195,7 +195,7 @@ pub fn build(
 }
 
 /// The principal's uid: the peer workload, or the token's subject as a `User`.
-pub fn principal_uid(snapshot: &PolicySnapshot, peer: &PeerIdentity, token: Option<&VerifiedToken>) -> EntityUid {
+fn principal_uid(snapshot: &PolicySnapshot, peer: &PeerIdentity, token: Option<&VerifiedToken>) -> EntityUid {
     match token.filter(|t| t.principal == PrincipalFrom::Subject) {
         Some(token) => uid(&snapshot.types.user, &user_id(&token.iss, &token.sub)),
         None => uid(&snapshot.types.workload, peer.spiffe_id.as_str()),
@@ -204,7 +204,7 @@ pub fn principal_uid(snapshot: &PolicySnapshot, peer: &PeerIdentity, token: Opti
 
 /// `User::"<iss>#<sub>"`: a subject is only ever the same principal as a subject of
 /// the same issuer (issuers may not contain `#`, so the id splits one way only).
-pub fn user_id(iss: &str, sub: &str) -> String {
+fn user_id(iss: &str, sub: &str) -> String {
     format!("{iss}#{sub}")
 }
 
@@ -537,9 +537,11 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
         samples.push(Some(sample_token(tokens, PrincipalFrom::Subject)));
     }
     // Every action a request can name, with every kind of principal and context.
+    // The entities do not depend on the action: they are checked once per kind.
     let mut methods: Vec<&String> = snapshot.actions_by_method.keys().collect();
     methods.sort();
-    for (method, token) in methods.into_iter().flat_map(|m| samples.iter().map(move |t| (m, t))) {
+    let first = methods.first().copied();
+    for (method, token) in methods.iter().flat_map(|m| samples.iter().map(move |t| (*m, t))) {
         let http = HttpInput { method: method.clone(), ..http.clone() };
         let prepared = prepare(snapshot, &http, &peer, token.as_ref(), &rules).map_err(|e| e.to_string())?;
         let parts = request_parts(snapshot, &prepared, &peer, token.as_ref(), &input, &http, SystemTime::UNIX_EPOCH)?;
@@ -553,8 +555,10 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
                 tokens.claims.keys().collect::<Vec<_>>()
             ),
         };
-        Entities::from_entities(parts.entities, Some(&snapshot.schema))
-            .map_err(|e| format!("the entities cedargate builds {what} do not conform to the schema: {e}"))?;
+        if Some(method) == first {
+            Entities::from_entities(parts.entities, Some(&snapshot.schema))
+                .map_err(|e| format!("the entities cedargate builds {what} do not conform to the schema: {e}"))?;
+        }
         Request::new(
             prepared.principal,
             prepared.action.clone(),

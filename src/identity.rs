@@ -4,8 +4,9 @@
 //! Envoy only reports the *first* URI SAN as the principal and does not check trust
 //! domains, so the X.509-SVID rules (exactly one URI SAN, a valid SPIFFE ID, not a
 //! CA, a leaf's key usage, inside its validity window, equal to the principal) are
-//! enforced here on the parsed certificate. A TLS connection outlives the handshake, so a certificate
-//! that expired after the connection was made is caught here too.
+//! enforced here on the parsed certificate. A TLS connection outlives the
+//! handshake, so a certificate that expired after the connection was made is caught
+//! here too.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -53,8 +53,7 @@ pub struct HttpInput {
 impl HttpInput {
     /// The value of one header (names are lowercase); the first, if it is repeated.
     pub fn header(&self, name: &str) -> Option<&str> {
-        let start = self.headers.partition_point(|(n, _)| n.as_str() < name);
-        self.headers.get(start).filter(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.header_values(name).next()
     }
 
     /// Every value of one header, in request order.

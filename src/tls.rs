@@ -70,9 +70,21 @@ impl ReloadingTls {
         }))
     }
 
-    /// An acceptor with the configuration in force now.
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.current.load_full())
+    /// Completes a client's handshake with the configuration in force now, within
+    /// `HANDSHAKE_TIMEOUT`; `None` (logged at debug) when it fails or stalls.
+    pub async fn accept(&self, stream: TcpStream) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.current.load_full());
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                tracing::debug!(listener = self.listener, "TLS handshake failed: {e}");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(listener = self.listener, "TLS handshake timed out");
+                None
+            }
+        }
     }
 
     /// Reloads when a file changed; `Ok(true)` when a new configuration is in force.
@@ -226,14 +238,10 @@ pub fn incoming(
                 }
             };
             configure(&stream);
-            let (acceptor, tx, listener_name) = (tls.acceptor(), tx.clone(), tls.listener);
+            let (tls, tx) = (Arc::clone(&tls), tx.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(TlsConnection(stream))).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(listener = listener_name, "TLS handshake failed: {e}"),
-                    Err(_) => tracing::debug!(listener = listener_name, "TLS handshake timed out"),
+                if let Some(stream) = tls.accept(stream).await {
+                    let _ = tx.send(Ok(TlsConnection(stream))).await;
                 }
             });
         }
