@@ -16,10 +16,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use cedargate::check::{Checker, SystemClock};
 use cedargate::config::Config;
-use cedargate::proto::envoy::service::auth::v3::{attribute_context, AttributeContext, CheckRequest};
-use cedargate::{http_path, identity, wire};
+use cedargate::identity::svid as identity;
+use cedargate::pipeline::checker::{Checker, SystemClock};
+use cedargate::policy::http_path;
+use cedargate::server::proto::envoy::service::auth::v3::{attribute_context, AttributeContext, CheckRequest};
+use cedargate::server::wire;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
@@ -127,7 +129,7 @@ fn benches(c: &mut Criterion) {
     let decided = checker(&shipped_dir, true).check(&input);
     c.bench_function("audit/record_to_json", |b| {
         b.iter(|| {
-            let record = cedargate::audit::AuditRecord::new(black_box(&decided), &input, false, SystemTime::now());
+            let record = cedargate::ops::audit::AuditRecord::new(black_box(&decided), &input, false, SystemTime::now());
             serde_json::to_string(&record).unwrap()
         })
     });

@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cedargate::check::SystemClock;
 use cedargate::config::{Config, ListenAddr};
+use cedargate::pipeline::checker::SystemClock;
 use envoy_binary::{envoy_binary, free_port};
 use http_body_util::{BodyExt, Empty, Full};
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
@@ -249,7 +249,7 @@ fn main() {
     config.policies.watch = false;
     config.identity.trust_domains = vec!["example.org".into()];
     config.audit.sink = dir.path().join("audit.jsonl").display().to_string();
-    let running = servers.block_on(cedargate::app::start(config, Arc::new(SystemClock))).unwrap();
+    let running = servers.block_on(cedargate::server::app::start(config, Arc::new(SystemClock))).unwrap();
     let cedargate: SocketAddr = running.local_addr.parse().unwrap();
 
     let load = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

@@ -107,10 +107,12 @@ fn serve_noop(port: u16) -> ! {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        use cedargate::proto::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+        use cedargate::server::proto::envoy::service::auth::v3::authorization_server::AuthorizationServer;
         tonic::transport::Server::builder()
             .add_service(AuthorizationServer::new(support::Noop))
-            .serve_with_incoming(cedargate::grpc::nodelay(tokio_stream::wrappers::TcpListenerStream::new(listener)))
+            .serve_with_incoming(cedargate::server::grpc::nodelay(tokio_stream::wrappers::TcpListenerStream::new(
+                listener,
+            )))
             .await
             .unwrap();
     });
@@ -159,10 +161,10 @@ fn grpc_body(cert_pem: &str, token: Option<&str>) -> Vec<u8> {
 fn assert_allows(port: u16, cert_pem: &str, token: Option<&str>) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        use cedargate::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+        use cedargate::server::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
         let mut client = AuthorizationClient::connect(format!("http://127.0.0.1:{port}")).await.unwrap();
         let body = grpc_body(cert_pem, token);
-        let request = cedargate::proto::envoy::service::auth::v3::CheckRequest::decode(&body[5..]).unwrap();
+        let request = cedargate::server::proto::envoy::service::auth::v3::CheckRequest::decode(&body[5..]).unwrap();
         let response = client.check(request).await.unwrap().into_inner();
         assert_eq!(response.status.map(|s| s.code), Some(0), "the benchmark request must be allowed");
     });

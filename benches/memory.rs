@@ -16,8 +16,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cedargate::check::{Checker, SystemClock};
 use cedargate::config::Config;
+use cedargate::pipeline::checker::{Checker, SystemClock};
 
 const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
 
@@ -35,8 +35,11 @@ fn main() {
     let loaded = support::rss_mib();
     let leaf = pki.svid(FRONTEND);
     for i in 0..100_000 {
-        let input =
-            cedargate::wire::check_input(support::envoy_request(&leaf.cert_pem, &format!("/api/orders/{i}"), None));
+        let input = cedargate::server::wire::check_input(support::envoy_request(
+            &leaf.cert_pem,
+            &format!("/api/orders/{i}"),
+            None,
+        ));
         assert!(checker.check(&input).is_allowed());
     }
     let entries = checker.cache().map_or(0, |c| c.entries());

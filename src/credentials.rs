@@ -1,47 +1,7 @@
-//! The credential sources that change while cedargate runs: token issuers' keys and
-//! the revocation list, with the background tasks that keep them fresh.
+//! Bearer tokens and what they are judged by: issuers' keys (JWKS) and the
+//! revocation list, kept fresh while cedargate runs.
 
-use std::sync::Arc;
-
-use tokio::task::JoinHandle;
-
-use crate::config::Config;
-use crate::jwks::JwksError;
-use crate::metrics::Metrics;
-use crate::revocation::Revocations;
-use crate::token::TokenVerifier;
-
-pub struct Credentials {
-    pub tokens: TokenVerifier,
-    pub revocations: Arc<Revocations>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CredentialsError {
-    #[error("token issuers: {0}")]
-    Jwks(#[from] JwksError),
-    #[error("{0}")]
-    Revocation(String),
-}
-
-impl Credentials {
-    /// Reads every local source now (a JWKS or revocation file that is missing or
-    /// invalid refuses to start); remote JWKS are fetched by `spawn_refreshers`.
-    pub fn load(config: &Config, metrics: Arc<Metrics>) -> Result<Credentials, CredentialsError> {
-        let revocations = match &config.identity.revocation_file {
-            Some(path) => Revocations::from_file(path).map_err(CredentialsError::Revocation)?,
-            None => Revocations::none(),
-        };
-        let tokens = TokenVerifier::new(&config.tokens, &config.cache, metrics)?;
-        Ok(Credentials { tokens, revocations: Arc::new(revocations) })
-    }
-
-    /// Starts the tasks that re-read JWKS files and URLs and the revocation file.
-    /// They run until aborted (`app::Running::shutdown` does).
-    pub fn spawn_refreshers(&self) -> Vec<JoinHandle<()>> {
-        let mut tasks: Vec<JoinHandle<()>> =
-            self.tokens.issuer_keys().map(|keys| tokio::spawn(Arc::clone(keys).run_refresher())).collect();
-        tasks.push(tokio::spawn(Arc::clone(&self.revocations).run_watcher()));
-        tasks
-    }
-}
+pub mod jwks;
+pub mod revocation;
+pub mod sources;
+pub mod token;

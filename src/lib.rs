@@ -1,43 +1,32 @@
 //! cedargate: an Envoy external authorization server that authorizes SPIFFE
 //! workloads with Cedar policies.
 //!
-//! A Check flows through the modules in this order: `grpc` (tonic) → `wire`
-//! (protobuf → `input`) → `check` (the pipeline) → `identity` (`spiffe`,
-//! `certificate`) → `token` (`jwks`, `revocation`, kept fresh by `credentials`) →
-//! `cedar_request` (`http_path`) → Cedar evaluation against a `policy_set` snapshot
-//! → `decision` → `wire` (→ `CheckResponse`).
+//! The folders are the architecture (ARCHITECTURE.md has the page-long version):
+//!
+//! - `pipeline`: the core. A `CheckInput` in, a `Decision` out, with metrics, logs
+//!   and audit done once for every front-end. Free of tonic and protobuf.
+//! - `identity`: who the peer workload is (SPIFFE ID, X.509-SVID rules).
+//! - `credentials`: bearer tokens, issuers' keys, the revocation list.
+//! - `policy`: policy sets on disk, what their policies read, the Cedar request
+//!   built per Check, the decision cache, hot reload.
+//! - `server`: the gRPC front-end (protobuf ↔ domain), its listeners and TLS, and
+//!   the wiring of a running server.
+//! - `ops`: the admin listener, audit records, metrics, logs and traces, file watching.
+//! - `cli`: the bodies of the command-line commands other than `serve`.
+//! - `config`: the one typed configuration.
+//!
+//! A Check reads top to bottom: `server::grpc` → `server::wire` (protobuf →
+//! `pipeline::input`) → `pipeline::authorize` → `pipeline::checker` → `identity` →
+//! `credentials::token` → `policy::request` → `policy::decision_cache` /
+//! `policy::index` → `pipeline::decision` → `pipeline::authorize` (metrics, log,
+//! audit) → `server::wire` (→ `CheckResponse`).
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod app;
-pub mod audit;
-pub mod cedar_request;
-pub mod certificate;
-pub mod check;
-pub mod check_json;
+pub mod cli;
 pub mod config;
 pub mod credentials;
-pub mod decision;
-pub mod decision_cache;
-pub mod demo_pki;
-pub mod grpc;
-pub mod http_path;
 pub mod identity;
-pub mod input;
-pub mod jwks;
-pub mod metrics;
-pub mod offline;
-pub mod policy_fmt;
-pub mod policy_index;
-pub mod policy_load;
-pub mod policy_reads;
-pub mod policy_set;
-pub mod proto;
-pub mod reload;
-pub mod revocation;
-pub mod spiffe;
-pub mod telemetry;
-pub mod test_tokens;
-pub mod tls;
-pub mod token;
-pub mod wire;
+pub mod ops;
+pub mod pipeline;
+pub mod policy;
+pub mod server;

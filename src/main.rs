@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use cedargate::check::SystemClock;
 use cedargate::config::TokenModel;
 use cedargate::config::{Config, ListenAddr};
+use cedargate::pipeline::checker::SystemClock;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -140,7 +140,7 @@ fn main() -> ExitCode {
         Command::Authorize(args) => authorize(*args),
         Command::Test { dir, config, format } => test(&dir, config.as_deref(), format),
         Command::Fmt { target, check, format } => fmt(&target, check, format),
-        Command::DemoPki { out } => match cedargate::demo_pki::write(&out) {
+        Command::DemoPki { out } => match cedargate::cli::demo_pki::write(&out) {
             Ok(files) => {
                 for file in files {
                     println!("wrote {}", file.display());
@@ -163,7 +163,7 @@ fn validate(dir: &std::path::Path, config: Option<&std::path::Path>, format: For
             return ExitCode::from(2);
         }
     };
-    match (cedargate::policy_load::load_dir(dir, &tokens), format) {
+    match (cedargate::policy::load::load_dir(dir, &tokens), format) {
         (Ok(snapshot), Format::Text) => {
             println!("{}: {} policies valid (version {})", dir.display(), snapshot.policy_count(), snapshot.version);
             ExitCode::SUCCESS
@@ -224,8 +224,8 @@ fn authorize(args: AuthorizeArgs) -> ExitCode {
                 Ok(text) => text,
                 Err(e) => return usage(format!("{}: {e}", path.display())),
             };
-            match cedargate::check_json::parse(&text) {
-                Ok(request) => cedargate::wire::check_input(request),
+            match cedargate::cli::check_json::parse(&text) {
+                Ok(request) => cedargate::server::wire::check_input(request),
                 Err(e) => return usage(format!("{}: {e}", path.display())),
             }
         }
@@ -245,7 +245,7 @@ fn authorize(args: AuthorizeArgs) -> ExitCode {
                     None
                 }
             };
-            let mut spec = cedargate::offline::RequestSpec {
+            let mut spec = cedargate::cli::offline::RequestSpec {
                 principal,
                 certificate,
                 method: args.method.clone(),
@@ -270,7 +270,7 @@ fn authorize(args: AuthorizeArgs) -> ExitCode {
             spec.input()
         }
     };
-    let checker = match cedargate::check::Checker::load(config, Arc::new(SystemClock)) {
+    let checker = match cedargate::pipeline::checker::Checker::load(config, Arc::new(SystemClock)) {
         Ok(checker) => checker,
         Err(e) => return usage(e.to_string()),
     };
@@ -286,7 +286,7 @@ fn authorize(args: AuthorizeArgs) -> ExitCode {
         }),
         Err(e) => return usage(format!("cannot start the async runtime: {e}")),
     };
-    let report = cedargate::offline::Report::of(&decision);
+    let report = cedargate::cli::offline::Report::of(&decision);
     match args.format {
         Format::Text => println!("{}", report.human()),
         Format::Json => println!("{}", serde_json::to_string(&report).unwrap_or_default()),
@@ -299,8 +299,8 @@ fn authorize(args: AuthorizeArgs) -> ExitCode {
 }
 
 fn fmt(target: &std::path::Path, check: bool, format: Format) -> ExitCode {
-    use cedargate::policy_fmt;
-    let files = match policy_fmt::policy_files(target) {
+    use cedargate::policy::format;
+    let files = match format::policy_files(target) {
         Ok(files) => files,
         Err(e) => {
             eprintln!("error: {}: {e}", target.display());
@@ -309,7 +309,7 @@ fn fmt(target: &std::path::Path, check: bool, format: Format) -> ExitCode {
     };
     let mut results = Vec::new();
     for file in files {
-        let mut result = policy_fmt::format_file(&file);
+        let mut result = format::format_file(&file);
         if result.changed && !check {
             if let Err(e) = std::fs::write(&file, &result.text) {
                 result.error = Some(format!("cannot write: {e}"));
@@ -348,7 +348,7 @@ fn fmt(target: &std::path::Path, check: bool, format: Format) -> ExitCode {
 }
 
 fn test(dir: &std::path::Path, config: Option<&std::path::Path>, format: Format) -> ExitCode {
-    use cedargate::offline;
+    use cedargate::cli::offline;
     let fail = |message: String| {
         eprintln!("error: {message}");
         ExitCode::from(2)
@@ -374,12 +374,12 @@ fn test(dir: &std::path::Path, config: Option<&std::path::Path>, format: Format)
     }
     // Cases with `token_claims` get tokens signed by a key made for this run.
     let wants_tokens = suites.iter().any(|(_, s)| s.cases.iter().any(|c| c.token_claims.is_some()));
-    let signer = match wants_tokens.then(|| cedargate::test_tokens::TestSigner::install(&mut config)).transpose() {
+    let signer = match wants_tokens.then(|| cedargate::cli::test_tokens::TestSigner::install(&mut config)).transpose() {
         Ok(signer) => signer,
         Err(e) => return fail(e.to_string()),
     };
     let clock = Arc::new(offline::SettableClock::default());
-    let checker = match cedargate::check::Checker::load(config, clock.clone()) {
+    let checker = match cedargate::pipeline::checker::Checker::load(config, clock.clone()) {
         Ok(checker) => checker,
         Err(e) => return fail(e.to_string()),
     };
@@ -464,7 +464,7 @@ fn serve(
     };
     let telemetry = {
         let _inside = runtime.enter();
-        match cedargate::telemetry::init(&config) {
+        match cedargate::ops::telemetry::init(&config) {
             Ok(telemetry) => telemetry,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -473,7 +473,7 @@ fn serve(
         }
     };
     let result = runtime.block_on(async {
-        let running = cedargate::app::start(config, Arc::new(SystemClock)).await?;
+        let running = cedargate::server::app::start(config, Arc::new(SystemClock)).await?;
         running.run_until_signal().await
     });
     {

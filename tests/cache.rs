@@ -10,11 +10,11 @@ use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, SystemTime};
 
-use cedargate::check::{Checker, SystemClock};
+use cedargate::cli::offline::SettableClock;
 use cedargate::config::{Config, IssuerConfig};
-use cedargate::decision::CacheOutcome;
-use cedargate::offline::SettableClock;
-use cedargate::reload::PolicyReloader;
+use cedargate::pipeline::checker::{Checker, SystemClock};
+use cedargate::pipeline::decision::CacheOutcome;
+use cedargate::policy::reload::PolicyReloader;
 use common::jwt::{self, claims, Signer, AUDIENCE, ISSUER};
 use common::pki::Pki;
 use common::{shipped_policies, shipped_policies_copy, test_config, Req};
@@ -154,7 +154,7 @@ impl TokenWorld {
         TokenWorld { dir, checker, clock, pki: Pki::new() }
     }
 
-    fn place_order(&self, token: &str) -> cedargate::input::CheckInput {
+    fn place_order(&self, token: &str) -> cedargate::pipeline::input::CheckInput {
         let leaf = self.pki.svid(FRONTEND);
         Req::new(FRONTEND, Some(&leaf.cert_pem))
             .method("POST")

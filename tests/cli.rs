@@ -155,10 +155,10 @@ fn demo_pki_makes_svids_the_shipped_policies_accept_and_an_envoy_config_for_them
     let out = dir.path().join("demo");
     let run = cedargate(&["demo-pki", "--out", out.to_str().unwrap()]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    for (stem, spiffe_id) in cedargate::demo_pki::WORKLOADS {
+    for (stem, spiffe_id) in cedargate::cli::demo_pki::WORKLOADS {
         let pem = std::fs::read_to_string(out.join(format!("{stem}.pem"))).unwrap();
         let encoded = common::pki::url_encode(&pem);
-        let cert = cedargate::certificate::parse_url_encoded_pem(&encoded, 16 * 1024).unwrap();
+        let cert = cedargate::identity::certificate::parse_url_encoded_pem(&encoded, 16 * 1024).unwrap();
         assert_eq!(cert.uri_sans, vec![spiffe_id.to_owned()]);
         assert!(cert.lifetime_seconds() <= 24 * 3600, "short-lived, as the shipped guardrail wants");
         assert!(out.join(format!("{stem}-key.pem")).exists());

@@ -8,11 +8,11 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
-use cedargate::check_json;
+use cedargate::cli::check_json;
 use cedargate::config::ListenAddr;
-use cedargate::proto::envoy::config::core::v3::header_value_option::HeaderAppendAction;
-use cedargate::proto::envoy::service::auth::v3::check_response::HttpResponse;
-use cedargate::proto::envoy::service::auth::v3::{attribute_context, AttributeContext, CheckRequest};
+use cedargate::server::proto::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use cedargate::server::proto::envoy::service::auth::v3::check_response::HttpResponse;
+use cedargate::server::proto::envoy::service::auth::v3::{attribute_context, AttributeContext, CheckRequest};
 use common::pki::{url_encode, LeafSpec, Pki};
 use common::{check, outcome, shipped_policies, start, start_at, test_config, Req};
 use tonic_health::pb::health_client::HealthClient;
@@ -219,7 +219,7 @@ async fn serves_on_a_unix_socket_for_sidecars() {
         .await
         .unwrap();
     let mut client =
-        cedargate::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(channel);
+        cedargate::server::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(channel);
     let pki = Pki::new();
     let response =
         client.check(Req::new(FRONTEND, Some(&pki.svid(FRONTEND).cert_pem)).build()).await.unwrap().into_inner();
@@ -245,11 +245,15 @@ async fn shutdown_finishes_promptly_with_clients_connected_and_then_refuses() {
 #[tokio::test]
 async fn invalid_policy_directory_refuses_to_start_with_located_diagnostics() {
     let (_dir, policies) = policies_with("permit (principal, action, resource) when { resource.hots == \"x\" };\n");
-    let err =
-        match cedargate::app::start(test_config(policies), std::sync::Arc::new(cedargate::check::SystemClock)).await {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("started with an invalid policy set"),
-        };
+    let err = match cedargate::server::app::start(
+        test_config(policies),
+        std::sync::Arc::new(cedargate::pipeline::checker::SystemClock),
+    )
+    .await
+    {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("started with an invalid policy set"),
+    };
     assert!(err.contains("test.cedar:1:"), "{err}");
     assert!(err.contains("hots"), "{err}");
 }

@@ -9,9 +9,9 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use cedargate::check::{Checker, FixedClock, SystemClock};
 use cedargate::config::Config;
-use cedargate::decision::{Decision, Outcome};
+use cedargate::pipeline::checker::{Checker, FixedClock, SystemClock};
+use cedargate::pipeline::decision::{Decision, Outcome};
 use common::pki::{LeafSpec, Pki};
 use common::{shipped_policies, test_config, Req};
 
@@ -173,8 +173,8 @@ fn the_segment_count_of_a_path_is_bounded() {
 #[test]
 fn a_schema_whose_actions_do_not_fit_every_request_is_refused_at_load() {
     use cedargate::config::TokenModel;
-    use cedargate::policy_load::load_files;
-    use cedargate::policy_set::PolicyFiles;
+    use cedargate::policy::load::load_files;
+    use cedargate::policy::set::PolicyFiles;
     let schema = std::fs::read_to_string(shipped_policies().join("schema.cedarschema")).unwrap();
     let narrowed = schema.replace(
         "action POST, PUT, PATCH, DELETE in [write]\n  appliesTo { principal: [Workload, User],",

@@ -6,10 +6,10 @@ mod common;
 
 use std::time::SystemTime;
 
-use cedargate::certificate;
 use cedargate::config::IdentityConfig;
-use cedargate::identity::{establish, IdentityError};
-use cedargate::input::PeerInput;
+use cedargate::identity::certificate;
+use cedargate::identity::svid::{establish, IdentityError};
+use cedargate::pipeline::input::PeerInput;
 use common::pki::{url_encode, LeafSpec, Pki};
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};

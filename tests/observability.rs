@@ -209,7 +209,7 @@ fn drain(path: std::path::PathBuf, go: std::sync::mpsc::Receiver<()>) -> std::th
     })
 }
 
-async fn burst(running: &cedargate::app::Running, pki: &Pki, n: usize) {
+async fn burst(running: &cedargate::server::app::Running, pki: &Pki, n: usize) {
     let leaf = pki.svid(FRONTEND);
     let mut tasks = Vec::new();
     for client in 0..8 {

@@ -8,8 +8,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use cedargate::check::{Checker, FixedClock, SystemClock};
-use cedargate::decision::{Decision, DenyReason, Outcome};
+use cedargate::pipeline::checker::{Checker, FixedClock, SystemClock};
+use cedargate::pipeline::decision::{Decision, DenyReason, Outcome};
 use common::pki::{LeafSpec, Pki};
 use common::{shipped_policies, test_config, Req};
 use time::OffsetDateTime;

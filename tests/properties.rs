@@ -11,15 +11,15 @@ mod common;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
-use cedargate::cedar_request::canonical_host;
-use cedargate::certificate;
-use cedargate::check::{Checker, SystemClock};
 use cedargate::config::IssuerConfig;
 use cedargate::config::TokenModel;
-use cedargate::http_path::{normalize, PathRules};
-use cedargate::policy_set::PolicyFiles;
-use cedargate::revocation::Denylist;
-use cedargate::spiffe::SpiffeId;
+use cedargate::credentials::revocation::Denylist;
+use cedargate::identity::certificate;
+use cedargate::identity::spiffe::SpiffeId;
+use cedargate::pipeline::checker::{Checker, SystemClock};
+use cedargate::policy::http_path::{normalize, PathRules};
+use cedargate::policy::request::canonical_host;
+use cedargate::policy::set::PolicyFiles;
 use common::jwt::{self, Signer};
 use common::pki::Pki;
 use common::{shipped_policies, test_config, Req};
@@ -141,7 +141,7 @@ proptest! {
         }),
     ]) {
         let files = PolicyFiles { entities: Some(text), ..shipped_files() };
-        let _ = cedargate::policy_load::load_files(&files, &TokenModel::default());
+        let _ = cedargate::policy::load::load_files(&files, &TokenModel::default());
     }
 
     /// The whole pipeline, from Envoy's protobuf to a decision, on requests with

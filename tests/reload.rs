@@ -16,7 +16,7 @@ use common::{check, outcome, shipped_policies_copy, test_config, Req};
 const REPORTING: &str = "spiffe://example.org/ns/ops/sa/reporting";
 
 /// DELETE /api/orders/1 from the reporting service: denied by the shipped policies.
-fn delete(pki: &Pki) -> cedargate::proto::envoy::service::auth::v3::CheckRequest {
+fn delete(pki: &Pki) -> cedargate::server::proto::envoy::service::auth::v3::CheckRequest {
     Req::new(REPORTING, Some(&pki.svid(REPORTING).cert_pem)).method("DELETE").build()
 }
 
@@ -151,7 +151,7 @@ async fn checks_during_many_reloads_all_get_correct_answers() {
         let mut swaps = 0;
         for i in 0..30 {
             write_policy(&dir_path, "extra.cedar", if i % 2 == 0 { "version-b" } else { "version-a" });
-            if matches!(reloader.reload(), Ok(cedargate::reload::ReloadOutcome::Swapped { .. })) {
+            if matches!(reloader.reload(), Ok(cedargate::policy::reload::ReloadOutcome::Swapped { .. })) {
                 swaps += 1;
             }
         }
@@ -194,7 +194,7 @@ fn sighup_reloads_the_running_binary() {
             let addr = format!("127.0.0.1:{port}");
             let started = Instant::now();
             let mut client = loop {
-                match cedargate::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
+                match cedargate::server::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
                     format!("http://{addr}"),
                 )
                 .await

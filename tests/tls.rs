@@ -138,10 +138,14 @@ async fn a_listener_with_unusable_tls_files_does_not_start() {
         key_file: dir.path().join("server-key.pem"),
         client_ca_file: None,
     });
-    let err = cedargate::app::start(config.clone(), Arc::new(cedargate::check::SystemClock)).await.err().unwrap();
+    let err = cedargate::server::app::start(config.clone(), Arc::new(cedargate::pipeline::checker::SystemClock))
+        .await
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("server.pem"), "{err}");
     config.server.tls.as_mut().unwrap().cert_file = dir.path().join("missing.pem");
-    let err = cedargate::app::start(config, Arc::new(cedargate::check::SystemClock)).await.err().unwrap();
+    let err =
+        cedargate::server::app::start(config, Arc::new(cedargate::pipeline::checker::SystemClock)).await.err().unwrap();
     assert!(err.to_string().contains("missing.pem"), "{err}");
 }
 

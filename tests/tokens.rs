@@ -10,10 +10,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cedargate::check::{Checker, SystemClock};
 use cedargate::config::{Config, IssuerConfig, PrincipalFrom};
-use cedargate::decision::Decision;
-use cedargate::proto::envoy::service::auth::v3::check_response::HttpResponse;
+use cedargate::pipeline::checker::{Checker, SystemClock};
+use cedargate::pipeline::decision::Decision;
+use cedargate::server::proto::envoy::service::auth::v3::check_response::HttpResponse;
 use common::jwks_server::JwksServer;
 use common::jwt::{self, claims, hs256_with_secret, Signer, AUDIENCE, ISSUER};
 use common::pki::{LeafSpec, Pki};
@@ -211,8 +211,8 @@ trait Status {
 impl Status for Decision {
     fn outcome_status(&self) -> u16 {
         match &self.outcome {
-            cedargate::decision::Outcome::Allow => 200,
-            cedargate::decision::Outcome::Deny(reason) => reason.http_status(),
+            cedargate::pipeline::decision::Outcome::Allow => 200,
+            cedargate::pipeline::decision::Outcome::Deny(reason) => reason.http_status(),
         }
     }
 }
@@ -376,7 +376,7 @@ fn certificates_can_be_revoked_by_serial_or_fingerprint() {
     let ec = Signer::ec("ec-1");
     let w = World::new(&[&ec], |_| {});
     let leaf = w.pki.svid(FRONTEND);
-    let cert = cedargate::certificate::parse_der(&leaf.der).unwrap();
+    let cert = cedargate::identity::certificate::parse_der(&leaf.der).unwrap();
     std::fs::write(w.dir.path().join("revoked.txt"), format!("fingerprint {}\n", cert.fingerprint())).unwrap();
     w.checker.credentials().revocations.reload().unwrap();
     assert_eq!(w.decide(&Req::new(FRONTEND, Some(&leaf.cert_pem))).code(), "certificate_revoked");
@@ -387,7 +387,11 @@ fn certificates_can_be_revoked_by_serial_or_fingerprint() {
 }
 
 /// A server whose one issuer fetches its JWKS from `url` over HTTPS.
-async fn start_with_url(pki: &Pki, url: &str, min_refresh: Duration) -> (cedargate::app::Running, tempfile::TempDir) {
+async fn start_with_url(
+    pki: &Pki,
+    url: &str,
+    min_refresh: Duration,
+) -> (cedargate::server::app::Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca.pem"), pki.ca_pem()).unwrap();
     let mut config = test_config(shipped_policies());
@@ -402,7 +406,7 @@ async fn start_with_url(pki: &Pki, url: &str, min_refresh: Duration) -> (cedarga
     (common::start(config).await, dir)
 }
 
-fn grpc_order(pki: &Pki, token: &str) -> cedargate::proto::envoy::service::auth::v3::CheckRequest {
+fn grpc_order(pki: &Pki, token: &str) -> cedargate::server::proto::envoy::service::auth::v3::CheckRequest {
     let leaf = pki.svid(FRONTEND);
     Req::new(FRONTEND, Some(&leaf.cert_pem))
         .method("POST")

@@ -7,11 +7,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cedargate::proto::envoy::config::core::v3::{address, socket_address::PortSpecifier, Address, SocketAddress};
-use cedargate::proto::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
-use cedargate::proto::envoy::service::auth::v3::{attribute_context, AttributeContext};
-use cedargate::proto::envoy::service::auth::v3::{check_response, CheckRequest, CheckResponse, OkHttpResponse};
-use cedargate::proto::google::rpc::Status as RpcStatus;
+use cedargate::server::proto::envoy::config::core::v3::{
+    address, socket_address::PortSpecifier, Address, SocketAddress,
+};
+use cedargate::server::proto::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
+use cedargate::server::proto::envoy::service::auth::v3::{attribute_context, AttributeContext};
+use cedargate::server::proto::envoy::service::auth::v3::{check_response, CheckRequest, CheckResponse, OkHttpResponse};
+use cedargate::server::proto::google::rpc::Status as RpcStatus;
 
 /// Answers every Check with an allow, doing nothing else.
 pub struct Noop;
@@ -34,7 +36,7 @@ pub fn start_noop(runtime: &tokio::runtime::Runtime) -> SocketAddr {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(
             tonic::transport::Server::builder().add_service(AuthorizationServer::new(Noop)).serve_with_incoming(
-                cedargate::grpc::nodelay(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+                cedargate::server::grpc::nodelay(tokio_stream::wrappers::TcpListenerStream::new(listener)),
             ),
         );
         addr

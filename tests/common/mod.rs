@@ -13,12 +13,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use cedargate::app::{self, Running};
-use cedargate::check::{Clock, FixedClock, SystemClock};
 use cedargate::config::{Config, ListenAddr};
-use cedargate::proto::envoy::config::core::v3::{address, socket_address::PortSpecifier, Address, SocketAddress};
-use cedargate::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use cedargate::proto::envoy::service::auth::v3::{attribute_context, AttributeContext, CheckRequest, CheckResponse};
+use cedargate::pipeline::checker::{Clock, FixedClock, SystemClock};
+use cedargate::server::app::{self, Running};
+use cedargate::server::proto::envoy::config::core::v3::{
+    address, socket_address::PortSpecifier, Address, SocketAddress,
+};
+use cedargate::server::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use cedargate::server::proto::envoy::service::auth::v3::{
+    attribute_context, AttributeContext, CheckRequest, CheckResponse,
+};
 
 pub fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -177,13 +181,13 @@ impl Req {
         }
     }
 
-    pub fn input(&self) -> cedargate::input::CheckInput {
-        cedargate::wire::check_input(self.build())
+    pub fn input(&self) -> cedargate::pipeline::input::CheckInput {
+        cedargate::server::wire::check_input(self.build())
     }
 
     /// The input with `extra` header lines added unjoined, as Envoy's
     /// `encode_raw_headers` sends repeated headers.
-    pub fn raw_input(&self, extra: &[(&str, &str)]) -> cedargate::input::CheckInput {
+    pub fn raw_input(&self, extra: &[(&str, &str)]) -> cedargate::pipeline::input::CheckInput {
         let mut input = self.input();
         if let Some(http) = input.http.as_mut() {
             http.headers.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
@@ -196,7 +200,7 @@ impl Req {
 
 /// The HTTP status and the reason code of a response (200/"allow" for an allow).
 pub fn outcome(response: &CheckResponse) -> (u16, String) {
-    use cedargate::proto::envoy::service::auth::v3::check_response::HttpResponse;
+    use cedargate::server::proto::envoy::service::auth::v3::check_response::HttpResponse;
     match &response.http_response {
         Some(HttpResponse::OkResponse(_)) => {
             assert_eq!(response.status.as_ref().map(|s| s.code), Some(0));

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use crate::cedar_request::RequestError;
-use crate::identity::{IdentityError, PeerIdentity};
-use crate::token::{TokenError, VerifiedToken};
+use crate::credentials::token::{TokenError, VerifiedToken};
+use crate::identity::svid::{IdentityError, PeerIdentity};
+use crate::policy::request::RequestError;
 
 /// Allow or deny, with why.
 #[derive(Debug, Clone)]
@@ -73,8 +73,8 @@ impl Decision {
     }
 
     /// What this decision adds to the metrics, at `now_unix`.
-    pub fn metrics_record(&self, now_unix: i64) -> crate::metrics::CheckRecord {
-        crate::metrics::CheckRecord {
+    pub fn metrics_record(&self, now_unix: i64) -> crate::ops::metrics::CheckRecord {
+        crate::ops::metrics::CheckRecord {
             decision: if self.is_allowed() { "allow" } else { "deny" },
             reason: self.code(),
             cache: self.cache.label(),

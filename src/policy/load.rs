@@ -4,22 +4,22 @@
 
 use std::path::Path;
 
-use crate::cedar_request;
 use crate::config::TokenModel;
-use crate::policy_set::{self, Diagnostic, LoadError, PolicyFiles, PolicySnapshot, SCHEMA_FILE};
+use crate::policy::request;
+use crate::policy::set::{self, Diagnostic, LoadError, PolicyFiles, PolicySnapshot, SCHEMA_FILE};
 
 /// Loads and validates a policy directory. `tokens` says what the configured token
 /// issuers add to requests, which the schema must declare too.
 pub fn load_dir(dir: &Path, tokens: &TokenModel) -> Result<PolicySnapshot, LoadError> {
     let fail = |diagnostics: Vec<Diagnostic>| LoadError { dir: dir.to_owned(), diagnostics };
-    let files = policy_set::read_dir(dir).map_err(|d| fail(vec![d]))?;
+    let files = set::read_dir(dir).map_err(|d| fail(vec![d]))?;
     load_files(&files, tokens).map_err(fail)
 }
 
 /// Builds a snapshot from file contents (also used by tests and tools).
 pub fn load_files(files: &PolicyFiles, tokens: &TokenModel) -> Result<PolicySnapshot, Vec<Diagnostic>> {
-    let snapshot = policy_set::parse_files(files)?;
-    cedar_request::check_schema_contract(&snapshot, tokens).map_err(|message| {
+    let snapshot = set::parse_files(files)?;
+    request::check_schema_contract(&snapshot, tokens).map_err(|message| {
         vec![Diagnostic {
             help: Some(
                 "the schema must declare the types cedargate fills in for every request; compare with the shipped \

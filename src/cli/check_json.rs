@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::proto::envoy::config::core::v3::{address, socket_address::PortSpecifier, Address, SocketAddress};
-use crate::proto::envoy::service::auth::v3::{attribute_context, AttributeContext, CheckRequest};
+use crate::server::proto::envoy::config::core::v3::{address, socket_address::PortSpecifier, Address, SocketAddress};
+use crate::server::proto::envoy::service::auth::v3::{attribute_context, AttributeContext, CheckRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckJsonError {

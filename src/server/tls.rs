@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::TlsFiles;
-use crate::metrics::{Sample, StateSource};
+use crate::ops::metrics::{Sample, StateSource};
 
 /// How often the files are looked at.
 const POLL: Duration = Duration::from_secs(1);

@@ -18,14 +18,14 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::certificate::PeerCertificate;
 use crate::config::{CacheConfig, ClaimType, IssuerConfig, PrincipalFrom, TokensConfig};
-use crate::identity::unix_seconds;
-use crate::input::{CheckInput, HttpInput};
-use crate::jwks::{IssuerKeys, JwksError, KeyLookup};
-use crate::metrics::Metrics;
-use crate::revocation::Denylist;
-use crate::spiffe::SpiffeId;
+use crate::credentials::jwks::{IssuerKeys, JwksError, KeyLookup};
+use crate::credentials::revocation::Denylist;
+use crate::identity::certificate::PeerCertificate;
+use crate::identity::spiffe::SpiffeId;
+use crate::identity::svid::unix_seconds;
+use crate::ops::metrics::Metrics;
+use crate::pipeline::input::{CheckInput, HttpInput};
 
 /// The context extension a route sets to require (or waive) a token.
 pub const ROUTE_TOKEN_KEY: &str = "cedargate.token";
@@ -467,7 +467,7 @@ impl Issuer {
             exp,
             bound,
             claims: custom_claims(claims, config)?,
-            fingerprint: crate::certificate::hex(digest.get(..16).unwrap_or_default()),
+            fingerprint: crate::identity::certificate::hex(digest.get(..16).unwrap_or_default()),
             principal: config.principal,
             forward: forward_headers(claims, config, &sub),
             sub,

@@ -11,14 +11,14 @@ use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::admin::{AdminError, AdminServer, AdminState};
-use crate::audit::{AuditError, AuditLog, AuditWriter};
-use crate::check::{Checker, Clock, SetupError};
 use crate::config::{Config, TokenModel};
-use crate::grpc::{self, Listener};
-use crate::policy_set::PolicySnapshot;
-use crate::reload::PolicyReloader;
-use crate::tls::ReloadingTls;
+use crate::ops::admin::{AdminError, AdminServer, AdminState};
+use crate::ops::audit::{AuditError, AuditLog, AuditWriter};
+use crate::pipeline::checker::{Checker, Clock, SetupError};
+use crate::policy::reload::PolicyReloader;
+use crate::policy::set::PolicySnapshot;
+use crate::server::grpc::{self, Listener};
+use crate::server::tls::ReloadingTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -35,7 +35,7 @@ pub enum AppError {
     #[error(transparent)]
     Audit(#[from] AuditError),
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::server::tls::TlsError),
 }
 
 /// A started server.
@@ -118,7 +118,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
     let config = checker.config();
     let (audit, audit_writer) = match config.audit.enabled {
         true => {
-            let (log, writer) = crate::audit::start(&config.audit)?;
+            let (log, writer) = crate::ops::audit::start(&config.audit)?;
             (Some(log), Some(writer))
         }
         false => (None, None),

@@ -7,18 +7,18 @@ use std::net::IpAddr;
 use prost_types::{value::Kind, ListValue, Struct, Value};
 
 use crate::config::Config;
-use crate::decision::{Decision, DenyReason, Outcome};
-use crate::input::{CheckInput, HttpInput, PeerInput};
-use crate::proto::envoy::config::core::v3::{
+use crate::pipeline::decision::{Decision, DenyReason, Outcome};
+use crate::pipeline::input::{CheckInput, HttpInput, PeerInput};
+use crate::server::proto::envoy::config::core::v3::{
     address, header_value_option::HeaderAppendAction, Address, HeaderValue, HeaderValueOption,
 };
-use crate::proto::envoy::r#type::v3::HttpStatus;
-use crate::proto::envoy::service::auth::v3::{
+use crate::server::proto::envoy::r#type::v3::HttpStatus;
+use crate::server::proto::envoy::service::auth::v3::{
     attribute_context::{HttpRequest, Peer},
     check_response::HttpResponse,
     CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
 };
-use crate::proto::google::rpc::Status;
+use crate::server::proto::google::rpc::Status;
 
 /// gRPC status codes Envoy reads from `CheckResponse.status`.
 const GRPC_OK: i32 = 0;
@@ -52,7 +52,7 @@ fn socket(address: Option<Address>) -> (Option<IpAddr>, Option<u16>) {
     match address.and_then(|a| a.address) {
         Some(address::Address::SocketAddress(s)) => {
             let port = match s.port_specifier {
-                Some(crate::proto::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p)) => {
+                Some(crate::server::proto::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p)) => {
                     u16::try_from(p).ok()
                 }
                 _ => None,

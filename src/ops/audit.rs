@@ -16,9 +16,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::{AuditConfig, WhenFull};
-use crate::decision::{Decision, Outcome};
-use crate::input::CheckInput;
-use crate::metrics::{Sample, StateSource};
+use crate::ops::metrics::{Sample, StateSource};
+use crate::pipeline::decision::{Decision, Outcome};
+use crate::pipeline::input::CheckInput;
 
 /// One decision, as written.
 #[derive(Debug, Serialize)]
@@ -38,7 +38,7 @@ pub struct AuditRecord<'a> {
     pub token: Option<TokenRecord<'a>>,
     pub request: RequestRecord<'a>,
     pub cache: &'static str,
-    pub shadow: Option<&'a crate::decision::ShadowVerdict>,
+    pub shadow: Option<&'a crate::pipeline::decision::ShadowVerdict>,
     pub latency_us: u64,
 }
 

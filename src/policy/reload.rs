@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::config::TokenModel;
-use crate::policy_load;
-use crate::policy_set::{LoadError, PolicySnapshot, ENTITIES_FILE, POLICY_EXTENSION, SCHEMA_FILE};
+use crate::policy::load;
+use crate::policy::set::{LoadError, PolicySnapshot, ENTITIES_FILE, POLICY_EXTENSION, SCHEMA_FILE};
 
 /// How often the directory is looked at.
 const POLL: Duration = Duration::from_millis(100);
@@ -75,7 +75,7 @@ impl PolicyReloader {
     /// Loads and validates the directory; swaps it in if it is valid and differs.
     pub fn reload(&self) -> Result<ReloadOutcome, LoadError> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let attempt = policy_load::load_dir(&self.dir, &self.tokens);
+        let attempt = load::load_dir(&self.dir, &self.tokens);
         let mut status = self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         status.last_attempt = Some(SystemTime::now());
         let serving = self.policies.load().version.clone();
@@ -157,9 +157,9 @@ impl std::fmt::Debug for PolicyReloader {
 }
 
 /// Reloads by result, and the set being served, sampled when scraped.
-impl crate::metrics::StateSource for PolicyReloader {
-    fn samples(&self) -> Vec<crate::metrics::Sample> {
-        use crate::metrics::Sample;
+impl crate::ops::metrics::StateSource for PolicyReloader {
+    fn samples(&self) -> Vec<crate::ops::metrics::Sample> {
+        use crate::ops::metrics::Sample;
         let set = self.policies.load();
         let dir = self.dir.display().to_string();
         let status = self.status();

@@ -12,14 +12,14 @@ use tonic::{Request, Response, Status};
 use tracing::field::Empty;
 use tracing::Instrument;
 
-use crate::audit::{AuditLog, AuditRecord};
-use crate::check::Checker;
 use crate::config::ListenAddr;
-use crate::decision::{Decision, DenyReason, Outcome};
-use crate::input::CheckInput;
-use crate::proto::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
-use crate::proto::envoy::service::auth::v3::{CheckRequest, CheckResponse};
-use crate::wire;
+use crate::ops::audit::{AuditLog, AuditRecord};
+use crate::pipeline::checker::Checker;
+use crate::pipeline::decision::{Decision, DenyReason, Outcome};
+use crate::pipeline::input::CheckInput;
+use crate::server::proto::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
+use crate::server::proto::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use crate::server::wire;
 
 /// `envoy.service.auth.v3.Authorization`, backed by a `Checker`.
 pub struct AuthorizationService {
@@ -48,7 +48,7 @@ impl Authorization for AuthorizationService {
             cache = Empty,
         );
         if let Some(http) = &input.http {
-            crate::telemetry::join_trace(&span, &http.headers);
+            crate::ops::telemetry::join_trace(&span, &http.headers);
         }
         let response = self.decide(&input).instrument(span.clone()).await;
         Ok(Response::new(response))
@@ -68,7 +68,7 @@ impl AuthorizationService {
             decision = check();
         }
         let now = std::time::SystemTime::now();
-        self.checker.metrics().record_check(&decision.metrics_record(crate::identity::unix_seconds(now)));
+        self.checker.metrics().record_check(&decision.metrics_record(crate::identity::svid::unix_seconds(now)));
         let span = tracing::Span::current();
         span.record("decision.id", decision.id.as_str());
         span.record("decision.outcome", if decision.is_allowed() { "allow" } else { "deny" });
@@ -90,7 +90,7 @@ fn panicked_decision(checker: &Checker) -> Decision {
         token: None,
         policies: Vec::new(),
         errors: Vec::new(),
-        policy_set: crate::check::DEFAULT_SET.to_owned(),
+        policy_set: crate::pipeline::checker::DEFAULT_SET.to_owned(),
         policy_version: checker.policies().version.clone(),
         elapsed: Default::default(),
         cache: Default::default(),
@@ -182,7 +182,7 @@ fn remove_stale_socket(path: &std::path::Path) -> std::io::Result<()> {
 
 /// How the gRPC listener serves: TLS, and the drain before it closes.
 pub struct ServeOptions {
-    pub tls: Option<Arc<crate::tls::ReloadingTls>>,
+    pub tls: Option<Arc<crate::server::tls::ReloadingTls>>,
     pub drain: std::time::Duration,
 }
 
@@ -215,7 +215,7 @@ pub async fn serve(
         .add_service(AuthorizationServer::new(AuthorizationService::new(checker, audit)));
     match (listener, options.tls) {
         (Listener::Tcp(l), Some(tls)) => {
-            router.serve_with_incoming_shutdown(crate::tls::incoming(l, tls, set_nodelay), shutdown).await
+            router.serve_with_incoming_shutdown(crate::server::tls::incoming(l, tls, set_nodelay), shutdown).await
         }
         (Listener::Tcp(l), None) => {
             router.serve_with_incoming_shutdown(nodelay(TcpListenerStream::new(l)), shutdown).await

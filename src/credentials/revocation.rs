@@ -27,7 +27,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
-use crate::metrics::{Sample, StateSource};
+use crate::ops::metrics::{Sample, StateSource};
 
 /// How often the file is re-read.
 const POLL: Duration = Duration::from_millis(250);
@@ -169,7 +169,7 @@ fn serial_decimal(s: &str) -> Option<String> {
             carry >>= 8;
         }
     }
-    Some(canonical_serial(crate::certificate::hex(&value).trim_start_matches('0')))
+    Some(canonical_serial(crate::identity::certificate::hex(&value).trim_start_matches('0')))
 }
 
 /// Hex digits without leading zeros as `certificate::serial_hex` prints them: whole

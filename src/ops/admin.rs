@@ -17,9 +17,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
-use crate::check::Checker;
-use crate::reload::PolicyReloader;
-use crate::telemetry;
+use crate::ops::telemetry;
+use crate::pipeline::checker::Checker;
+use crate::policy::reload::PolicyReloader;
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -53,7 +53,7 @@ impl AdminServer {
     pub fn start(
         addr: &str,
         state: AdminState,
-        tls: Option<Arc<crate::tls::ReloadingTls>>,
+        tls: Option<Arc<crate::server::tls::ReloadingTls>>,
     ) -> Result<AdminServer, AdminError> {
         let bind_error = |source| AdminError::Bind { addr: addr.to_owned(), source };
         let listener = std::net::TcpListener::bind(addr).map_err(bind_error)?;
@@ -95,7 +95,7 @@ impl AdminServer {
 async fn serve(
     listener: std::net::TcpListener,
     state: Arc<AdminState>,
-    tls: Option<Arc<crate::tls::ReloadingTls>>,
+    tls: Option<Arc<crate::server::tls::ReloadingTls>>,
     mut stopped: oneshot::Receiver<()>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {

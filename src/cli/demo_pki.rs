@@ -12,7 +12,7 @@ use rcgen::{
 };
 
 /// The shipped Envoy configuration; its certificate directory is replaced.
-const ENVOY_YAML: &str = include_str!("../envoy-config/envoy.yaml");
+const ENVOY_YAML: &str = include_str!("../../envoy-config/envoy.yaml");
 const ENVOY_CERT_DIR: &str = "/etc/cedargate/certs/";
 /// Short-lived, as the shipped guardrail wants (it forbids more than 24 hours).
 const LIFETIME: time::Duration = time::Duration::hours(12);

@@ -16,8 +16,8 @@ use cedar_policy::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::policy_index::PolicyIndex;
-use crate::spiffe::SpiffeId;
+use crate::identity::spiffe::SpiffeId;
+use crate::policy::index::PolicyIndex;
 
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
 pub const ENTITIES_FILE: &str = "entities.json";
@@ -427,7 +427,7 @@ fn version_of(files: &PolicyFiles) -> String {
     if let Some(text) = &files.entities {
         add(ENTITIES_FILE, text);
     }
-    crate::certificate::hex(&hash.finalize()).chars().take(12).collect()
+    crate::identity::certificate::hex(&hash.finalize()).chars().take(12).collect()
 }
 
 #[cfg(test)]

@@ -9,10 +9,10 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::check::{Checker, Clock};
-use crate::decision::{Decision, Outcome};
-use crate::input::{CheckInput, HttpInput, PeerInput};
-use crate::test_tokens::TestSigner;
+use crate::cli::test_tokens::TestSigner;
+use crate::pipeline::checker::{Checker, Clock};
+use crate::pipeline::decision::{Decision, Outcome};
+use crate::pipeline::input::{CheckInput, HttpInput, PeerInput};
 
 /// A clock the test runner sets per case.
 #[derive(Debug, Default)]
@@ -242,7 +242,7 @@ pub fn run_cases(
                 Ok(serde_json::Value::Object(claims)) => claims,
                 _ => return Err(token_error("token_claims must be a table".to_owned())),
             };
-            let now = crate::identity::unix_seconds(at.unwrap_or_else(SystemTime::now));
+            let now = crate::identity::svid::unix_seconds(at.unwrap_or_else(SystemTime::now));
             request.token = Some(signer.sign(&claims, now).map_err(|e| token_error(e.to_string()))?);
         }
         let actual = Report::of(&checker.check(&request.input()));

@@ -10,15 +10,15 @@ use std::time::SystemTime;
 
 use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request, RestrictedExpression};
 
-use crate::certificate::PeerCertificate;
 use crate::config::{ClaimType, LimitsConfig, PrincipalFrom, TokenModel};
-use crate::http_path::{self, NormalizedPath, PathError, PathRules};
-use crate::identity::{unix_seconds, PeerIdentity};
-use crate::input::{CheckInput, HttpInput};
-use crate::policy_reads::{Relevance, TagKeys};
-use crate::policy_set::{identity_parents, CedarTypes, PolicySnapshot};
-use crate::spiffe::SpiffeId;
-use crate::token::{ClaimValue, VerifiedToken};
+use crate::credentials::token::{ClaimValue, VerifiedToken};
+use crate::identity::certificate::PeerCertificate;
+use crate::identity::spiffe::SpiffeId;
+use crate::identity::svid::{unix_seconds, PeerIdentity};
+use crate::pipeline::input::{CheckInput, HttpInput};
+use crate::policy::http_path::{self, NormalizedPath, PathError, PathRules};
+use crate::policy::reads::{Relevance, TagKeys};
+use crate::policy::set::{identity_parents, CedarTypes, PolicySnapshot};
 
 /// A request ready for the authorizer.
 #[derive(Debug)]
@@ -501,7 +501,7 @@ fn cedar_datetime(seconds: i64, millis: u32) -> Result<String, String> {
 pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> Result<(), String> {
     let id: SpiffeId = "spiffe://example.org/ns/default/sa/contract-check"
         .parse()
-        .map_err(|e: crate::spiffe::SpiffeIdError| e.to_string())?;
+        .map_err(|e: crate::identity::spiffe::SpiffeIdError| e.to_string())?;
     let cert = PeerCertificate {
         sha256: [0; 32],
         serial: "01".into(),
@@ -524,7 +524,7 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
         ..HttpInput::default()
     };
     let input = CheckInput {
-        source: crate::input::PeerInput { ip: Some([127, 0, 0, 1].into()), ..Default::default() },
+        source: crate::pipeline::input::PeerInput { ip: Some([127, 0, 0, 1].into()), ..Default::default() },
         context_extensions: vec![("k".into(), "v".into())],
         ..CheckInput::default()
     };

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::policy_set::POLICY_EXTENSION;
+use crate::policy::set::POLICY_EXTENSION;
 
 /// Cedar's formatter settings, as the Cedar CLI uses them.
 const LINE_WIDTH: usize = 80;

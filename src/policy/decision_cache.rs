@@ -17,15 +17,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use crate::cedar_request::{self, Prepared, RequestError};
 use crate::config::{CacheConfig, PrincipalFrom};
-use crate::identity::{unix_seconds, PeerIdentity};
-use crate::input::{CheckInput, HttpInput};
-use crate::metrics::Metrics;
-use crate::policy_index::Verdict;
-use crate::policy_reads::TagKeys;
-use crate::policy_set::PolicySnapshot;
-use crate::token::{ClaimValue, VerifiedToken};
+use crate::credentials::token::{ClaimValue, VerifiedToken};
+use crate::identity::svid::{unix_seconds, PeerIdentity};
+use crate::ops::metrics::Metrics;
+use crate::pipeline::input::{CheckInput, HttpInput};
+use crate::policy::index::Verdict;
+use crate::policy::reads::TagKeys;
+use crate::policy::request::{self, Prepared, RequestError};
+use crate::policy::set::PolicySnapshot;
 
 /// A key: SHA-256 over length-prefixed fields, so no two field sequences collide.
 struct KeyWriter(Sha256);
@@ -55,7 +55,7 @@ impl KeyWriter {
         items.iter().for_each(|s| self.str(s));
     }
     fn tags<'a>(&mut self, pairs: impl Iterator<Item = (&'a str, &'a str)>, relevant: &TagKeys) {
-        let tags = cedar_request::joined_tags(pairs.filter(|(k, _)| relevant.contains(k)));
+        let tags = request::joined_tags(pairs.filter(|(k, _)| relevant.contains(k)));
         self.int(i64::try_from(tags.len()).unwrap_or(i64::MAX));
         for (k, v) in tags {
             self.str(k);
@@ -65,7 +65,7 @@ impl KeyWriter {
 }
 
 /// The cache key for a request, or `None` when a policy that can apply to it reads
-/// the time. Hashes exactly what `cedar_request::build` puts into the request,
+/// the time. Hashes exactly what `request::build` puts into the request,
 /// less the tags that no policy that can apply reads.
 pub fn key(
     snapshot: &PolicySnapshot,

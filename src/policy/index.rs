@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::policy_reads::Relevance;
+use crate::policy::reads::Relevance;
 use cedar_policy::{
     ActionConstraint, Authorizer, Decision as CedarDecision, Entities, EntityUid, Policy, PolicyId, PolicySet,
     PrincipalConstraint, Request, Response,

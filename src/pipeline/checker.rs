@@ -8,19 +8,19 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::cedar_request;
 use crate::config::{Config, PathCase, TokenModel};
-use crate::credentials::{Credentials, CredentialsError};
-use crate::decision::{CacheOutcome, Decision, DenyReason, Outcome, ShadowVerdict};
-use crate::decision_cache::{self, DecisionCache};
-use crate::http_path::PathRules;
-use crate::identity::{self, CertificateCache, IdentityError, PeerIdentity};
-use crate::input::{CheckInput, HttpInput};
-use crate::metrics::{Metrics, Stage};
-use crate::policy_index::Verdict;
-use crate::policy_load;
-use crate::policy_set::{LoadError, PolicySnapshot};
-use crate::token::{TokenError, VerifiedToken};
+use crate::credentials::sources::{Credentials, CredentialsError};
+use crate::credentials::token::{TokenError, VerifiedToken};
+use crate::identity::svid::{self, CertificateCache, IdentityError, PeerIdentity};
+use crate::ops::metrics::{Metrics, Stage};
+use crate::pipeline::decision::{CacheOutcome, Decision, DenyReason, Outcome, ShadowVerdict};
+use crate::pipeline::input::{CheckInput, HttpInput};
+use crate::policy::decision_cache::{self, DecisionCache};
+use crate::policy::http_path::PathRules;
+use crate::policy::index::Verdict;
+use crate::policy::load;
+use crate::policy::request;
+use crate::policy::set::{LoadError, PolicySnapshot};
 
 /// Where "now" comes from: the system clock in production, a fixed instant in tests
 /// that replay captured requests.
@@ -112,9 +112,9 @@ impl Checker {
     /// Remote JWKS are not fetched here: `app::start` starts their refreshers.
     pub fn load(config: Config, clock: Arc<dyn Clock>) -> Result<Self, SetupError> {
         let tokens = TokenModel::from_config(&config.tokens);
-        let snapshot = policy_load::load_dir(&config.policies.dir, &tokens)?;
+        let snapshot = load::load_dir(&config.policies.dir, &tokens)?;
         let shadow = match &config.policies.shadow_dir {
-            Some(dir) => Some(policy_load::load_dir(dir, &tokens)?),
+            Some(dir) => Some(load::load_dir(dir, &tokens)?),
             None => None,
         };
         let metrics = Arc::new(Metrics::default());
@@ -122,7 +122,7 @@ impl Checker {
         let policies = Arc::new(ArcSwap::from_pointee(snapshot));
         let mut sets = BTreeMap::new();
         for (name, dir) in &config.policies.sets {
-            let snapshot = policy_load::load_dir(dir, &tokens)?;
+            let snapshot = load::load_dir(dir, &tokens)?;
             sets.insert(name.clone(), Arc::new(ArcSwap::from_pointee(snapshot)));
         }
         let mut checker = Checker::new(Arc::new(config), policies, Arc::new(credentials), clock, metrics);
@@ -238,12 +238,12 @@ impl Checker {
         now: SystemTime,
         decision: &mut Decision,
     ) -> Result<(), DenyReason> {
-        let http = cedar_request::check_limits(input, &self.config.limits)?;
+        let http = request::check_limits(input, &self.config.limits)?;
 
         let stage = Instant::now();
         let span = tracing::debug_span!("identity").entered();
         let peer: PeerIdentity =
-            identity::establish_with(&input.source, now, &self.config.identity, self.certificates.as_ref())?;
+            svid::establish_with(&input.source, now, &self.config.identity, self.certificates.as_ref())?;
         let revoked = self.credentials.revocations.current();
         if let Some(cert) = &peer.certificate {
             if revoked.certificate(&cert.serial, &cert.sha256).is_some() {
@@ -293,10 +293,10 @@ impl Checker {
         http: &HttpInput,
         now: SystemTime,
     ) -> Result<Judged, DenyReason> {
-        let prepared = cedar_request::prepare(snapshot, http, peer, token, &self.path_rules)?;
+        let prepared = request::prepare(snapshot, http, peer, token, &self.path_rules)?;
         let prepared = &prepared;
         let evaluate = || {
-            let cedar = cedar_request::build(snapshot, prepared, peer, token, input, http, now)?;
+            let cedar = request::build(snapshot, prepared, peer, token, input, http, now)?;
             Ok(snapshot.index.evaluate(&snapshot.authorizer, &cedar.request, &cedar.entities))
         };
         let judged = |verdict, cache| Judged { verdict, cache, resource_path: prepared.path.path.clone() };
@@ -383,9 +383,9 @@ impl std::fmt::Debug for Checker {
 }
 
 /// The caches' sizes and the token issuers' key refreshes, sampled when scraped.
-impl crate::metrics::StateSource for Checker {
-    fn samples(&self) -> Vec<crate::metrics::Sample> {
-        use crate::metrics::Sample;
+impl crate::ops::metrics::StateSource for Checker {
+    fn samples(&self) -> Vec<crate::ops::metrics::Sample> {
+        use crate::ops::metrics::Sample;
         use std::sync::atomic::Ordering;
         let entries = |cache: &str, value: u64| Sample::Gauge {
             name: "cache_entries",

@@ -1,0 +1,7 @@
+//! What operators watch and steer, kept apart from the request path: the admin
+//! listener, the audit writer, metrics, logs and traces.
+
+pub mod admin;
+pub mod audit;
+pub mod metrics;
+pub mod telemetry;

@@ -1,0 +1,13 @@
+//! Cedar policy sets: loaded from a directory and proven against the schema, what
+//! each policy can read, the Cedar request built for a Check, the evaluation index,
+//! the decision cache keyed by exactly that request, and hot reload.
+
+pub mod decision_cache;
+pub mod format;
+pub mod http_path;
+pub mod index;
+pub mod load;
+pub mod reads;
+pub mod reload;
+pub mod request;
+pub mod set;
