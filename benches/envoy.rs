@@ -305,7 +305,7 @@ fn main() {
             s.errors
         );
     }
-    let metrics = running.checker.metrics().encode();
+    let metrics = running.checker.parts().metrics.encode();
     let value = |series: &str| {
         metrics.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
     };

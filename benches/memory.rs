@@ -42,7 +42,7 @@ fn main() {
         ));
         assert!(checker.check(&input).is_allowed());
     }
-    let entries = checker.cache().map_or(0, |c| c.entries());
+    let entries = checker.parts().cache.as_ref().map_or(0, |c| c.entries());
     println!(
         "RSS: {base:.1} MiB at start; {loaded:.1} MiB with 10,000 policies (loaded in {:.2} s); {:.1} MiB with {entries} cached decisions",
         load.as_secs_f64(),

@@ -2,6 +2,7 @@
 //! with every decision (metrics, log line, audit record), the same for every
 //! front-end. Nothing here knows about tonic or protobuf.
 
+pub mod authorize;
 pub mod checker;
 pub mod decision;
 pub mod input;

@@ -11,3 +11,4 @@ pub mod reads;
 pub mod reload;
 pub mod request;
 pub mod set;
+pub mod sets;

@@ -26,12 +26,8 @@ fn checker(config: Config) -> Checker {
     Checker::load(config, Arc::new(SystemClock)).unwrap()
 }
 
-fn reloader(checker: &Checker) -> PolicyReloader {
-    PolicyReloader::new(
-        checker.config().policies.dir.clone(),
-        cedargate::config::TokenModel::from_config(&checker.config().tokens),
-        Arc::clone(checker.policy_handle()),
-    )
+fn reloader(checker: &Checker) -> Arc<PolicyReloader> {
+    Arc::clone(checker.parts().sets.default_set())
 }
 
 fn edit(path: &Path, from: &str, to: &str) {
@@ -193,16 +189,16 @@ fn key_rotation_and_revocation_are_honoured_by_the_next_check() {
 
     // Revoking the subject: the very next Check is refused, cache or not.
     std::fs::write(w.dir.path().join("revoked.txt"), "sub alice\n").unwrap();
-    assert!(w.checker.credentials().revocations.reload().unwrap());
+    assert!(w.checker.parts().credentials.revocations.reload().unwrap());
     assert_eq!(w.checker.check(&order).code(), "token_revoked");
     std::fs::write(w.dir.path().join("revoked.txt"), "").unwrap();
-    assert!(w.checker.credentials().revocations.reload().unwrap());
+    assert!(w.checker.parts().credentials.revocations.reload().unwrap());
     assert!(w.checker.check(&order).is_allowed());
 
     // Rotating the old key out: its token no longer verifies, although its
     // signature and its decision were both cached.
     std::fs::write(w.dir.path().join("jwks.json"), jwt::jwks(&[&new])).unwrap();
-    let keys = w.checker.credentials().tokens.keys_of(0).unwrap();
+    let keys = w.checker.parts().credentials.tokens.keys_of(0).unwrap();
     let generation = keys.generation();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     assert!(runtime.block_on(keys.refresh_for_unknown_kid(generation)));
@@ -254,9 +250,9 @@ fn the_cache_is_bounded_and_counts_evictions() {
         let d = checker.check(&Req::new(FRONTEND, Some(&leaf.cert_pem)).path(&format!("/api/orders/{i}")).input());
         assert!(d.is_allowed());
     }
-    let cache = checker.cache().unwrap();
+    let cache = checker.parts().cache.as_ref().unwrap();
     assert!(cache.entries() <= 50, "{} entries", cache.entries());
-    let metrics = checker.metrics().encode();
+    let metrics = checker.parts().metrics.encode();
     let evicted: f64 = metrics
         .lines()
         .find(|l| l.starts_with("cedargate_cache_evictions_total{cache=\"decision\"}"))
@@ -278,5 +274,5 @@ fn the_cache_can_be_turned_off() {
         let d = checker.check(&read);
         assert_eq!((d.is_allowed(), d.cache), (true, CacheOutcome::Bypass));
     }
-    assert!(checker.cache().is_none());
+    assert!(checker.parts().cache.as_ref().is_none());
 }

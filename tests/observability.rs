@@ -75,9 +75,9 @@ async fn metrics_and_status_follow_checks_and_reloads() {
     assert!(scrape.contains("cedargate_policy_set_info{"), "{scrape}");
 
     // A refused change shows up in the metrics and in /status; the set is kept.
-    let version = running.checker.policies().version.clone();
+    let version = running.sets.default_set().current().version.clone();
     std::fs::write(dir.path().join("broken.cedar"), "permit (principal, action, resource) when { nope };").unwrap();
-    assert!(running.reloader.reload().is_err());
+    assert!(running.sets.default_set().reload().is_err());
     let (_, scrape) = get("/metrics").await.unwrap();
     let failures = scrape
         .lines()
@@ -110,7 +110,7 @@ async fn audit_records_carry_who_what_why_and_how_long() {
     config.audit.enabled = true;
     config.audit.sink = dir.path().join("audit.jsonl").display().to_string();
     let running = start(config).await;
-    let version = running.checker.policies().version.clone();
+    let version = running.sets.default_set().current().version.clone();
     let mut c = claims(jwt::now(), "alice");
     c["jti"] = "token-7".into();
     let token = signer.sign(&c);

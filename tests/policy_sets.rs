@@ -36,7 +36,7 @@ async fn a_route_selects_its_teams_policy_set() {
     assert_eq!(outcome(&check(&running, on_route.build()).await), (200, "allow".into()));
     let d = running.checker.check(&on_route.input());
     assert_eq!((d.policy_set.as_str(), d.policies.clone()), ("payments-team", vec!["ledger-readers".to_owned()]));
-    assert_eq!(d.policy_version, running.set_reloaders["payments-team"].status().version);
+    assert_eq!(d.policy_version, running.sets.named("payments-team").unwrap().status().version);
 
     // Without the extension the default set decides, and it has no such permit.
     assert_eq!(outcome(&check(&running, ledger.build()).await), (403, "policy_denied".into()));
@@ -51,7 +51,7 @@ async fn a_route_selects_its_teams_policy_set() {
 
     // Each set reloads on its own.
     std::fs::write(dir.path().join("team.cedar"), "// nothing is allowed any more\n").unwrap();
-    running.set_reloaders["payments-team"].reload().unwrap();
+    running.sets.named("payments-team").unwrap().reload().unwrap();
     assert_eq!(outcome(&check(&running, on_route.build()).await), (403, "policy_denied".into()));
     running.shutdown().await.unwrap();
 }

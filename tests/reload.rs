@@ -32,7 +32,7 @@ async fn a_valid_change_is_served() {
     let dir = shipped_policies_copy();
     let pki = Pki::new();
     let running = common::start(test_config(dir.path().to_owned())).await;
-    let before = running.checker.policies().version.clone();
+    let before = running.sets.default_set().current().version.clone();
     assert_eq!(outcome(&check(&running, delete(&pki)).await), (403, "policy_denied".into()));
 
     write_policy(dir.path(), "extra.cedar", "reporting-deletes");
@@ -43,9 +43,9 @@ async fn a_valid_change_is_served() {
         assert!(started.elapsed() < Duration::from_secs(10), "change not served after 10 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let status = running.reloader.status();
+    let status = running.sets.default_set().status();
     assert_ne!(status.version, before);
-    assert_eq!(status.version, running.checker.policies().version);
+    assert_eq!(status.version, running.sets.default_set().current().version);
     assert_eq!(status.last_error, None);
     running.shutdown().await.unwrap();
 }
@@ -55,20 +55,20 @@ async fn an_invalid_change_keeps_the_last_good_set_and_is_reported() {
     let dir = shipped_policies_copy();
     let pki = Pki::new();
     let running = common::start(test_config(dir.path().to_owned())).await;
-    let good = running.checker.policies().version.clone();
+    let good = running.sets.default_set().current().version.clone();
 
     // A syntax error, then a policy that parses but does not validate.
     std::fs::write(dir.path().join("broken.cedar"), "permit (principal, action, resource) when { ;\n").unwrap();
     let started = Instant::now();
-    while running.reloader.failed.load(Ordering::Relaxed) == 0 {
+    while running.sets.default_set().failed.load(Ordering::Relaxed) == 0 {
         assert!(started.elapsed() < Duration::from_secs(10), "invalid change not noticed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let status = running.reloader.status();
+    let status = running.sets.default_set().status();
     let error = status.last_error.expect("the failure is reported");
     assert!(error.contains("broken.cedar:1:"), "diagnostics point at file:line:column: {error}");
     assert_eq!(status.version, good);
-    assert_eq!(running.checker.policies().version, good);
+    assert_eq!(running.sets.default_set().current().version, good);
     assert_eq!(outcome(&check(&running, delete(&pki)).await), (403, "policy_denied".into()), "still the old set");
     let frontend = "spiffe://example.org/ns/default/sa/frontend";
     let allowed = Req::new(frontend, Some(&pki.svid(frontend).cert_pem)).build();
@@ -77,11 +77,11 @@ async fn an_invalid_change_keeps_the_last_good_set_and_is_reported() {
     std::fs::write(dir.path().join("broken.cedar"), "permit (principal, action, resource) when { principal.nope };\n")
         .unwrap();
     let started = Instant::now();
-    while running.reloader.failed.load(Ordering::Relaxed) < 2 {
+    while running.sets.default_set().failed.load(Ordering::Relaxed) < 2 {
         assert!(started.elapsed() < Duration::from_secs(10), "second invalid change not noticed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(running.checker.policies().version, good);
+    assert_eq!(running.sets.default_set().current().version, good);
 
     // Fixing it recovers.
     std::fs::remove_file(dir.path().join("broken.cedar")).unwrap();
@@ -91,7 +91,7 @@ async fn an_invalid_change_keeps_the_last_good_set_and_is_reported() {
         assert!(started.elapsed() < Duration::from_secs(10), "fixed set not served");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(running.reloader.status().last_error, None);
+    assert_eq!(running.sets.default_set().status().last_error, None);
     running.shutdown().await.unwrap();
 }
 
@@ -107,12 +107,12 @@ async fn a_burst_of_saves_is_one_reload() {
     // fewer reloads than saves (one when the saves keep within the 200 ms debounce;
     // a machine busy enough to stretch the 30 ms gaps may see two or three).
     let started = Instant::now();
-    while !running.checker.policies().policy_files.keys().any(|id| id.to_string() == "draft-7") {
+    while !running.sets.default_set().current().policy_files.keys().any(|id| id.to_string() == "draft-7") {
         assert!(started.elapsed() < Duration::from_secs(10), "the last save was not served");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let reloads = running.reloader.succeeded.load(Ordering::Relaxed);
-    assert!((1..8).contains(&reloads), "{reloads} reloads for 8 saves: {:?}", running.reloader.status());
+    let reloads = running.sets.default_set().succeeded.load(Ordering::Relaxed);
+    assert!((1..8).contains(&reloads), "{reloads} reloads for 8 saves: {:?}", running.sets.default_set().status());
     running.shutdown().await.unwrap();
 }
 
@@ -145,7 +145,7 @@ async fn checks_during_many_reloads_all_get_correct_answers() {
             answered
         }));
     }
-    let reloader = running.reloader.clone();
+    let reloader = running.sets.default_set().clone();
     let dir_path = dir.path().to_owned();
     let swaps = tokio::task::spawn_blocking(move || {
         let mut swaps = 0;

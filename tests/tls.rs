@@ -114,7 +114,7 @@ async fn the_grpc_listener_requires_mtls_and_picks_up_a_rotated_certificate() {
     let other = server_leaf(&pki);
     std::fs::write(d.join("server.pem"), &other.cert_pem).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
-    let scrape = || running.checker.metrics().encode();
+    let scrape = || running.checker.parts().metrics.encode();
     while metric(&scrape(), "cedargate_tls_reload_failing{listener=\"grpc\"}") != Some(1.0) {
         assert!(Instant::now() < deadline, "the broken rotation was not noticed: {}", scrape());
         tokio::time::sleep(Duration::from_millis(100)).await;

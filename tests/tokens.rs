@@ -350,7 +350,7 @@ fn revoking_a_token_takes_effect_without_a_restart() {
     rt.block_on(async {
         let ec = Signer::ec("ec-1");
         let w = World::new(&[&ec], |_| {});
-        let _watchers = w.checker.credentials().spawn_refreshers();
+        let _watchers = w.checker.parts().credentials.spawn_refreshers();
         let now = jwt::now();
         let token = at_jwt(&ec, &claims(now, "alice"));
         let req = w.place_order(&token);
@@ -378,10 +378,10 @@ fn certificates_can_be_revoked_by_serial_or_fingerprint() {
     let leaf = w.pki.svid(FRONTEND);
     let cert = cedargate::identity::certificate::parse_der(&leaf.der).unwrap();
     std::fs::write(w.dir.path().join("revoked.txt"), format!("fingerprint {}\n", cert.fingerprint())).unwrap();
-    w.checker.credentials().revocations.reload().unwrap();
+    w.checker.parts().credentials.revocations.reload().unwrap();
     assert_eq!(w.decide(&Req::new(FRONTEND, Some(&leaf.cert_pem))).code(), "certificate_revoked");
     std::fs::write(w.dir.path().join("revoked.txt"), format!("serial {}\n", cert.serial.to_uppercase())).unwrap();
-    w.checker.credentials().revocations.reload().unwrap();
+    w.checker.parts().credentials.revocations.reload().unwrap();
     assert_eq!(w.decide(&Req::new(FRONTEND, Some(&leaf.cert_pem))).code(), "certificate_revoked");
     assert!(w.decide(&Req::new(FRONTEND, Some(&w.pki.svid(FRONTEND).cert_pem))).is_allowed());
 }
@@ -424,7 +424,7 @@ async fn rotated_keys_are_fetched_once_and_an_outage_keeps_the_last_good_keys() 
     let (running, _dir) = start_with_url(&pki, &server.url, Duration::from_secs(3600)).await;
     let now = jwt::now();
 
-    let keys = Arc::clone(running.checker.credentials().tokens.keys_of(0).unwrap());
+    let keys = Arc::clone(running.checker.parts().credentials.tokens.keys_of(0).unwrap());
     let started = std::time::Instant::now();
     while keys.generation() == 0 {
         assert!(started.elapsed() < Duration::from_secs(5), "startup fetch did not happen");
@@ -470,7 +470,7 @@ async fn a_failed_refresh_keeps_the_last_good_keys() {
     let unknown = Signer::ec("k2");
     let reply = common::check(&running, grpc_order(&pki, &at_jwt(&unknown, &claims(now, "x")))).await;
     assert_eq!(common::outcome(&reply), (401, "token_key_unknown".to_owned()));
-    let keys = running.checker.credentials().tokens.keys_of(0).unwrap();
+    let keys = running.checker.parts().credentials.tokens.keys_of(0).unwrap();
     assert!(keys.stats.failed.load(std::sync::atomic::Ordering::Relaxed) >= 1);
     let reply = common::check(&running, grpc_order(&pki, &at_jwt(&key, &claims(now, "alice")))).await;
     assert_eq!(common::outcome(&reply).0, 200, "the last good keys still verify");

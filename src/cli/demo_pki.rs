@@ -33,6 +33,29 @@ pub enum DemoPkiError {
     Write { path: PathBuf, source: std::io::Error },
 }
 
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Directory to write into (created if missing).
+    #[arg(long, default_value = "demo")]
+    pub out: PathBuf,
+}
+
+/// `cedargate demo-pki`: writes the files and lists them.
+pub fn run(args: Args) -> std::process::ExitCode {
+    match write(&args.out) {
+        Ok(files) => {
+            for file in files {
+                println!("wrote {}", file.display());
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Writes `ca.pem`, `server.pem` (Envoy: the orders service and
 /// `orders.example.org`), a `<name>.pem` for each of `WORKLOADS`, their keys
 /// (`*-key.pem`) and `envoy.yaml` into `out`; returns the files written.

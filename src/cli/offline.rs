@@ -10,9 +10,21 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::test_tokens::TestSigner;
+use crate::config::{Config, ConfigError};
 use crate::pipeline::checker::{Checker, Clock};
 use crate::pipeline::decision::{Decision, Outcome};
 use crate::pipeline::input::{CheckInput, HttpInput, PeerInput};
+
+/// The configuration offline commands run with: the file's, or the defaults, with
+/// the given policy directory.
+pub fn config(path: Option<&Path>, policies: &Path) -> Result<Config, ConfigError> {
+    let mut config = match path {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    config.policies.dir = policies.to_owned();
+    Ok(config)
+}
 
 /// A clock the test runner sets per case.
 #[derive(Debug, Default)]

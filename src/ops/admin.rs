@@ -20,13 +20,12 @@ use tokio::sync::oneshot;
 use crate::ops::telemetry;
 use crate::pipeline::checker::Checker;
 use crate::policy::reload::PolicyReloader;
+use crate::policy::sets::Role;
 
 /// What the admin endpoints read.
 pub struct AdminState {
+    /// The policy sets, credentials, caches and metrics being served.
     pub checker: Arc<Checker>,
-    pub reloader: Arc<PolicyReloader>,
-    pub shadow_reloader: Option<Arc<PolicyReloader>>,
-    pub set_reloaders: std::collections::BTreeMap<String, Arc<PolicyReloader>>,
     /// Set while the gRPC server accepts Checks.
     pub ready: Arc<AtomicBool>,
     pub started: Instant,
@@ -158,7 +157,7 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Response<Full<
     const TEXT: &str = "text/plain; charset=utf-8";
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => {
-            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", state.checker.metrics().encode())
+            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", state.checker.parts().metrics.encode())
         }
         (&Method::GET, "/healthz") => reply(StatusCode::OK, TEXT, "ok\n"),
         (&Method::GET, "/readyz") => {
@@ -200,29 +199,24 @@ fn unix(t: Option<SystemTime>) -> serde_json::Value {
 
 /// What is being served and how the sources behind it are doing.
 fn status(state: &AdminState) -> serde_json::Value {
-    let snapshot = state.checker.policies();
-    let reload = state.reloader.status();
-    let shadow = state.shadow_reloader.as_ref().map(|r| {
+    let parts = state.checker.parts();
+    let reloads = |r: &PolicyReloader| {
         let s = r.status();
         serde_json::json!({ "version": s.version, "last_error": s.last_error, "last_attempt": unix(s.last_attempt) })
-    });
-    let sets: serde_json::Map<String, serde_json::Value> = state
-        .set_reloaders
-        .iter()
-        .map(|(name, r)| {
-            let s = r.status();
-            let value = serde_json::json!({
-                "version": s.version,
-                "last_error": s.last_error,
-                "last_attempt": unix(s.last_attempt),
-            });
-            (name.clone(), value)
-        })
+    };
+    let default = parts.sets.default_set();
+    let snapshot = default.current();
+    let reload = default.status();
+    let shadow = parts.sets.shadow().map(|r| reloads(r));
+    let sets: serde_json::Map<String, serde_json::Value> = parts
+        .sets
+        .all()
+        .filter(|(_, role, _)| *role == Role::Named)
+        .map(|(name, _, r)| (name.to_owned(), reloads(r)))
         .collect();
-    let revocations = &state.checker.credentials().revocations;
-    let issuers: Vec<serde_json::Value> = state
-        .checker
-        .credentials()
+    let revocations = &parts.credentials.revocations;
+    let issuers: Vec<serde_json::Value> = parts
+        .credentials
         .tokens
         .issuer_keys()
         .map(|keys| {
@@ -238,23 +232,23 @@ fn status(state: &AdminState) -> serde_json::Value {
         "ready": state.ready.load(Ordering::Acquire),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "policies": {
-            "dir": state.checker.config().policies.dir.display().to_string(),
+            "dir": default.dir().display().to_string(),
             "version": snapshot.version,
             "count": snapshot.policy_count(),
             "last_error": reload.last_error,
             "last_attempt": unix(reload.last_attempt),
-            "reloads_succeeded": state.reloader.succeeded.load(Ordering::Relaxed),
-            "reloads_failed": state.reloader.failed.load(Ordering::Relaxed),
+            "reloads_succeeded": default.succeeded.load(Ordering::Relaxed),
+            "reloads_failed": default.failed.load(Ordering::Relaxed),
         },
         "shadow": shadow,
         "sets": sets,
         "cache": {
-            "decisions": state.checker.cache().map(|c| c.entries()),
-            "token_signatures": state.checker.credentials().tokens.cached_signatures(),
+            "decisions": parts.cache.as_ref().map(|c| c.entries()),
+            "token_signatures": parts.credentials.tokens.cached_signatures(),
         },
         "issuers": issuers,
         "revocation": {
-            "file": state.checker.config().identity.revocation_file.as_ref().map(|p| p.display().to_string()),
+            "file": parts.config.identity.revocation_file.as_ref().map(|p| p.display().to_string()),
             "entries": revocations.current().len(),
             "last_error": revocations.last_error(),
         },

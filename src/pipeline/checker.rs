@@ -2,15 +2,12 @@
 //! → evaluation → decision. Free of tonic and protobuf, so the CLI, tests and
 //! benchmarks run the very pipeline the server runs.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use arc_swap::ArcSwap;
-
 use crate::config::{Config, PathCase, TokenModel};
 use crate::credentials::sources::{Credentials, CredentialsError};
-use crate::credentials::token::{TokenError, VerifiedToken};
+use crate::credentials::token::VerifiedToken;
 use crate::identity::svid::{self, CertificateCache, IdentityError, PeerIdentity};
 use crate::ops::metrics::{Metrics, Stage};
 use crate::pipeline::decision::{CacheOutcome, Decision, DenyReason, Outcome, ShadowVerdict};
@@ -18,9 +15,9 @@ use crate::pipeline::input::{CheckInput, HttpInput};
 use crate::policy::decision_cache::{self, DecisionCache};
 use crate::policy::http_path::PathRules;
 use crate::policy::index::Verdict;
-use crate::policy::load;
 use crate::policy::request;
 use crate::policy::set::{LoadError, PolicySnapshot};
+use crate::policy::sets::{PolicySets, UnknownSet, DEFAULT_SET};
 
 /// Where "now" comes from: the system clock in production, a fixed instant in tests
 /// that replay captured requests.
@@ -47,27 +44,17 @@ impl Clock for FixedClock {
     }
 }
 
-/// Decides Checks against the current policy snapshot.
-pub struct Checker {
-    config: Arc<Config>,
-    policies: Arc<ArcSwap<PolicySnapshot>>,
-    credentials: Arc<Credentials>,
-    clock: Arc<dyn Clock>,
-    cache: Option<Arc<DecisionCache>>,
-    certificates: Option<CertificateCache>,
-    metrics: Arc<Metrics>,
-    /// The shadow policy set, evaluated beside the enforced one (never enforced).
-    shadow: Option<Arc<ArcSwap<PolicySnapshot>>>,
-    /// Named policy sets that routes select (`cedargate.policy_set`).
-    sets: BTreeMap<String, Arc<ArcSwap<PolicySnapshot>>>,
-    /// How request paths are checked and compared, from `limits` and `policies`.
-    path_rules: PathRules,
+/// What Checks are decided with, loaded once from the configuration. The server
+/// keeps these handles to reload, watch and report on them; the checker reads them.
+pub struct Parts {
+    pub config: Arc<Config>,
+    /// The default, shadow and named policy sets, each with its reloader.
+    pub sets: Arc<PolicySets>,
+    pub credentials: Arc<Credentials>,
+    /// The decision cache, when it is on.
+    pub cache: Option<Arc<DecisionCache>>,
+    pub metrics: Arc<Metrics>,
 }
-
-/// The context extension a route sets to select a named policy set.
-pub const ROUTE_POLICY_SET_KEY: &str = "cedargate.policy_set";
-/// The name of the set in `policies.dir`.
-pub const DEFAULT_SET: &str = "default";
 
 /// Why a checker could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -78,15 +65,32 @@ pub enum SetupError {
     Credentials(#[from] CredentialsError),
 }
 
-impl Checker {
-    pub fn new(
-        config: Arc<Config>,
-        policies: Arc<ArcSwap<PolicySnapshot>>,
-        credentials: Arc<Credentials>,
-        clock: Arc<dyn Clock>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+impl Parts {
+    /// The policy directories and credential sources named in `config`, read now: an
+    /// invalid policy set, JWKS file or revocation file refuses. Remote JWKS are not
+    /// fetched here: `Credentials::spawn_refreshers` does.
+    pub fn load(config: Config) -> Result<Parts, SetupError> {
+        let tokens = TokenModel::from_config(&config.tokens);
+        let sets = PolicySets::load(&config.policies, &tokens)?;
+        let metrics = Arc::new(Metrics::default());
+        let credentials = Credentials::load(&config, Arc::clone(&metrics))?;
         let cache = DecisionCache::new(&config.cache, Arc::clone(&metrics)).map(Arc::new);
+        Ok(Parts { config: Arc::new(config), sets: Arc::new(sets), credentials: Arc::new(credentials), cache, metrics })
+    }
+}
+
+/// Decides Checks against the current policy snapshots.
+pub struct Checker {
+    parts: Parts,
+    clock: Arc<dyn Clock>,
+    certificates: Option<CertificateCache>,
+    /// How request paths are checked and compared, from `limits` and `policies`.
+    path_rules: PathRules,
+}
+
+impl Checker {
+    pub fn new(parts: Parts, clock: Arc<dyn Clock>) -> Self {
+        let config = &parts.config;
         let entries = config.cache.certificate_entries;
         let certificates = (entries > 0).then(|| CertificateCache::new(entries));
         let path_rules = PathRules {
@@ -94,119 +98,37 @@ impl Checker {
             max_segments: config.limits.max_path_segments,
             case_insensitive: config.policies.path_case == PathCase::Insensitive,
         };
-        Checker {
-            config,
-            policies,
-            credentials,
-            clock,
-            cache,
-            certificates,
-            metrics,
-            shadow: None,
-            sets: BTreeMap::new(),
-            path_rules,
-        }
+        Checker { parts, clock, certificates, path_rules }
     }
 
-    /// A checker over the policy directory and credential sources named in `config`.
-    /// Remote JWKS are not fetched here: `app::start` starts their refreshers.
+    /// A checker over the policy directories and credential sources in `config`.
     pub fn load(config: Config, clock: Arc<dyn Clock>) -> Result<Self, SetupError> {
-        let tokens = TokenModel::from_config(&config.tokens);
-        let snapshot = load::load_dir(&config.policies.dir, &tokens)?;
-        let shadow = match &config.policies.shadow_dir {
-            Some(dir) => Some(load::load_dir(dir, &tokens)?),
-            None => None,
-        };
-        let metrics = Arc::new(Metrics::default());
-        let credentials = Credentials::load(&config, Arc::clone(&metrics))?;
-        let policies = Arc::new(ArcSwap::from_pointee(snapshot));
-        let mut sets = BTreeMap::new();
-        for (name, dir) in &config.policies.sets {
-            let snapshot = load::load_dir(dir, &tokens)?;
-            sets.insert(name.clone(), Arc::new(ArcSwap::from_pointee(snapshot)));
-        }
-        let mut checker = Checker::new(Arc::new(config), policies, Arc::new(credentials), clock, metrics);
-        checker.shadow = shadow.map(|s| Arc::new(ArcSwap::from_pointee(s)));
-        checker.sets = sets;
-        Ok(checker)
+        Ok(Checker::new(Parts::load(config)?, clock))
     }
 
-    /// The named policy sets, for their reloaders.
-    pub fn named_sets(&self) -> &BTreeMap<String, Arc<ArcSwap<PolicySnapshot>>> {
-        &self.sets
-    }
-
-    /// The policy set a request's route selects.
-    fn policy_set_for(&self, input: &CheckInput) -> Result<(&str, &Arc<ArcSwap<PolicySnapshot>>), DenyReason> {
-        match input.context_extensions.iter().find(|(k, _)| k == ROUTE_POLICY_SET_KEY) {
-            None => Ok((DEFAULT_SET, &self.policies)),
-            Some((_, name)) if name == DEFAULT_SET => Ok((DEFAULT_SET, &self.policies)),
-            Some((_, name)) => match self.sets.get_key_value(name) {
-                Some((name, set)) => Ok((name.as_str(), set)),
-                None => Err(DenyReason::PolicySetUnknown(name.chars().take(64).collect())),
-            },
-        }
-    }
-
-    /// The swappable shadow snapshot, when a shadow directory is configured.
-    pub fn shadow_handle(&self) -> Option<&Arc<ArcSwap<PolicySnapshot>>> {
-        self.shadow.as_ref()
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// The decision cache, when it is on.
-    pub fn cache(&self) -> Option<&Arc<DecisionCache>> {
-        self.cache.as_ref()
-    }
-
-    /// The swappable policy snapshot, shared with the reloader.
-    pub fn policy_handle(&self) -> &Arc<ArcSwap<PolicySnapshot>> {
-        &self.policies
-    }
-
-    pub fn credentials(&self) -> &Arc<Credentials> {
-        &self.credentials
-    }
-
-    /// The snapshot Checks currently use.
-    pub fn policies(&self) -> Arc<PolicySnapshot> {
-        self.policies.load_full()
+    /// The sets, credentials, caches and metrics this checker decides with.
+    pub fn parts(&self) -> &Parts {
+        &self.parts
     }
 
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.parts.config
     }
 
     /// Decides one Check. Never panics on any input; anything unexpected denies.
     pub fn check(&self, input: &CheckInput) -> Decision {
         let started = Instant::now();
         let now = self.clock.now();
-        let selected = self.policy_set_for(input);
-        let (set, handle) = match &selected {
-            Ok((set, handle)) => (*set, *handle),
-            Err(_) => (DEFAULT_SET, &self.policies),
+        let selected = self.parts.sets.select(&input.context_extensions);
+        let (set, served) = match &selected {
+            Ok((set, served)) => (*set, *served),
+            Err(_) => (DEFAULT_SET, &**self.parts.sets.default_set()),
         };
-        let snapshot = handle.load();
-        let mut decision = Decision {
-            id: uuid::Uuid::new_v4().to_string(),
-            outcome: Outcome::Allow,
-            peer: None,
-            token: None,
-            policies: Vec::new(),
-            errors: Vec::new(),
-            policy_set: set.to_owned(),
-            policy_version: snapshot.version.clone(),
-            elapsed: Default::default(),
-            cache: CacheOutcome::Bypass,
-            shadow: None,
-            resource_path: None,
-        };
+        let snapshot = served.current();
+        let mut decision = Decision::begin(set, &snapshot.version);
         let decided = match selected {
             Ok(_) => self.decide(&snapshot, set == DEFAULT_SET, input, now, &mut decision),
-            Err(reason) => Err(reason),
+            Err(UnknownSet(name)) => Err(DenyReason::PolicySetUnknown(name)),
         };
         decision.outcome = match decided {
             Ok(()) => Outcome::Allow,
@@ -214,20 +136,6 @@ impl Checker {
         };
         decision.elapsed = started.elapsed();
         decision
-    }
-
-    /// After a `token_key_unknown` deny: refreshes that issuer's JWKS once and says
-    /// whether its keys changed, so the Check is worth deciding again. Key rotation
-    /// then needs no restart and fails no request; the refresh is rate-limited per
-    /// issuer, so made-up `kid`s cost nothing.
-    pub async fn refresh_keys_for(&self, decision: &Decision) -> bool {
-        let Outcome::Deny(DenyReason::Token(TokenError::KeyUnknown { issuer, generation })) = &decision.outcome else {
-            return false;
-        };
-        match self.credentials.tokens.keys_of(*issuer) {
-            Some(keys) => keys.refresh_for_unknown_kid(*generation).await,
-            None => false,
-        }
     }
 
     fn decide(
@@ -238,38 +146,38 @@ impl Checker {
         now: SystemTime,
         decision: &mut Decision,
     ) -> Result<(), DenyReason> {
-        let http = request::check_limits(input, &self.config.limits)?;
+        let http = request::check_limits(input, &self.parts.config.limits)?;
 
         let stage = Instant::now();
         let span = tracing::debug_span!("identity").entered();
         let peer: PeerIdentity =
-            svid::establish_with(&input.source, now, &self.config.identity, self.certificates.as_ref())?;
-        let revoked = self.credentials.revocations.current();
+            svid::establish_with(&input.source, now, &self.parts.config.identity, self.certificates.as_ref())?;
+        let revoked = self.parts.credentials.revocations.current();
         if let Some(cert) = &peer.certificate {
             if revoked.certificate(&cert.serial, &cert.sha256).is_some() {
                 return Err(IdentityError::CertificateRevoked.into());
             }
         }
         decision.peer = Some(peer.clone());
-        self.metrics.record_stage(Stage::Identity, stage.elapsed());
+        self.parts.metrics.record_stage(Stage::Identity, stage.elapsed());
         drop(span);
 
         let stage = Instant::now();
         let span = tracing::debug_span!("token").entered();
-        let token = self.credentials.tokens.verify(input, http, peer.certificate.as_ref(), &revoked, now)?;
+        let token = self.parts.credentials.tokens.verify(input, http, peer.certificate.as_ref(), &revoked, now)?;
         if token.is_some() {
-            self.metrics.record_stage(Stage::Token, stage.elapsed());
+            self.parts.metrics.record_stage(Stage::Token, stage.elapsed());
         }
         drop(span);
 
         let stage = Instant::now();
         let _span = tracing::debug_span!("cedar").entered();
         let judged = self.judge(snapshot, &peer, token.as_ref(), input, http, now);
-        self.metrics.record_stage(Stage::Cedar, stage.elapsed());
+        self.parts.metrics.record_stage(Stage::Cedar, stage.elapsed());
         // The shadow set is a candidate for the default set only.
-        if let Some(shadow) = self.shadow.as_ref().filter(|_| default_set) {
+        if let Some(shadow) = self.parts.sets.shadow().filter(|_| default_set) {
             decision.shadow =
-                Some(self.shadow_verdict(&shadow.load(), &judged, &peer, token.as_ref(), input, http, now));
+                Some(self.shadow_verdict(&shadow.current(), &judged, &peer, token.as_ref(), input, http, now));
         }
         decision.token = token;
         let Judged { verdict, cache, resource_path } = judged?;
@@ -300,13 +208,13 @@ impl Checker {
             Ok(snapshot.index.evaluate(&snapshot.authorizer, &cedar.request, &cedar.entities))
         };
         let judged = |verdict, cache| Judged { verdict, cache, resource_path: prepared.path.path.clone() };
-        let Some(cache) = &self.cache else { return Ok(judged(evaluate()?, CacheOutcome::Bypass)) };
+        let Some(cache) = &self.parts.cache else { return Ok(judged(evaluate()?, CacheOutcome::Bypass)) };
         let Some(key) = decision_cache::key(snapshot, prepared, peer, token, input, http) else {
             return Ok(judged(evaluate()?, CacheOutcome::Bypass));
         };
         let lifetime = decision_cache::lifetime(cache.ttl(), peer, token, now);
         let (verdict, hit) = cache.get_or_compute(key, lifetime, evaluate)?;
-        self.metrics.record_cache_lookup("decision", hit);
+        self.parts.metrics.record_cache_lookup("decision", hit);
         Ok(judged(verdict, if hit { CacheOutcome::Hit } else { CacheOutcome::Miss }))
     }
 
@@ -338,7 +246,7 @@ impl Checker {
             Err(_) => (Vec::new(), Vec::new()),
         };
         if !agrees {
-            self.metrics.record_shadow_disagreement();
+            self.parts.metrics.record_shadow_disagreement();
             let enforced_policies = enforced.as_ref().map(|j| j.verdict.policies.clone()).unwrap_or_default();
             tracing::warn!(
                 principal = peer.spiffe_id.as_str(),
@@ -378,7 +286,7 @@ fn outcome_of(allowed: bool, forbid_failed: bool) -> Result<(), DenyReason> {
 
 impl std::fmt::Debug for Checker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Checker").field("policies", &self.policies.load().version).finish_non_exhaustive()
+        f.debug_struct("Checker").field("sets", &self.parts.sets).finish_non_exhaustive()
     }
 }
 
@@ -393,11 +301,11 @@ impl crate::ops::metrics::StateSource for Checker {
             labels: vec![("cache", cache.to_owned())],
             value: i64::try_from(value).unwrap_or(i64::MAX),
         };
-        let mut samples = vec![entries("token", self.credentials.tokens.cached_signatures())];
-        if let Some(cache) = &self.cache {
+        let mut samples = vec![entries("token", self.parts.credentials.tokens.cached_signatures())];
+        if let Some(cache) = &self.parts.cache {
             samples.push(entries("decision", cache.entries()));
         }
-        for keys in self.credentials.tokens.issuer_keys() {
+        for keys in self.parts.credentials.tokens.issuer_keys() {
             for (result, value) in [("ok", &keys.stats.ok), ("failed", &keys.stats.failed)] {
                 samples.push(Sample::Counter {
                     name: "jwks_refreshes",

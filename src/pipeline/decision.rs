@@ -60,6 +60,25 @@ pub enum Outcome {
 }
 
 impl Decision {
+    /// A decision about to be made under `policy_set` at `policy_version`: allowed
+    /// until a step denies it, with a fresh id.
+    pub fn begin(policy_set: &str, policy_version: &str) -> Decision {
+        Decision {
+            id: uuid::Uuid::new_v4().to_string(),
+            outcome: Outcome::Allow,
+            peer: None,
+            token: None,
+            policies: Vec::new(),
+            errors: Vec::new(),
+            policy_set: policy_set.to_owned(),
+            policy_version: policy_version.to_owned(),
+            elapsed: Duration::ZERO,
+            cache: CacheOutcome::Bypass,
+            shadow: None,
+            resource_path: None,
+        }
+    }
+
     pub fn is_allowed(&self) -> bool {
         matches!(self.outcome, Outcome::Allow)
     }

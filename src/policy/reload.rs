@@ -39,10 +39,12 @@ pub enum ReloadOutcome {
     Unchanged,
 }
 
+/// One policy directory being served: the snapshot Checks use, and how it is
+/// replaced when the directory changes.
 pub struct PolicyReloader {
     dir: PathBuf,
     tokens: TokenModel,
-    policies: Arc<ArcSwap<PolicySnapshot>>,
+    policies: ArcSwap<PolicySnapshot>,
     status: Mutex<ReloadStatus>,
     /// The directory as last seen by the watcher; taken at creation, right after the
     /// first load, so an edit made before the watcher first runs is not missed.
@@ -54,17 +56,32 @@ pub struct PolicyReloader {
 }
 
 impl PolicyReloader {
-    pub fn new(dir: PathBuf, tokens: TokenModel, policies: Arc<ArcSwap<PolicySnapshot>>) -> PolicyReloader {
-        PolicyReloader {
-            initial: fingerprint(&dir),
+    /// Loads the directory; an invalid set refuses (there is no last good one yet).
+    pub fn load(dir: PathBuf, tokens: TokenModel) -> Result<PolicyReloader, LoadError> {
+        // The fingerprint is taken before the load, so an edit made meanwhile is
+        // seen by the watcher as a change.
+        let initial = fingerprint(&dir);
+        let snapshot = load::load_dir(&dir, &tokens)?;
+        Ok(PolicyReloader {
+            initial,
             dir,
             tokens,
-            policies,
+            policies: ArcSwap::from_pointee(snapshot),
             status: Mutex::new(ReloadStatus::default()),
             reloading: Mutex::new(()),
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
-        }
+        })
+    }
+
+    /// The snapshot Checks use now; a Check holds it to the end, across reloads.
+    pub fn current(&self) -> arc_swap::Guard<Arc<PolicySnapshot>> {
+        self.policies.load()
+    }
+
+    /// The directory served.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn status(&self) -> ReloadStatus {

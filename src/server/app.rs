@@ -1,22 +1,19 @@
 //! Wires the components: configuration → policy snapshot → checker → gRPC server,
 //! and runs it until asked to stop.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, TokenModel};
+use crate::config::Config;
 use crate::ops::admin::{AdminError, AdminServer, AdminState};
 use crate::ops::audit::{AuditError, AuditLog, AuditWriter};
-use crate::pipeline::checker::{Checker, Clock, SetupError};
-use crate::policy::reload::PolicyReloader;
-use crate::policy::set::PolicySnapshot;
+use crate::pipeline::authorize::Authorizer;
+use crate::pipeline::checker::{Checker, Clock, Parts, SetupError};
+use crate::policy::sets::PolicySets;
 use crate::server::grpc::{self, Listener};
 use crate::server::tls::ReloadingTls;
 
@@ -43,11 +40,8 @@ pub struct Running {
     /// Bound address: `ip:port` (with the real port when 0 was asked for) or `unix:/path`.
     pub local_addr: String,
     pub checker: Arc<Checker>,
-    pub reloader: Arc<PolicyReloader>,
-    /// The shadow policy set's reloader, when one is configured.
-    pub shadow_reloader: Option<Arc<PolicyReloader>>,
-    /// The named policy sets' reloaders.
-    pub set_reloaders: BTreeMap<String, Arc<PolicyReloader>>,
+    /// The policy sets being served, each with its reloader.
+    pub sets: Arc<PolicySets>,
     /// The admin listener's address, when it is on.
     pub admin_addr: Option<SocketAddr>,
     /// The audit log, when it is on.
@@ -57,7 +51,7 @@ pub struct Running {
     ready: Arc<AtomicBool>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), AppError>>,
-    /// JWKS and revocation refreshers.
+    /// JWKS, revocation, TLS and policy watchers.
     background: Vec<JoinHandle<()>>,
     shutdown_timeout: std::time::Duration,
 }
@@ -68,54 +62,42 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
     let listen = config.server.listen.clone();
     // The drain comes first, then in-flight Checks get the shutdown timeout.
     let shutdown_timeout = config.server.drain + config.server.shutdown_timeout;
-    let checker = Arc::new(Checker::load(config, clock)?);
-    let snapshot = checker.policies();
+    let parts = Parts::load(config)?;
+    let (config, sets, credentials, metrics) = (
+        Arc::clone(&parts.config),
+        Arc::clone(&parts.sets),
+        Arc::clone(&parts.credentials),
+        Arc::clone(&parts.metrics),
+    );
+    let checker = Arc::new(Checker::new(parts, clock));
+    let snapshot = sets.default_set().current();
     tracing::info!(
         policies = snapshot.policy_count(),
         version = %snapshot.version,
-        dir = %checker.config().policies.dir.display(),
-        issuers = checker.config().tokens.issuers.len(),
+        dir = %config.policies.dir.display(),
+        issuers = config.tokens.issuers.len(),
         "policy set loaded"
     );
-    let grpc_tls = match &checker.config().server.tls {
+    let grpc_tls = match &config.server.tls {
         Some(files) => Some(ReloadingTls::load("grpc", files, &[b"h2"])?),
         None => None,
     };
-    let admin_tls = match &checker.config().admin.tls {
+    let admin_tls = match &config.admin.tls {
         Some(files) => Some(ReloadingTls::load("admin", files, &[b"http/1.1"])?),
         None => None,
     };
     let listener =
         Listener::bind(&listen).await.map_err(|source| AppError::Bind { addr: listen.to_string(), source })?;
     let local_addr = listener.local_addr();
-    let mut background = checker.credentials().spawn_refreshers();
+    let mut background = credentials.spawn_refreshers();
     for tls in grpc_tls.iter().chain(admin_tls.iter()) {
         background.push(tokio::spawn(Arc::clone(tls).run_watcher()));
     }
-    // One reloader per policy directory: the enforced set, the shadow set, and
-    // each named set, all validated against the same token model.
-    let tokens = TokenModel::from_config(&checker.config().tokens);
-    let reloader_for = |dir: &PathBuf, handle: &Arc<ArcSwap<PolicySnapshot>>| {
-        Arc::new(PolicyReloader::new(dir.clone(), tokens.clone(), Arc::clone(handle)))
-    };
-    let reloader = reloader_for(&checker.config().policies.dir, checker.policy_handle());
-    let shadow_reloader = match (&checker.config().policies.shadow_dir, checker.shadow_handle()) {
-        (Some(dir), Some(handle)) => Some(reloader_for(dir, handle)),
-        _ => None,
-    };
-    let set_reloaders: BTreeMap<String, Arc<PolicyReloader>> = checker
-        .named_sets()
-        .iter()
-        .filter_map(|(name, handle)| {
-            Some((name.clone(), reloader_for(checker.config().policies.sets.get(name)?, handle)))
-        })
-        .collect();
-    if checker.config().policies.watch {
-        for reloader in std::iter::once(&reloader).chain(shadow_reloader.as_ref()).chain(set_reloaders.values()) {
-            background.push(tokio::spawn(Arc::clone(reloader).watch(checker.config().policies.debounce)));
+    if config.policies.watch {
+        for (_, _, set) in sets.all() {
+            background.push(tokio::spawn(Arc::clone(set).watch(config.policies.debounce)));
         }
     }
-    let config = checker.config();
     let (audit, audit_writer) = match config.audit.enabled {
         true => {
             let (log, writer) = crate::ops::audit::start(&config.audit)?;
@@ -123,13 +105,11 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
         }
         false => (None, None),
     };
-    let metrics = checker.metrics();
-    metrics.add_source(Arc::clone(&reloader) as _);
-    for other in shadow_reloader.iter().chain(set_reloaders.values()) {
-        metrics.add_source(Arc::clone(other) as _);
+    for (_, _, set) in sets.all() {
+        metrics.add_source(Arc::clone(set) as _);
     }
     metrics.add_source(Arc::clone(&checker) as _);
-    metrics.add_source(Arc::clone(&checker.credentials().revocations) as _);
+    metrics.add_source(Arc::clone(&credentials.revocations) as _);
     if let Some(audit) = &audit {
         metrics.add_source(audit.stats());
     }
@@ -141,23 +121,15 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
         "" => None,
         addr => Some(AdminServer::start(
             addr,
-            AdminState {
-                checker: Arc::clone(&checker),
-                reloader: Arc::clone(&reloader),
-                shadow_reloader: shadow_reloader.clone(),
-                set_reloaders: set_reloaders.clone(),
-                ready: Arc::clone(&ready),
-                started: std::time::Instant::now(),
-            },
+            AdminState { checker: Arc::clone(&checker), ready: Arc::clone(&ready), started: std::time::Instant::now() },
             admin_tls,
         )?),
     };
     let (tx, rx) = oneshot::channel::<()>();
-    let serve_checker = Arc::clone(&checker);
-    let serve_audit = audit.clone();
+    let authorizer = Arc::new(Authorizer::new(Arc::clone(&checker), audit.clone()));
     let options = grpc::ServeOptions { tls: grpc_tls, drain: config.server.drain };
     let task = tokio::spawn(async move {
-        grpc::serve(listener, serve_checker, serve_audit, options, async {
+        grpc::serve(listener, authorizer, options, async {
             let _ = rx.await;
         })
         .await
@@ -168,9 +140,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
     Ok(Running {
         local_addr,
         checker,
-        reloader,
-        shadow_reloader,
-        set_reloaders,
+        sets,
         admin_addr: admin.as_ref().map(|a| a.local_addr),
         audit,
         admin,
@@ -239,11 +209,8 @@ impl Running {
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the policy directory and reopening the audit file");
                     self.reopen_audit();
-                    let all = std::iter::once(&self.reloader)
-                        .chain(self.shadow_reloader.as_ref())
-                        .chain(self.set_reloaders.values());
-                    for reloader in all {
-                        let reloader = Arc::clone(reloader);
+                    for (_, _, set) in self.sets.all() {
+                        let reloader = Arc::clone(set);
                         // The outcome is logged and kept in the reloader's status.
                         let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
                     }

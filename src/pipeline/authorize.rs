@@ -1,0 +1,127 @@
+//! What happens around every decision, the same for every front-end (the gRPC
+//! server, the CLI, the benchmarks): a trace span joined to the caller's trace, a
+//! deny instead of a panic, one retry after refreshing an issuer's keys when a
+//! token names a key not seen yet, then metrics, the log line and the audit record.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use crate::credentials::token::TokenError;
+use crate::identity::svid::unix_seconds;
+use crate::ops::audit::{AuditLog, AuditRecord};
+use crate::pipeline::checker::Checker;
+use crate::pipeline::decision::{Decision, DenyReason, Outcome};
+use crate::pipeline::input::CheckInput;
+use crate::policy::sets::DEFAULT_SET;
+
+/// A checker with the outcome handling every front-end shares.
+pub struct Authorizer {
+    checker: Arc<Checker>,
+    audit: Option<AuditLog>,
+}
+
+impl Authorizer {
+    /// `audit`: where records go; `None` writes none (the CLI, audit turned off).
+    pub fn new(checker: Arc<Checker>, audit: Option<AuditLog>) -> Self {
+        Authorizer { checker, audit }
+    }
+
+    pub fn checker(&self) -> &Arc<Checker> {
+        &self.checker
+    }
+
+    /// Decides one Check and accounts for it: metrics, log, audit. Never panics.
+    pub async fn authorize(&self, input: &CheckInput) -> Decision {
+        let span = tracing::info_span!(
+            target: "cedargate",
+            "check",
+            otel.name = "cedargate.check",
+            otel.kind = "server",
+            decision.id = Empty,
+            decision.outcome = Empty,
+            decision.reason = Empty,
+            cache = Empty,
+        );
+        if let Some(http) = &input.http {
+            crate::ops::telemetry::join_trace(&span, &http.headers);
+        }
+        self.decide_and_account(input).instrument(span).await
+    }
+
+    async fn decide_and_account(&self, input: &CheckInput) -> Decision {
+        let mut decision = self.decide_once(input);
+        if self.refresh_keys_for(&decision).await {
+            decision = self.decide_once(input);
+        }
+        let now = SystemTime::now();
+        self.checker.parts().metrics.record_check(&decision.metrics_record(unix_seconds(now)));
+        let span = tracing::Span::current();
+        span.record("decision.id", decision.id.as_str());
+        span.record("decision.outcome", if decision.is_allowed() { "allow" } else { "deny" });
+        span.record("decision.reason", decision.code());
+        span.record("cache", decision.cache.label());
+        log_decision(&decision, input);
+        if let Some(audit) = &self.audit {
+            audit.write(&AuditRecord::new(&decision, input, audit.include_query(), now)).await;
+        }
+        decision
+    }
+
+    /// The pipeline is written not to panic; if it ever does, the answer is still a
+    /// deny, never a dropped stream that a misconfigured Envoy could fail open on.
+    fn decide_once(&self, input: &CheckInput) -> Decision {
+        std::panic::catch_unwind(AssertUnwindSafe(|| self.checker.check(input))).unwrap_or_else(|_| {
+            let version = self.checker.parts().sets.default_set().current().version.clone();
+            let mut decision = Decision::begin(DEFAULT_SET, &version);
+            decision.outcome = Outcome::Deny(DenyReason::Internal("the check panicked".to_owned()));
+            decision
+        })
+    }
+
+    /// After a `token_key_unknown` deny: refreshes that issuer's JWKS once and says
+    /// whether its keys changed, so the Check is worth deciding again. Key rotation
+    /// then needs no restart and fails no request; the refresh is rate-limited per
+    /// issuer, so made-up `kid`s cost nothing.
+    async fn refresh_keys_for(&self, decision: &Decision) -> bool {
+        let Outcome::Deny(DenyReason::Token(TokenError::KeyUnknown { issuer, generation })) = &decision.outcome else {
+            return false;
+        };
+        match self.checker.parts().credentials.tokens.keys_of(*issuer) {
+            Some(keys) => keys.refresh_for_unknown_kid(*generation).await,
+            None => false,
+        }
+    }
+}
+
+fn log_decision(decision: &Decision, input: &CheckInput) {
+    // Allows are logged at debug: skip building their fields on the hot path.
+    if decision.is_allowed() && !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let principal = decision.peer.as_ref().map(|p| p.spiffe_id.as_str()).unwrap_or(&input.source.principal);
+    let (method, path) = input.http.as_ref().map_or(("", ""), |h| {
+        // The query string can carry secrets; the log gets the path only.
+        (h.method.as_str(), h.path.split(['?', '#']).next().unwrap_or_default())
+    });
+    let elapsed_us = u64::try_from(decision.elapsed.as_micros()).unwrap_or(u64::MAX);
+    // The token by issuer, subject and fingerprint only; never the token itself.
+    let (token_iss, token_sub, token_fp) =
+        decision.token.as_ref().map_or(("", "", ""), |t| (t.iss.as_str(), t.sub.as_str(), t.fingerprint.as_str()));
+    match &decision.outcome {
+        Outcome::Allow => tracing::debug!(
+            decision.id = %decision.id, decision = "allow", authz.principal = principal, http.method = method,
+            http.path = path, token.iss = token_iss, token.sub = token_sub, token.fingerprint = token_fp,
+            authz.policies = ?decision.policies, elapsed_us, "allowed"
+        ),
+        Outcome::Deny(reason) => tracing::info!(
+            decision.id = %decision.id, decision = "deny", reason = reason.code(), detail = %reason,
+            authz.principal = principal, http.method = method, http.path = path, token.iss = token_iss,
+            token.sub = token_sub, token.fingerprint = token_fp, authz.policies = ?decision.policies,
+            authz.errors = ?decision.errors, elapsed_us, "denied"
+        ),
+    }
+}
