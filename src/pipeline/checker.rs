@@ -172,12 +172,12 @@ impl Checker {
 
         let stage = Instant::now();
         let _span = tracing::debug_span!("cedar").entered();
-        let judged = self.judge(snapshot, &peer, token.as_ref(), input, http, now);
+        let caller = Established { input, http, peer: &peer, token: token.as_ref(), now };
+        let judged = self.judge(snapshot, &caller);
         self.parts.metrics.record_stage(Stage::Cedar, stage.elapsed());
         // The shadow set is a candidate for the default set only.
         if let Some(shadow) = self.parts.sets.shadow().filter(|_| default_set) {
-            decision.shadow =
-                Some(self.shadow_verdict(&shadow.current(), &judged, &peer, token.as_ref(), input, http, now));
+            decision.shadow = Some(self.shadow_verdict(&shadow.current(), &judged, &caller));
         }
         decision.token = token;
         let Judged { verdict, cache, resource_path } = judged?;
@@ -191,25 +191,17 @@ impl Checker {
     /// Cedar's verdict on the request under `snapshot`: from the decision cache when
     /// the same request was decided under the same policy set, else evaluated (and
     /// cached).
-    #[allow(clippy::too_many_arguments)]
-    fn judge(
-        &self,
-        snapshot: &PolicySnapshot,
-        peer: &PeerIdentity,
-        token: Option<&VerifiedToken>,
-        input: &CheckInput,
-        http: &HttpInput,
-        now: SystemTime,
-    ) -> Result<Judged, DenyReason> {
-        let prepared = request::prepare(snapshot, http, peer, token, &self.path_rules)?;
-        let prepared = &prepared;
+    fn judge(&self, snapshot: &PolicySnapshot, caller: &Established<'_>) -> Result<Judged, DenyReason> {
+        let Established { input, http, peer, token, now } = *caller;
+        let facts = request::prepare(snapshot, input, http, peer, token, &self.path_rules)?;
+        let facts = &facts;
         let evaluate = || {
-            let cedar = request::build(snapshot, prepared, peer, token, input, http, now)?;
+            let cedar = facts.build(now)?;
             Ok(snapshot.index.evaluate(&snapshot.authorizer, &cedar.request, &cedar.entities))
         };
-        let judged = |verdict, cache| Judged { verdict, cache, resource_path: prepared.path.path.clone() };
+        let judged = |verdict, cache| Judged { verdict, cache, resource_path: facts.path.path.clone() };
         let Some(cache) = &self.parts.cache else { return Ok(judged(evaluate()?, CacheOutcome::Bypass)) };
-        let Some(key) = decision_cache::key(snapshot, prepared, peer, token, input, http) else {
+        let Some(key) = decision_cache::key(facts) else {
             return Ok(judged(evaluate()?, CacheOutcome::Bypass));
         };
         let lifetime = decision_cache::lifetime(cache.ttl(), peer, token, now);
@@ -220,17 +212,13 @@ impl Checker {
 
     /// What the shadow policy set says about the same request. It never changes
     /// the answer; a disagreement (allow against deny) is counted and logged.
-    #[allow(clippy::too_many_arguments)]
     fn shadow_verdict(
         &self,
         shadow: &PolicySnapshot,
         enforced: &Result<Judged, DenyReason>,
-        peer: &PeerIdentity,
-        token: Option<&VerifiedToken>,
-        input: &CheckInput,
-        http: &HttpInput,
-        now: SystemTime,
+        caller: &Established<'_>,
     ) -> ShadowVerdict {
+        let Established { http, peer, .. } = *caller;
         let code = |result: &Result<Judged, DenyReason>| match result {
             Ok(Judged { verdict: v, .. }) => match outcome_of(v.allowed, v.forbid_failed) {
                 Ok(()) => "allow",
@@ -238,7 +226,7 @@ impl Checker {
             },
             Err(reason) => reason.code(),
         };
-        let judged = self.judge(shadow, peer, token, input, http, now);
+        let judged = self.judge(shadow, caller);
         let (enforced_code, shadow_code) = (code(enforced), code(&judged));
         let agrees = (enforced_code == "allow") == (shadow_code == "allow");
         let (policies, errors) = match judged {
@@ -262,6 +250,18 @@ impl Checker {
         }
         ShadowVerdict { version: shadow.version.clone(), decision: shadow_code, policies, errors, agrees }
     }
+}
+
+/// What the pipeline established before Cedar: the request, its caller and the
+/// time. The policy set it is put to (enforced or shadow) turns it into
+/// `RequestFacts`.
+#[derive(Clone, Copy)]
+struct Established<'a> {
+    input: &'a CheckInput,
+    http: &'a HttpInput,
+    peer: &'a PeerIdentity,
+    token: Option<&'a VerifiedToken>,
+    now: SystemTime,
 }
 
 /// Cedar's verdict on one request, how the cache took part, and the path the

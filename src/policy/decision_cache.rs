@@ -21,11 +21,9 @@ use crate::config::{CacheConfig, PrincipalFrom};
 use crate::credentials::token::{ClaimValue, VerifiedToken};
 use crate::identity::svid::{unix_seconds, PeerIdentity};
 use crate::ops::metrics::Metrics;
-use crate::pipeline::input::{CheckInput, HttpInput};
 use crate::policy::index::Verdict;
 use crate::policy::reads::TagKeys;
-use crate::policy::request::{self, Prepared, RequestError};
-use crate::policy::set::PolicySnapshot;
+use crate::policy::request::{self, RequestError, RequestFacts};
 
 /// A key: SHA-256 over length-prefixed fields, so no two field sequences collide.
 struct KeyWriter(Sha256);
@@ -54,7 +52,8 @@ impl KeyWriter {
         self.int(i64::try_from(items.len()).unwrap_or(i64::MAX));
         items.iter().for_each(|s| self.str(s));
     }
-    fn tags<'a>(&mut self, pairs: impl Iterator<Item = (&'a str, &'a str)>, relevant: &TagKeys) {
+    fn tags(&mut self, pairs: &[(String, String)], relevant: &TagKeys) {
+        let pairs = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         let tags = request::joined_tags(pairs.filter(|(k, _)| relevant.contains(k)));
         self.int(i64::try_from(tags.len()).unwrap_or(i64::MAX));
         for (k, v) in tags {
@@ -65,18 +64,25 @@ impl KeyWriter {
 }
 
 /// The cache key for a request, or `None` when a policy that can apply to it reads
-/// the time. Hashes exactly what `request::build` puts into the request,
-/// less the tags that no policy that can apply reads.
-pub fn key(
-    snapshot: &PolicySnapshot,
-    prepared: &Prepared<'_>,
-    peer: &PeerIdentity,
-    token: Option<&VerifiedToken>,
-    input: &CheckInput,
-    http: &HttpInput,
-) -> Option<[u8; 32]> {
-    let principal = &prepared.principal;
-    let relevance = prepared.relevance;
+/// the time. Hashes every fact `RequestFacts::build` puts into the request, less
+/// the tags that no policy that can apply reads.
+pub fn key(facts: &RequestFacts<'_>) -> Option<[u8; 32]> {
+    let RequestFacts {
+        snapshot,
+        principal,
+        action,
+        host,
+        path,
+        method,
+        scheme,
+        headers,
+        route,
+        destination,
+        source_ip,
+        peer,
+        token,
+        relevance,
+    } = facts;
     if relevance.time {
         return None;
     }
@@ -84,7 +90,7 @@ pub fn key(
     let mut w = KeyWriter(Sha256::new());
     w.str("cedargate-decision-v1");
     w.str(&snapshot.version);
-    w.str(&prepared.action.to_string());
+    w.str(&action.to_string());
     w.str(&principal.to_string());
     // The peer workload and its certificate.
     w.str(peer.spiffe_id.as_str());
@@ -99,17 +105,17 @@ pub fn key(
         None => w.str(""),
     }
     // The resource.
-    w.str(&prepared.host);
-    w.str(&prepared.path.path);
-    w.strs(&prepared.path.segments);
-    w.str(&http.method);
-    w.str(&http.scheme);
-    w.tags(http.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())), relevant);
-    w.tags(prepared.path.query.iter().map(|(k, v)| (k.as_str(), v.as_str())), relevant);
+    w.str(host);
+    w.str(&path.path);
+    w.strs(&path.segments);
+    w.str(method);
+    w.str(scheme);
+    w.tags(headers, relevant);
+    w.tags(&path.query, relevant);
     // The context.
-    w.tags(input.context_extensions.iter().map(|(k, v)| (k.as_str(), v.as_str())), relevant);
-    w.str(&input.destination.principal);
-    match input.source.ip {
+    w.tags(route, relevant);
+    w.str(destination);
+    match source_ip {
         Some(IpAddr::V4(ip)) => w.bytes(&ip.octets()),
         Some(IpAddr::V6(ip)) => w.bytes(&ip.octets()),
         None => w.bytes(&[]),

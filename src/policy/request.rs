@@ -6,6 +6,7 @@
 //! pre-parsed type names; no policy or schema text is parsed.
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
 use std::time::SystemTime;
 
 use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request, RestrictedExpression};
@@ -107,28 +108,49 @@ pub fn check_limits<'a>(input: &'a CheckInput, limits: &LimitsConfig) -> Result<
 /// entity store, which holds nothing else of these types.
 const REQUEST_ID: &str = "request";
 
-/// What every later step needs to know of a request, worked out once: the
-/// canonical path and host, the action, the principal, and what the policies that
-/// can apply to it read.
+/// Everything the Cedar request for one Check is built from, and nothing else,
+/// worked out once: the canonical path and host, the action, the principal, the
+/// caller's credentials, and what the policies that can apply read.
+///
+/// The Cedar request (`RequestFacts::build`) and its decision-cache key
+/// (`decision_cache::key`) are both derived from this one value, and each takes it
+/// apart whole (no `..`): a fact added here does not compile until both use it, so
+/// the cache can never answer for a request it did not hash.
 #[derive(Debug)]
-pub struct Prepared<'s> {
-    pub path: NormalizedPath,
+pub struct RequestFacts<'a> {
+    /// The policy set the request is put to (its version is part of the key).
+    pub snapshot: &'a PolicySnapshot,
+    pub principal: EntityUid,
+    pub action: &'a EntityUid,
     /// `:authority` without port, lowercase.
     pub host: String,
-    pub action: &'s EntityUid,
-    pub principal: EntityUid,
-    pub relevance: &'s Relevance,
+    /// The path as policies see it, with its segments and query parameters.
+    pub path: NormalizedPath,
+    pub method: &'a str,
+    pub scheme: &'a str,
+    /// Request headers (lowercase names, sorted).
+    pub headers: &'a [(String, String)],
+    /// The route's context extensions.
+    pub route: &'a [(String, String)],
+    /// `destination.principal`.
+    pub destination: &'a str,
+    pub source_ip: Option<IpAddr>,
+    pub peer: &'a PeerIdentity,
+    pub token: Option<&'a VerifiedToken>,
+    /// What the policies that can apply read: which tags, whether the time.
+    pub relevance: &'a Relevance,
 }
 
 /// Checks the path and host are canonical, finds the action for the method and
 /// refuses what policies could read two ways.
-pub fn prepare<'s>(
-    snapshot: &'s PolicySnapshot,
-    http: &HttpInput,
-    peer: &PeerIdentity,
-    token: Option<&VerifiedToken>,
+pub fn prepare<'a>(
+    snapshot: &'a PolicySnapshot,
+    input: &'a CheckInput,
+    http: &'a HttpInput,
+    peer: &'a PeerIdentity,
+    token: Option<&'a VerifiedToken>,
     rules: &PathRules,
-) -> Result<Prepared<'s>, RequestError> {
+) -> Result<RequestFacts<'a>, RequestError> {
     let path = http_path::normalize(&http.path, rules)?;
     if path.query.iter().any(|(key, _)| key.eq_ignore_ascii_case(METHOD_OVERRIDE_QUERY)) {
         return Err(RequestError::MethodOverride(METHOD_OVERRIDE_QUERY));
@@ -144,7 +166,22 @@ pub fn prepare<'s>(
     if let Some(name) = ambiguous(path.query.iter().map(|(k, v)| (k.as_str(), v.as_str())), &relevance.tags, false) {
         return Err(RequestError::QueryAmbiguous(name.chars().take(64).collect()));
     }
-    Ok(Prepared { path, host, action, principal, relevance })
+    Ok(RequestFacts {
+        snapshot,
+        principal,
+        action,
+        host,
+        path,
+        method: &http.method,
+        scheme: &http.scheme,
+        headers: &http.headers,
+        route: &input.context_extensions,
+        destination: &input.destination.principal,
+        source_ip: input.source.ip,
+        peer,
+        token,
+        relevance,
+    })
 }
 
 /// The first key a policy reads that the request gives two different values. An
@@ -168,30 +205,72 @@ fn ambiguous<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, relevant: &Tag
     None
 }
 
-/// Builds the Cedar request for one Check.
-pub fn build(
-    snapshot: &PolicySnapshot,
-    prepared: &Prepared<'_>,
-    peer: &PeerIdentity,
-    token: Option<&VerifiedToken>,
-    input: &CheckInput,
-    http: &HttpInput,
-    now: SystemTime,
-) -> Result<CedarInput, RequestError> {
-    let parts = request_parts(snapshot, prepared, peer, token, input, http, now).map_err(RequestError::Build)?;
-    // Schema conformance of these entities and of the request (principal and
-    // resource types each action applies to, the context's type) is proven once per
-    // load by `check_schema_contract`, for every action: it is not re-checked on
-    // every request.
-    let entities = snapshot
-        .entities
-        .clone()
-        .upsert_entities(parts.entities, None)
-        .map_err(|e| RequestError::Build(e.to_string()))?;
-    let request =
-        Request::new(prepared.principal.clone(), prepared.action.clone(), parts.resource, parts.context, None)
+/// What one request adds to the base entity store, and its context.
+struct RequestParts {
+    /// The peer workload, resource, headers, query and route entities, and the token
+    /// subject when it is the principal and not already in `entities.json`.
+    entities: Vec<Entity>,
+    resource: EntityUid,
+    context: Context,
+}
+
+impl RequestFacts<'_> {
+    /// The Cedar request and its entities, at `now`.
+    pub fn build(&self, now: SystemTime) -> Result<CedarInput, RequestError> {
+        let parts = self.parts(now)?;
+        // Schema conformance of these entities and of the request (principal and
+        // resource types each action applies to, the context's type) is proven once
+        // per load by `check_schema_contract`, for every action: it is not re-checked
+        // on every request.
+        let entities = self
+            .snapshot
+            .entities
+            .clone()
+            .upsert_entities(parts.entities, None)
             .map_err(|e| RequestError::Build(e.to_string()))?;
-    Ok(CedarInput { request, entities })
+        let request = Request::new(self.principal.clone(), self.action.clone(), parts.resource, parts.context, None)
+            .map_err(|e| RequestError::Build(e.to_string()))?;
+        Ok(CedarInput { request, entities })
+    }
+
+    /// The entities and context made from every fact.
+    fn parts(&self, now: SystemTime) -> Result<RequestParts, RequestError> {
+        let RequestFacts {
+            snapshot,
+            principal,
+            action: _, // `build` puts it, with the principal, into the request
+            host,
+            path,
+            method,
+            scheme,
+            headers,
+            route,
+            destination,
+            source_ip,
+            peer,
+            token,
+            relevance: _, // decides what the key may leave out; the request holds every fact
+        } = self;
+        let types = &snapshot.types;
+        let workload = workload_entity(peer, snapshot).map_err(RequestError::Build)?;
+        let tags = |type_name, pairs: &[(String, String)]| {
+            tag_entity(type_name, pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(RequestError::Build)
+        };
+        let headers = tags(&types.headers, headers)?;
+        let query = tags(&types.query, &path.query)?;
+        let route = tags(&types.route, route)?;
+        let resource = request_entity(types, host, path, method, scheme, headers.uid(), query.uid())
+            .map_err(RequestError::Build)?;
+        let context =
+            context(destination, *source_ip, workload.uid(), *token, route.uid(), now).map_err(RequestError::Build)?;
+        let resource_uid = resource.uid();
+        let mut entities = vec![workload, resource, headers, query, route];
+        // A user listed in entities.json keeps its attributes and groups from there.
+        if principal.type_name() == &types.user && snapshot.entities.get(principal).is_none() {
+            entities.push(Entity::new_no_attrs(principal.clone(), HashSet::new()));
+        }
+        Ok(RequestParts { entities, resource: resource_uid, context })
+    }
 }
 
 /// The principal's uid: the peer workload, or the token's subject as a `User`.
@@ -206,41 +285,6 @@ fn principal_uid(snapshot: &PolicySnapshot, peer: &PeerIdentity, token: Option<&
 /// the same issuer (issuers may not contain `#`, so the id splits one way only).
 fn user_id(iss: &str, sub: &str) -> String {
     format!("{iss}#{sub}")
-}
-
-/// What one request adds to the base entity store, and its context.
-struct RequestParts {
-    /// The peer workload, resource, headers, query and route entities, and the token
-    /// subject when it is the principal and not already in `entities.json`.
-    entities: Vec<Entity>,
-    resource: EntityUid,
-    context: Context,
-}
-
-fn request_parts(
-    snapshot: &PolicySnapshot,
-    prepared: &Prepared<'_>,
-    peer: &PeerIdentity,
-    token: Option<&VerifiedToken>,
-    input: &CheckInput,
-    http: &HttpInput,
-    now: SystemTime,
-) -> Result<RequestParts, String> {
-    let types = &snapshot.types;
-    let path = &prepared.path;
-    let workload = workload_entity(peer, snapshot)?;
-    let headers = tag_entity(&types.headers, http.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
-    let query = tag_entity(&types.query, path.query.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
-    let route = tag_entity(&types.route, input.context_extensions.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
-    let resource = request_entity(types, prepared, http, headers.uid(), query.uid())?;
-    let context = context(input, workload.uid(), token, route.uid(), now)?;
-    let principal = &prepared.principal;
-    let mut entities = vec![workload, resource.clone(), headers, query, route];
-    // A user listed in entities.json keeps its attributes and groups from there.
-    if principal.type_name() == &types.user && snapshot.entities.get(principal).is_none() {
-        entities.push(Entity::new_no_attrs(principal.clone(), HashSet::new()));
-    }
-    Ok(RequestParts { resource: resource.uid(), entities, context })
 }
 
 fn uid(type_name: &cedar_policy::EntityTypeName, id: &str) -> EntityUid {
@@ -335,12 +379,13 @@ pub fn joined_tags<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> BTree
 /// The resource: the HTTP request, a child of every prefix of its path.
 fn request_entity(
     types: &CedarTypes,
-    prepared: &Prepared<'_>,
-    http: &HttpInput,
+    host: &str,
+    path: &NormalizedPath,
+    method: &str,
+    scheme: &str,
     headers: EntityUid,
     query: EntityUid,
 ) -> Result<Entity, String> {
-    let path = &prepared.path;
     let segments = path.segments.iter().enumerate().map(|(index, value)| {
         RestrictedExpression::new_record([
             ("index".to_owned(), RestrictedExpression::new_long(i64::try_from(index).unwrap_or(i64::MAX))),
@@ -349,11 +394,11 @@ fn request_entity(
     });
     let segments: Vec<RestrictedExpression> = segments.collect::<Result<_, _>>().map_err(|e| e.to_string())?;
     let attrs = [
-        ("host".to_owned(), string(&prepared.host)),
+        ("host".to_owned(), string(host)),
         ("path".to_owned(), string(&path.path)),
         ("segments".to_owned(), RestrictedExpression::new_set(segments)),
-        ("method".to_owned(), string(&http.method)),
-        ("scheme".to_owned(), string(&http.scheme)),
+        ("method".to_owned(), string(method)),
+        ("scheme".to_owned(), string(scheme)),
         ("headers".to_owned(), RestrictedExpression::new_entity_uid(headers)),
         ("query".to_owned(), RestrictedExpression::new_entity_uid(query)),
     ];
@@ -362,7 +407,8 @@ fn request_entity(
 }
 
 fn context(
-    input: &CheckInput,
+    destination: &str,
+    source_ip: Option<IpAddr>,
     peer: EntityUid,
     token: Option<&VerifiedToken>,
     route: EntityUid,
@@ -374,12 +420,12 @@ fn context(
         ("peer".to_owned(), RestrictedExpression::new_entity_uid(peer)),
         (
             "destination".to_owned(),
-            RestrictedExpression::new_record([("principal".to_owned(), string(&input.destination.principal))])
+            RestrictedExpression::new_record([("principal".to_owned(), string(destination))])
                 .map_err(|e| e.to_string())?,
         ),
         ("route".to_owned(), RestrictedExpression::new_entity_uid(route)),
     ];
-    if let Some(ip) = input.source.ip {
+    if let Some(ip) = source_ip {
         pairs.push(("source_ip".to_owned(), RestrictedExpression::new_ip(ip.to_string())));
     }
     if let Some(token) = token {
@@ -543,8 +589,8 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
     let first = methods.first().copied();
     for (method, token) in methods.iter().flat_map(|m| samples.iter().map(move |t| (*m, t))) {
         let http = HttpInput { method: method.clone(), ..http.clone() };
-        let prepared = prepare(snapshot, &http, &peer, token.as_ref(), &rules).map_err(|e| e.to_string())?;
-        let parts = request_parts(snapshot, &prepared, &peer, token.as_ref(), &input, &http, SystemTime::UNIX_EPOCH)?;
+        let facts = prepare(snapshot, &input, &http, &peer, token.as_ref(), &rules).map_err(|e| e.to_string())?;
+        let parts = facts.parts(SystemTime::UNIX_EPOCH).map_err(|e| e.to_string())?;
         let what = match token {
             None => "without a token".to_owned(),
             Some(t) if t.principal == PrincipalFrom::Subject => {
@@ -560,8 +606,8 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
                 .map_err(|e| format!("the entities cedargate builds {what} do not conform to the schema: {e}"))?;
         }
         Request::new(
-            prepared.principal,
-            prepared.action.clone(),
+            facts.principal.clone(),
+            facts.action.clone(),
             parts.resource,
             parts.context,
             Some(&snapshot.schema),
