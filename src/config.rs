@@ -79,7 +79,7 @@ pub struct PoliciesConfig {
     /// Reload the directory when its files change (SIGHUP always reloads).
     pub watch: bool,
     /// Quiet time after the last change before reloading, so a burst of saves
-    /// becomes one reload.
+    /// becomes one reload. The one file watcher uses it for every file it watches.
     #[serde(with = "humantime_serde")]
     pub debounce: Duration,
     /// A second policy directory evaluated beside `dir` on live traffic. Its

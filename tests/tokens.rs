@@ -350,7 +350,8 @@ fn revoking_a_token_takes_effect_without_a_restart() {
     rt.block_on(async {
         let ec = Signer::ec("ec-1");
         let w = World::new(&[&ec], |_| {});
-        let _watchers = w.checker.parts().credentials.spawn_refreshers();
+        let watcher = cedargate::ops::watch::FileWatcher::new(std::time::Duration::from_millis(50));
+        let _watchers = w.checker.parts().credentials.spawn_refreshers(&watcher);
         let now = jwt::now();
         let token = at_jwt(&ec, &claims(now, "alice"));
         let req = w.place_order(&token);
@@ -359,14 +360,19 @@ fn revoking_a_token_takes_effect_without_a_restart() {
         std::fs::write(w.dir.path().join("revoked.txt"), leaf_serial_line).unwrap();
         let started = std::time::Instant::now();
         while w.decide(&req).is_allowed() {
-            // The file is polled every 250 ms; the deadline is generous for a busy machine.
+            // The file is watched; the deadline is generous for a busy machine.
             assert!(started.elapsed() < Duration::from_secs(10), "revocation not in effect after 10 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(w.decide(&req).code(), "token_revoked");
         // A broken edit keeps the list as it was.
         std::fs::write(w.dir.path().join("revoked.txt"), "sub alice\nthis is not an entry\n").unwrap();
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        let revocations = &w.checker.parts().credentials.revocations;
+        let started = std::time::Instant::now();
+        while revocations.last_error().is_none() {
+            assert!(started.elapsed() < Duration::from_secs(10), "the broken edit was not looked at within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(w.decide(&req).code(), "token_revoked");
     });
 }

@@ -24,8 +24,6 @@ use crate::config::IssuerConfig;
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// RSA moduli shorter than this are refused (NIST SP 800-131A).
 const MIN_RSA_MODULUS_BYTES: usize = 256;
-/// How often a JWKS file is re-read to notice a change.
-const FILE_POLL: Duration = Duration::from_secs(1);
 /// Time allowed for one JWKS fetch, connect to last byte.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -218,7 +216,7 @@ impl IssuerKeys {
     /// starts empty and is fetched by `run_refresher` and on demand.
     pub fn new(config: &IssuerConfig) -> Result<IssuerKeys, JwksError> {
         let (source, interval) = match (&config.jwks_file, &config.jwks_url) {
-            (Some(path), _) => (KeySource::File(path.clone()), FILE_POLL),
+            (Some(path), _) => (KeySource::File(path.clone()), config.jwks_refresh),
             (None, Some(url)) => {
                 (KeySource::Url(Box::new(HttpsFetcher::new(url, config.jwks_ca_file.as_deref())?)), config.jwks_refresh)
             }
@@ -271,16 +269,29 @@ impl IssuerKeys {
         self.generation() != seen_generation
     }
 
-    /// Refreshes on the source's schedule until the task is aborted.
+    /// The JWKS file, when the keys come from one (`ops::watch` watches it).
+    pub fn file(&self) -> Option<&std::path::Path> {
+        match &self.source {
+            KeySource::File(path) => Some(path),
+            KeySource::Url(_) => None,
+        }
+    }
+
+    /// Reads the source once more; a failure keeps the last good keys.
+    pub async fn refresh(&self) {
+        let mut state = self.refresh.lock().await;
+        self.refresh_locked(&mut state).await;
+    }
+
+    /// Fetches a JWKS URL now and then every `jwks_refresh`, until the task is
+    /// aborted. (A file is watched instead.)
     pub async fn run_refresher(self: Arc<Self>) {
-        let mut first = matches!(self.source, KeySource::Url(_));
+        if self.file().is_some() {
+            return;
+        }
         loop {
-            if !first {
-                tokio::time::sleep(self.interval).await;
-            }
-            first = false;
-            let mut state = self.refresh.lock().await;
-            self.refresh_locked(&mut state).await;
+            self.refresh().await;
+            tokio::time::sleep(self.interval).await;
         }
     }
 

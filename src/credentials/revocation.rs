@@ -22,15 +22,11 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
 use crate::ops::metrics::{Sample, StateSource};
-
-/// How often the file is re-read.
-const POLL: Duration = Duration::from_millis(250);
 
 /// One parsed denylist.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -227,6 +223,11 @@ impl Revocations {
         Ok(revocations)
     }
 
+    /// The file, when there is one.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
     pub fn current(&self) -> arc_swap::Guard<Arc<Denylist>> {
         self.current.load()
     }
@@ -244,7 +245,12 @@ impl Revocations {
         };
         let result = self.reload_from(path);
         if let Ok(mut last_error) = self.last_error.lock() {
-            *last_error = result.as_ref().err().cloned();
+            let error = result.as_ref().err().cloned();
+            // Logged once per broken version of the file, not on every look.
+            if let Some(e) = error.as_ref().filter(|e| last_error.as_ref() != Some(*e)) {
+                tracing::error!(path = %path.display(), error = %e, "revocation file refused; keeping the last good list");
+            }
+            *last_error = error;
         }
         match &result {
             Ok(true) => self.loaded.fetch_add(1, Ordering::Relaxed),
@@ -266,27 +272,6 @@ impl Revocations {
         self.current.store(Arc::new(list));
         *last = Some(digest);
         Ok(true)
-    }
-
-    /// Re-reads the file every 250 ms until the task is aborted.
-    pub async fn run_watcher(self: Arc<Self>) {
-        if self.path.is_none() {
-            return;
-        }
-        let mut failing = false;
-        loop {
-            tokio::time::sleep(POLL).await;
-            match self.reload() {
-                Ok(_) => failing = false,
-                Err(e) => {
-                    // Log a broken file once, not four times a second.
-                    if !failing {
-                        tracing::error!(error = %e, "revocation file refused; keeping the last good list");
-                    }
-                    failing = true;
-                }
-            }
-        }
     }
 }
 

@@ -10,6 +10,7 @@ use crate::credentials::jwks::JwksError;
 use crate::credentials::revocation::Revocations;
 use crate::credentials::token::TokenVerifier;
 use crate::ops::metrics::Metrics;
+use crate::ops::watch::FileWatcher;
 
 pub struct Credentials {
     pub tokens: TokenVerifier,
@@ -36,12 +37,29 @@ impl Credentials {
         Ok(Credentials { tokens, revocations: Arc::new(revocations) })
     }
 
-    /// Starts the tasks that re-read JWKS files and URLs and the revocation file.
-    /// They run until aborted (`app::Running::shutdown` does).
-    pub fn spawn_refreshers(&self) -> Vec<JoinHandle<()>> {
-        let mut tasks: Vec<JoinHandle<()>> =
-            self.tokens.issuer_keys().map(|keys| tokio::spawn(Arc::clone(keys).run_refresher())).collect();
-        tasks.push(tokio::spawn(Arc::clone(&self.revocations).run_watcher()));
+    /// Starts the tasks that fetch JWKS URLs on their schedule, and has `watcher`
+    /// re-read JWKS files and the revocation file when they change. They run until
+    /// aborted (`server::app::Running::shutdown` does).
+    pub fn spawn_refreshers(&self, watcher: &FileWatcher) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for keys in self.tokens.issuer_keys() {
+            match keys.file() {
+                Some(file) => {
+                    let keys = Arc::clone(keys);
+                    let runtime = tokio::runtime::Handle::current();
+                    // On a blocking thread: waiting for the refresh lock is fine there.
+                    tasks.push(watcher.spawn("jwks", &[file], move |_| runtime.block_on(keys.refresh())));
+                }
+                None => tasks.push(tokio::spawn(Arc::clone(keys).run_refresher())),
+            }
+        }
+        if let Some(file) = self.revocations.path() {
+            let revocations = Arc::clone(&self.revocations);
+            tasks.push(watcher.spawn("revocation", &[file], move |_| {
+                // Refusals are logged and counted by `reload` itself.
+                let _ = revocations.reload();
+            }));
+        }
         tasks
     }
 }

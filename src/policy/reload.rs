@@ -1,5 +1,5 @@
-//! Hot reload of the policy directory: noticed by polling (and on SIGHUP),
-//! debounced, validated as a whole, then swapped in atomically.
+//! Hot reload of a policy directory: noticed by `ops::watch` (and on SIGHUP),
+//! validated as a whole, then swapped in atomically.
 //!
 //! A Check holds the snapshot it started with, so a swap never changes a decision
 //! halfway. An invalid change never replaces the last good set: cedargate keeps
@@ -9,16 +9,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
 use crate::config::TokenModel;
 use crate::policy::load;
 use crate::policy::set::{LoadError, PolicySnapshot, ENTITIES_FILE, POLICY_EXTENSION, SCHEMA_FILE};
-
-/// How often the directory is looked at.
-const POLL: Duration = Duration::from_millis(100);
 
 /// What the last reloads did, for logs, metrics and `/status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,9 +43,9 @@ pub struct PolicyReloader {
     tokens: TokenModel,
     policies: ArcSwap<PolicySnapshot>,
     status: Mutex<ReloadStatus>,
-    /// The directory as last seen by the watcher; taken at creation, right after the
-    /// first load, so an edit made before the watcher first runs is not missed.
-    initial: Vec<(String, u64, Option<SystemTime>)>,
+    /// The directory's files as last looked at; first taken before the first load,
+    /// so an edit made during it is seen as a change.
+    seen: Mutex<Vec<(String, u64, Option<SystemTime>)>>,
     /// Serializes reloads (watcher and SIGHUP) so two never race to swap.
     reloading: Mutex<()>,
     pub succeeded: AtomicU64,
@@ -63,7 +60,7 @@ impl PolicyReloader {
         let initial = fingerprint(&dir);
         let snapshot = load::load_dir(&dir, &tokens)?;
         Ok(PolicyReloader {
-            initial,
+            seen: Mutex::new(initial),
             dir,
             tokens,
             policies: ArcSwap::from_pointee(snapshot),
@@ -92,6 +89,7 @@ impl PolicyReloader {
     /// Loads and validates the directory; swaps it in if it is valid and differs.
     pub fn reload(&self) -> Result<ReloadOutcome, LoadError> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = fingerprint(&self.dir);
         let attempt = load::load_dir(&self.dir, &self.tokens);
         let mut status = self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         status.last_attempt = Some(SystemTime::now());
@@ -117,37 +115,24 @@ impl PolicyReloader {
         }
     }
 
-    /// Watches the directory until the task is aborted: after a change, waits until
-    /// the files have been quiet for `debounce` (an editor's burst of saves, a
-    /// `git checkout` of many files) and reloads once.
-    pub async fn watch(self: Arc<Self>, debounce: Duration) {
-        let mut seen = self.initial.clone();
-        loop {
-            tokio::time::sleep(POLL).await;
-            let now = fingerprint(&self.dir);
-            if now == seen {
-                continue;
+    /// Reloads only if the directory's files look changed (names, sizes,
+    /// modification times) since the last look: the periodic re-check, which must
+    /// cost nothing when nothing changed.
+    pub fn reload_if_changed(&self) -> Option<Result<ReloadOutcome, LoadError>> {
+        let now = fingerprint(&self.dir);
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if *seen == now {
+                return None;
             }
-            // Changing: wait for quiet.
-            let mut settled = now;
-            loop {
-                tokio::time::sleep(debounce).await;
-                let again = fingerprint(&self.dir);
-                if again == settled {
-                    break;
-                }
-                settled = again;
-            }
-            seen = settled;
-            let reloader = Arc::clone(&self);
-            // Loading a large set is CPU work: keep it off the async workers.
-            let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            *seen = now;
         }
+        Some(self.reload())
     }
 }
 
 /// Names, sizes and modification times of the files a policy set is made of: cheap
-/// to take every 100 ms, and any save changes it.
+/// to take, and a save changes it.
 fn fingerprint(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     let mut files: Vec<(String, u64, Option<SystemTime>)> = entries

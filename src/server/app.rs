@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::ops::admin::{AdminError, AdminServer, AdminState};
 use crate::ops::audit::{AuditError, AuditLog, AuditWriter};
+use crate::ops::watch::{FileWatcher, Trigger};
 use crate::pipeline::authorize::Authorizer;
 use crate::pipeline::checker::{Checker, Clock, Parts, SetupError};
 use crate::policy::sets::PolicySets;
@@ -53,6 +54,8 @@ pub struct Running {
     task: JoinHandle<Result<(), AppError>>,
     /// JWKS, revocation, TLS and policy watchers.
     background: Vec<JoinHandle<()>>,
+    /// Passes file events to the watchers in `background` while it lives.
+    _watcher: FileWatcher,
     shutdown_timeout: std::time::Duration,
 }
 
@@ -89,13 +92,26 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
     let listener =
         Listener::bind(&listen).await.map_err(|source| AppError::Bind { addr: listen.to_string(), source })?;
     let local_addr = listener.local_addr();
-    let mut background = credentials.spawn_refreshers();
+    // One watcher for every file reloaded while serving.
+    let watcher = FileWatcher::new(config.policies.debounce);
+    let mut background = credentials.spawn_refreshers(&watcher);
     for tls in grpc_tls.iter().chain(admin_tls.iter()) {
-        background.push(tokio::spawn(Arc::clone(tls).run_watcher()));
+        let reloading = Arc::clone(tls);
+        // Refusals are logged and counted by `reload_if_changed` itself.
+        background.push(watcher.spawn("tls", &tls.files(), move |_| {
+            let _ = reloading.reload_if_changed();
+        }));
     }
     if config.policies.watch {
         for (_, _, set) in sets.all() {
-            background.push(tokio::spawn(Arc::clone(set).watch(config.policies.debounce)));
+            let reloader = Arc::clone(set);
+            // Outcomes are logged and kept in the reloader's status.
+            background.push(watcher.spawn("policies", &[set.dir()], move |trigger| {
+                let _ = match trigger {
+                    Trigger::Event => Some(reloader.reload()),
+                    Trigger::Backstop => reloader.reload_if_changed(),
+                };
+            }));
         }
     }
     let (audit, audit_writer) = match config.audit.enabled {
@@ -149,6 +165,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
         shutdown: Some(tx),
         task,
         background,
+        _watcher: watcher,
         shutdown_timeout,
     })
 }

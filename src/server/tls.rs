@@ -23,8 +23,6 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::config::TlsFiles;
 use crate::ops::metrics::{Sample, StateSource};
 
-/// How often the files are looked at.
-const POLL: Duration = Duration::from_secs(1);
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -117,12 +115,13 @@ impl ReloadingTls {
         }
     }
 
-    /// Watches the files until the task is aborted.
-    pub async fn run_watcher(self: Arc<Self>) {
-        loop {
-            tokio::time::sleep(POLL).await;
-            let _ = self.reload_if_changed();
-        }
+    /// The certificate, key and client CA files, for `ops::watch`.
+    pub fn files(&self) -> Vec<&Path> {
+        [Some(&self.files.cert_file), Some(&self.files.key_file), self.files.client_ca_file.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path)
+            .collect()
     }
 }
 
