@@ -1,7 +1,7 @@
 //! What a Check asks, as plain Rust: the domain form of Envoy's `AttributeContext`.
 //!
 //! `wire` fills these from protobuf; nothing after it sees a prost type. Every field
-//! is as Envoy sent it (untrusted, unvalidated): `identity` and `cedar_request`
+//! is as Envoy sent it (untrusted, unvalidated): `identity` and `policy::request`
 //! decide what is usable.
 
 use std::net::IpAddr;

@@ -4,7 +4,7 @@
 //! - The key is a SHA-256 over the policy set version and every value the Cedar
 //!   request is built from (principal, action, resource and its attributes, the
 //!   context, the caller's certificate and token claims). It leaves out only what
-//!   `policy_reads::Relevance` proves no loaded policy can read.
+//!   `policy::reads::Relevance` proves no loaded policy can read.
 //! - Credentials are verified on every Check *before* the cache is consulted, so a
 //!   revoked, expired or re-keyed credential never reaches a cached verdict; and an
 //!   entry still never outlives the certificate or token it was computed for.

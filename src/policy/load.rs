@@ -1,6 +1,6 @@
 //! Loading a policy directory for serving: read, parse and strictly validate it
-//! (`policy_set`), then prove the schema fits every request cedargate builds
-//! (`cedar_request`). What reloads, starts or validates a set goes through here.
+//! (`policy::set`), then prove the schema fits every request cedargate builds
+//! (`policy::request`). What reloads, starts or validates a set goes through here.
 
 use std::path::Path;
 

@@ -199,7 +199,7 @@ pub fn read_dir(dir: &Path) -> Result<PolicyFiles, Diagnostic> {
 }
 
 /// Parses and strictly validates file contents into a snapshot. Whether the schema
-/// fits the requests cedargate builds is `policy_load`'s to prove.
+/// fits the requests cedargate builds is `policy::load`'s to prove.
 pub fn parse_files(files: &PolicyFiles) -> Result<PolicySnapshot, Vec<Diagnostic>> {
     let types = CedarTypes::new().map_err(|e| vec![Diagnostic::file_level(SCHEMA_FILE, e)])?;
     let schema = Schema::from_cedarschema_str(&files.schema)
