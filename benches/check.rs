@@ -11,6 +11,10 @@ mod pki;
 #[allow(dead_code)]
 mod jwt;
 
+#[path = "../tests/common/request.rs"]
+#[allow(dead_code)]
+mod request;
+
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
@@ -20,48 +24,14 @@ use cedargate::config::Config;
 use cedargate::identity::svid as identity;
 use cedargate::pipeline::checker::{Checker, SystemClock};
 use cedargate::policy::http_path;
-use cedargate::server::proto::envoy::service::auth::v3::{attribute_context, AttributeContext, CheckRequest};
+use cedargate::server::proto::envoy::service::auth::v3::CheckRequest;
 use cedargate::server::wire;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
 
 fn request(principal: &str, cert_pem: &str, path: &str) -> CheckRequest {
-    let headers = [
-        (":authority", "orders.example.org"),
-        (":method", "GET"),
-        (":path", path),
-        (":scheme", "https"),
-        ("accept", "*/*"),
-        ("user-agent", "bench/1.0"),
-        ("x-request-id", "490d00d3-f9bc-4dd8-a2fb-5a839fa62e7b"),
-        ("x-forwarded-proto", "https"),
-    ];
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(attribute_context::Peer {
-                principal: principal.into(),
-                certificate: pki::url_encode(cert_pem),
-                ..Default::default()
-            }),
-            destination: Some(attribute_context::Peer {
-                principal: "spiffe://example.org/ns/default/sa/orders".into(),
-                ..Default::default()
-            }),
-            request: Some(attribute_context::Request {
-                time: None,
-                http: Some(attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: path.into(),
-                    host: "orders.example.org".into(),
-                    scheme: "https".into(),
-                    headers: headers.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
+    request::Req::new(principal, Some(cert_pem)).path(path).envoy_headers().build()
 }
 
 fn config(dir: &Path, cached: bool) -> Config {

@@ -20,6 +20,10 @@ mod pki;
 #[allow(dead_code)]
 mod jwt;
 
+#[path = "../tests/common/request.rs"]
+#[allow(dead_code)]
+mod request;
+
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -149,7 +153,8 @@ fn start_cedargate(dir: &Path, config: &str) -> Server {
 
 /// One Envoy-shaped CheckRequest as a gRPC message on the wire (5-byte prefix).
 fn grpc_body(cert_pem: &str, token: Option<&str>) -> Vec<u8> {
-    let message = support::envoy_request(cert_pem, "/api/orders/42", token).encode_to_vec();
+    let request = request::Req::new(support::FRONTEND, Some(cert_pem)).path("/api/orders/42").envoy_headers();
+    let message = token.map_or(request.clone(), |t| request.bearer(t)).build().encode_to_vec();
     let mut body = vec![0u8];
     body.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
     body.extend_from_slice(&message);

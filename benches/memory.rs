@@ -11,6 +11,10 @@
 #[allow(dead_code)]
 mod pki;
 
+#[path = "../tests/common/request.rs"]
+#[allow(dead_code)]
+mod request;
+
 mod support;
 
 use std::sync::Arc;
@@ -35,11 +39,8 @@ fn main() {
     let loaded = support::rss_mib();
     let leaf = pki.svid(FRONTEND);
     for i in 0..100_000 {
-        let input = cedargate::server::wire::check_input(support::envoy_request(
-            &leaf.cert_pem,
-            &format!("/api/orders/{i}"),
-            None,
-        ));
+        let request = request::Req::new(support::FRONTEND, Some(&leaf.cert_pem)).path(&format!("/api/orders/{i}"));
+        let input = request.envoy_headers().input();
         assert!(checker.check(&input).is_allowed());
     }
     let entries = checker.parts().cache.as_ref().map_or(0, |c| c.entries());

@@ -172,59 +172,29 @@ async fn checks_during_many_reloads_all_get_correct_answers() {
 #[test]
 fn sighup_reloads_the_running_binary() {
     let dir = shipped_policies_copy();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    std::fs::write(
-        dir.path().join("cedargate.toml"),
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[policies]\ndir = \"{}\"\nwatch = false\n[identity]\ntrust_domains = [\"example.org\"]\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cedargate"))
-        .args(["serve", "--config"])
-        .arg(dir.path().join("cedargate.toml"))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let config = format!(
+        "[policies]\ndir = \"{}\"\nwatch = false\n[identity]\ntrust_domains = [\"example.org\"]\n",
+        dir.path().display()
+    );
+    let binary = common::Binary::start(dir.path(), &config);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        rt.block_on(async {
-            let pki = Pki::new();
-            let addr = format!("127.0.0.1:{port}");
-            let started = Instant::now();
-            let mut client = loop {
-                match cedargate::server::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
-                    format!("http://{addr}"),
-                )
-                .await
-                {
-                    Ok(client) => break client,
-                    Err(_) if started.elapsed() < Duration::from_secs(20) => {
-                        tokio::time::sleep(Duration::from_millis(50)).await
-                    }
-                    Err(e) => panic!("cedargate did not start: {e}"),
-                }
-            };
-            let status = |reply: tonic::Response<_>| outcome(&reply.into_inner()).0;
-            assert_eq!(status(client.check(delete(&pki)).await.unwrap()), 403);
-            write_policy(dir.path(), "extra.cedar", "reporting-deletes");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            assert_eq!(status(client.check(delete(&pki)).await.unwrap()), 403, "watch = false: no reload yet");
-            let killed = std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
-            assert!(killed.success());
-            let started = Instant::now();
-            while status(client.check(delete(&pki)).await.unwrap()) != 200 {
-                assert!(started.elapsed() < Duration::from_secs(20), "SIGHUP did not reload");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    }));
-    let _ = child.kill();
-    let _ = child.wait();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    rt.block_on(async {
+        let pki = Pki::new();
+        let mut client = common::client(&binary.addr).await;
+        let status = |reply: tonic::Response<_>| outcome(&reply.into_inner()).0;
+        assert_eq!(status(client.check(delete(&pki)).await.unwrap()), 403);
+        write_policy(dir.path(), "extra.cedar", "reporting-deletes");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(status(client.check(delete(&pki)).await.unwrap()), 403, "watch = false: no reload yet");
+        let killed =
+            std::process::Command::new("kill").args(["-HUP", &binary.child.id().to_string()]).status().unwrap();
+        assert!(killed.success());
+        let started = Instant::now();
+        while status(client.check(delete(&pki)).await.unwrap()) != 200 {
+            assert!(started.elapsed() < Duration::from_secs(20), "SIGHUP did not reload");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
 }
 
 /// A Kubernetes ConfigMap volume: each file is a link through `..data`, which the

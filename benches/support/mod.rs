@@ -7,13 +7,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cedargate::server::proto::envoy::config::core::v3::{
-    address, socket_address::PortSpecifier, Address, SocketAddress,
-};
 use cedargate::server::proto::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
-use cedargate::server::proto::envoy::service::auth::v3::{attribute_context, AttributeContext};
 use cedargate::server::proto::envoy::service::auth::v3::{check_response, CheckRequest, CheckResponse, OkHttpResponse};
 use cedargate::server::proto::google::rpc::Status as RpcStatus;
+
+/// The caller every benchmark request comes from.
+pub const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
 
 /// Answers every Check with an allow, doing nothing else.
 pub struct Noop;
@@ -139,62 +138,4 @@ pub fn policies_with(n: usize) -> tempfile::TempDir {
     }
     std::fs::write(dir.path().join("generated.cedar"), text).unwrap();
     dir
-}
-
-/// An Envoy-shaped CheckRequest from the frontend (its certificate forwarded, the
-/// headers Envoy sends), with an optional bearer token.
-pub fn envoy_request(cert_pem: &str, path: &str, token: Option<&str>) -> CheckRequest {
-    let mut headers: Vec<(String, String)> = [
-        (":authority", "orders.example.org"),
-        (":method", "GET"),
-        (":path", path),
-        (":scheme", "https"),
-        ("accept", "application/json"),
-        ("user-agent", "cedargate-load/1.0"),
-        ("x-forwarded-proto", "https"),
-        ("x-request-id", "2f1b1d3e-8c5e-4f7a-9a53-1b2c3d4e5f60"),
-        ("x-envoy-expected-rq-timeout-ms", "15000"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    if let Some(token) = token {
-        headers.push(("authorization".into(), format!("Bearer {token}")));
-    }
-    let socket = |port| Address {
-        address: Some(address::Address::SocketAddress(SocketAddress {
-            address: "127.0.0.1".into(),
-            port_specifier: Some(PortSpecifier::PortValue(port)),
-            ..Default::default()
-        })),
-    };
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(attribute_context::Peer {
-                address: Some(socket(41000)),
-                principal: "spiffe://example.org/ns/default/sa/frontend".into(),
-                certificate: crate::pki::url_encode(cert_pem),
-                ..Default::default()
-            }),
-            destination: Some(attribute_context::Peer {
-                address: Some(socket(10000)),
-                principal: "spiffe://example.org/ns/default/sa/orders".into(),
-                ..Default::default()
-            }),
-            request: Some(attribute_context::Request {
-                time: None,
-                http: Some(attribute_context::HttpRequest {
-                    id: "1".into(),
-                    method: "GET".into(),
-                    path: path.into(),
-                    host: "orders.example.org".into(),
-                    scheme: "https".into(),
-                    protocol: "HTTP/1.1".into(),
-                    headers: headers.into_iter().collect(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
 }

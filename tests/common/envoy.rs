@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::envoy_binary::{envoy_binary, free_port};
+use super::envoy_binary::envoy_binary;
 use super::pki::{Leaf, LeafSpec, Pki};
 
 /// The orders service, whose certificate Envoy serves (and presents to cedargate).
@@ -116,8 +116,6 @@ impl Envoy {
     /// endpoint per cedargate replica, and, with `mtls`, the shipped
     /// `cedargate-cluster-mtls.yaml` spliced into the cedargate cluster.
     pub fn start_with(dir: &Path, cedargate_ports: &[u16], upstream_port: u16, mtls: bool) -> Envoy {
-        let port = free_port();
-        let admin_port = free_port();
         let mut template = std::fs::read_to_string(super::repo_dir().join("envoy-config/envoy.yaml")).unwrap();
         let cluster = "  - name: cedargate\n    type: STATIC\n";
         assert_eq!(template.matches(cluster).count(), 1, "envoy.yaml must have the cedargate cluster");
@@ -134,8 +132,9 @@ impl Envoy {
         let mut config = template.replace(endpoint, &endpoints);
         let cert_paths = if mtls { 6 } else { 3 };
         for (from, to, count) in [
-            ("port_value: 9901", format!("port_value: {admin_port}"), 1),
-            ("port_value: 10000", format!("port_value: {port}"), 1),
+            // Envoy binds port 0 for both; the ports it got are read back below.
+            ("port_value: 9901", "port_value: 0".to_owned(), 1),
+            ("port_value: 10000", "port_value: 0".to_owned(), 1),
             ("port_value: 8080", format!("port_value: {upstream_port}"), 1),
             ("/etc/cedargate/certs/", certs, cert_paths),
         ] {
@@ -149,29 +148,42 @@ impl Envoy {
         let config_path = dir.join("envoy.yaml");
         std::fs::write(&config_path, config).unwrap();
         let log = dir.join("envoy.log");
+        let admin_address = dir.join("envoy-admin-address");
+        let _ = std::fs::remove_file(&admin_address);
         let child = Command::new(envoy_binary())
             .arg("-c")
             .arg(&config_path)
             .args(["--disable-hot-restart", "--concurrency", "1", "-l", "warning"])
-            .args(["--base-id", &(std::process::id() % 60_000 + u32::from(port)).to_string()])
+            .arg("--admin-address-path")
+            .arg(&admin_address)
             .arg("--log-path")
             .arg(&log)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("envoy starts");
-        let mut envoy = Envoy { child, port, admin_port, log };
-        envoy.wait_ready();
+        let mut envoy = Envoy { child, port: 0, admin_port: 0, log };
+        envoy.wait_ready(&admin_address);
         envoy
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits for the admin address Envoy writes once bound, then for LIVE, then
+    /// reads the listener's port from `/listeners`.
+    fn wait_ready(&mut self, admin_address: &Path) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("envoy exited with {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
             }
-            if self.admin("/ready").is_some_and(|body| body.trim() == "LIVE") {
+            if self.admin_port == 0 {
+                let written = std::fs::read_to_string(admin_address).unwrap_or_default();
+                self.admin_port = written.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            }
+            if self.admin_port != 0 && self.admin("/ready").is_some_and(|body| body.trim() == "LIVE") {
+                let listeners: serde_json::Value =
+                    serde_json::from_str(&self.admin("/listeners?format=json").unwrap_or_default()).unwrap();
+                let port = &listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"];
+                self.port = u16::try_from(port.as_u64().expect("the listener's port")).unwrap();
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));

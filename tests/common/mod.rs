@@ -7,8 +7,11 @@ pub mod envoy_binary;
 pub mod jwks_server;
 pub mod jwt;
 pub mod pki;
+pub mod request;
 
-use std::collections::HashMap;
+#[allow(unused_imports)]
+pub use request::Req;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,13 +19,8 @@ use std::time::{Duration, SystemTime};
 use cedargate::config::{Config, ListenAddr};
 use cedargate::pipeline::checker::{Clock, FixedClock, SystemClock};
 use cedargate::server::app::{self, Running};
-use cedargate::server::proto::envoy::config::core::v3::{
-    address, socket_address::PortSpecifier, Address, SocketAddress,
-};
 use cedargate::server::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use cedargate::server::proto::envoy::service::auth::v3::{
-    attribute_context, AttributeContext, CheckRequest, CheckResponse,
-};
+use cedargate::server::proto::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 
 pub fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -78,124 +76,6 @@ pub async fn client(addr: &str) -> AuthorizationClient<tonic::transport::Channel
 
 pub async fn check(running: &Running, request: CheckRequest) -> CheckResponse {
     client(&running.local_addr).await.check(request).await.expect("Check succeeds at the gRPC level").into_inner()
-}
-
-/// A CheckRequest as Envoy sends it for an mTLS listener.
-#[derive(Clone, Debug)]
-pub struct Req {
-    pub principal: String,
-    pub certificate: String,
-    pub method: String,
-    pub path: String,
-    pub host: String,
-    pub headers: Vec<(String, String)>,
-    pub context_extensions: Vec<(String, String)>,
-    pub destination_principal: String,
-}
-
-impl Req {
-    pub fn new(principal: &str, certificate_pem: Option<&str>) -> Req {
-        Req {
-            principal: principal.to_owned(),
-            certificate: certificate_pem.map(pki::url_encode).unwrap_or_default(),
-            method: "GET".to_owned(),
-            path: "/api/orders/1".to_owned(),
-            host: "orders.example.org".to_owned(),
-            headers: Vec::new(),
-            context_extensions: Vec::new(),
-            destination_principal: "spiffe://example.org/ns/default/sa/orders".to_owned(),
-        }
-    }
-
-    pub fn method(mut self, m: &str) -> Req {
-        self.method = m.to_owned();
-        self
-    }
-
-    pub fn path(mut self, p: &str) -> Req {
-        self.path = p.to_owned();
-        self
-    }
-
-    pub fn host(mut self, h: &str) -> Req {
-        self.host = h.to_owned();
-        self
-    }
-
-    pub fn header(mut self, k: &str, v: &str) -> Req {
-        self.headers.push((k.to_owned(), v.to_owned()));
-        self
-    }
-
-    pub fn route(mut self, k: &str, v: &str) -> Req {
-        self.context_extensions.push((k.to_owned(), v.to_owned()));
-        self
-    }
-
-    pub fn destination(mut self, p: &str) -> Req {
-        self.destination_principal = p.to_owned();
-        self
-    }
-
-    pub fn build(&self) -> CheckRequest {
-        let mut headers: HashMap<String, String> = self.headers.iter().cloned().collect();
-        headers.insert(":method".into(), self.method.clone());
-        headers.insert(":path".into(), self.path.clone());
-        headers.insert(":authority".into(), self.host.clone());
-        let socket = |port| Address {
-            address: Some(address::Address::SocketAddress(SocketAddress {
-                address: "127.0.0.1".into(),
-                port_specifier: Some(PortSpecifier::PortValue(port)),
-                ..Default::default()
-            })),
-        };
-        CheckRequest {
-            attributes: Some(AttributeContext {
-                source: Some(attribute_context::Peer {
-                    address: Some(socket(40000)),
-                    principal: self.principal.clone(),
-                    certificate: self.certificate.clone(),
-                    ..Default::default()
-                }),
-                destination: Some(attribute_context::Peer {
-                    address: Some(socket(10000)),
-                    principal: self.destination_principal.clone(),
-                    ..Default::default()
-                }),
-                request: Some(attribute_context::Request {
-                    time: None,
-                    http: Some(attribute_context::HttpRequest {
-                        id: "1".into(),
-                        method: self.method.clone(),
-                        headers,
-                        path: self.path.clone(),
-                        host: self.host.clone(),
-                        scheme: "https".into(),
-                        protocol: "HTTP/2".into(),
-                        ..Default::default()
-                    }),
-                }),
-                context_extensions: self.context_extensions.iter().cloned().collect(),
-                ..Default::default()
-            }),
-        }
-    }
-
-    pub fn input(&self) -> cedargate::pipeline::input::CheckInput {
-        cedargate::server::wire::check_input(self.build())
-    }
-
-    /// The input with `extra` header lines added unjoined, as Envoy's
-    /// `encode_raw_headers` sends repeated headers.
-    pub fn raw_input(&self, extra: &[(&str, &str)]) -> cedargate::pipeline::input::CheckInput {
-        let mut input = self.input();
-        if let Some(http) = input.http.as_mut() {
-            http.headers.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-            http.headers.sort_by(|a, b| a.0.cmp(&b.0));
-            http.raw_headers = true;
-        }
-        input
-    }
 }
 
 /// The HTTP status and the reason code of a response (200/"allow" for an allow).
@@ -262,17 +142,45 @@ impl Binary {
         Binary::start_with(dir, "", admin, config)
     }
 
-    /// `start`, with further `[server]` and `[admin]` keys.
+    /// `start`, with further `[server]` and `[admin]` keys. Both listeners bind
+    /// port 0; the ports the binary got are read back from its log, so no port is
+    /// picked, released and hoped to be still free.
     pub fn start_with(dir: &std::path::Path, server: &str, admin: &str, config: &str) -> Binary {
-        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let (grpc, admin_addr) = (free(), free());
-        let text =
-            format!("[server]\nlisten = \"{grpc}\"\n{server}\n[admin]\nlisten = \"{admin_addr}\"\n{admin}\n{config}");
-        std::fs::write(dir.join("cedargate.toml"), text).unwrap();
-        let child = Binary::spawn(dir);
-        let mut binary = Binary { child, addr: grpc.to_string(), admin: admin_addr };
+        let write = |grpc: &str, admin_addr: &str| {
+            let text = format!(
+                "[server]\nlisten = \"{grpc}\"\n{server}\n[admin]\nlisten = \"{admin_addr}\"\n{admin}\n{config}"
+            );
+            std::fs::write(dir.join("cedargate.toml"), text).unwrap();
+        };
+        write("127.0.0.1:0", "127.0.0.1:0");
+        let mut child = Binary::spawn(dir);
+        let (grpc, admin_addr) = Binary::bound_addresses(&mut child, dir);
+        // A restart binds the ports this run was given.
+        write(&grpc, &admin_addr.to_string());
+        let mut binary = Binary { child, addr: grpc, admin: admin_addr };
         binary.wait_listening(dir);
         binary
+    }
+
+    /// The gRPC and admin addresses the binary reports in its log once bound.
+    fn bound_addresses(child: &mut std::process::Child, dir: &std::path::Path) -> (String, std::net::SocketAddr) {
+        let started = std::time::Instant::now();
+        loop {
+            let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+            let addr = |message: &str| {
+                let line = log.lines().rev().find(|l| l.contains(message))?;
+                let value = line.split("addr=").nth(1).or_else(|| line.split("\"addr\":\"").nth(1))?;
+                Some(value.split([' ', '"']).next()?.to_owned())
+            };
+            if let (Some(grpc), Some(admin)) = (addr("cedargate listening"), addr("admin listening")) {
+                return (grpc, admin.parse().unwrap());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("cedargate exited with {status}: {log}");
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "cedargate did not report its addresses: {log}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     fn spawn(dir: &std::path::Path) -> std::process::Child {
