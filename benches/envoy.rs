@@ -243,8 +243,8 @@ fn main() {
     let upstream = start_upstream(&servers);
     let noop = support::start_noop(&servers).port();
     let mut config = Config::default();
-    config.server.listen = ListenAddr::Tcp("127.0.0.1:0".into());
-    config.admin.listen = String::new();
+    config.server.listen = ListenAddr::Tcp(([127, 0, 0, 1], 0).into());
+    config.admin.listen = None;
     config.policies.dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     config.policies.watch = false;
     config.identity.trust_domains = vec!["example.org".into()];

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -49,7 +50,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: ListenAddr::Tcp("127.0.0.1:9191".to_owned()),
+            listen: ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 9191))),
             shutdown_timeout: Duration::from_secs(15),
             drain: Duration::from_secs(0),
             tls: None,
@@ -373,8 +374,9 @@ impl Default for CacheConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// `ip:port`; empty turns the admin listener off.
-    pub listen: String,
+    /// `ip:port`; `""` in the file turns the admin listener off (`None`).
+    #[serde(deserialize_with = "admin_listen")]
+    pub listen: Option<SocketAddr>,
     /// Allow `PUT /loglevel`. The admin listener has no authentication, so its one
     /// mutating endpoint is off unless asked for.
     pub allow_log_level_changes: bool,
@@ -384,7 +386,11 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: "127.0.0.1:9090".to_owned(), allow_log_level_changes: false, tls: None }
+        AdminConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            allow_log_level_changes: false,
+            tls: None,
+        }
     }
 }
 
@@ -465,28 +471,49 @@ pub enum LogFormat {
 /// Where the gRPC server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
-    Tcp(String),
+    Tcp(SocketAddr),
     Unix(PathBuf),
 }
 
+/// A listen address that is neither `ip:port` nor `unix:/path`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("`unix:` needs a socket path, as in `unix:/run/cedargate.sock`")]
+    EmptySocketPath,
+    #[error("`{0}` is not `ip:port` or `unix:/path`")]
+    Invalid(String),
+    #[error("`{0}` is not `ip:port` (or \"\" for off)")]
+    NotIpPort(String),
+}
+
 impl ListenAddr {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, AddressError> {
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err("`unix:` needs a socket path, as in `unix:/run/cedargate.sock`".to_owned());
+                return Err(AddressError::EmptySocketPath);
             }
             return Ok(ListenAddr::Unix(PathBuf::from(path)));
         }
-        s.parse::<std::net::SocketAddr>()
-            .map(|_| ListenAddr::Tcp(s.to_owned()))
-            .map_err(|_| format!("`{s}` is not `ip:port` or `unix:/path`"))
+        s.parse::<SocketAddr>().map(ListenAddr::Tcp).map_err(|_| AddressError::Invalid(s.to_owned()))
     }
+}
+
+/// The admin listener's address: `ip:port`, or `""` for no admin listener.
+pub fn parse_admin_listen(s: &str) -> Result<Option<SocketAddr>, AddressError> {
+    match s {
+        "" => Ok(None),
+        s => s.parse().map(Some).map_err(|_| AddressError::NotIpPort(s.to_owned())),
+    }
+}
+
+fn admin_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    parse_admin_listen(&String::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
 impl fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ListenAddr::Tcp(addr) => f.write_str(addr),
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
             ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
@@ -506,6 +533,10 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file `{path}`: {message}")]
     Parse { path: PathBuf, message: String },
+    /// TOML that does not parse or does not fit the configuration's types; the
+    /// message names the key, the line and the column.
+    #[error("{0}")]
+    Toml(String),
     #[error("config `{origin}`: key `{key}`: {message}")]
     Invalid { origin: String, key: &'static str, message: String },
 }
@@ -515,16 +546,16 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let config =
-            Config::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
+        let config = Config::from_toml(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
         config.validate(&path.display().to_string())?;
         Ok(config)
     }
 
     /// Parses TOML text (without validating values across keys).
-    pub fn from_toml(text: &str) -> Result<Config, String> {
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         // toml's message names the key and shows the line and column.
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+        toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string().trim_end().to_owned()))
     }
 
     /// Checks values that types alone cannot; `origin` names where they came from.
@@ -590,9 +621,6 @@ impl Config {
         }
         if self.cache.decisions && (self.cache.max_entries == 0 || self.cache.max_bytes == 0) {
             return Err(invalid("cache.max_entries", "max_entries and max_bytes must be greater than 0".to_owned()));
-        }
-        if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid("admin.listen", format!("`{}` is not `ip:port`", self.admin.listen)));
         }
         if self.server.tls.is_some() && matches!(self.server.listen, ListenAddr::Unix(_)) {
             return Err(invalid(
@@ -699,7 +727,7 @@ mod tests {
     fn empty_file_gives_the_documented_defaults() {
         let config = Config::from_toml("").unwrap();
         assert_eq!(config, Config::default());
-        assert_eq!(config.server.listen, ListenAddr::Tcp("127.0.0.1:9191".into()));
+        assert_eq!(config.server.listen, ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 9191))));
         assert_eq!(config.policies.dir, PathBuf::from("policies"));
         assert!(config.identity.require_certificate);
     }
@@ -719,18 +747,18 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_in_the_error() {
-        let err = Config::from_toml("[server]\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
+        let err = Config::from_toml("[server]\nlisen = \"127.0.0.1:1\"\n").unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");
         assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]
     fn wrong_value_says_what_was_expected() {
-        let err = Config::from_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err();
+        let err = Config::from_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err().to_string();
         assert!(err.contains("ip:port"), "{err}");
-        let err = Config::from_toml("[identity]\nclock_skew = \"30\"\n").unwrap_err();
+        let err = Config::from_toml("[identity]\nclock_skew = \"30\"\n").unwrap_err().to_string();
         assert!(err.contains("clock_skew") && err.contains("expected a duration"), "{err}");
-        let err = Config::from_toml("[limits]\nmax_headers = \"many\"\n").unwrap_err();
+        let err = Config::from_toml("[limits]\nmax_headers = \"many\"\n").unwrap_err().to_string();
         assert!(err.contains("max_headers"), "{err}");
     }
 
@@ -782,6 +810,10 @@ mod tests {
     fn unix_socket_listen_address() {
         assert_eq!(ListenAddr::parse("unix:/run/c.sock"), Ok(ListenAddr::Unix("/run/c.sock".into())));
         assert!(ListenAddr::parse("unix:").is_err());
+        assert_eq!(parse_admin_listen(""), Ok(None));
+        assert!(parse_admin_listen("localhost:9090").is_err(), "an address is typed at parse time");
+        let err = Config::from_toml("[admin]\nlisten = \"9090\"\n").unwrap_err().to_string();
+        assert!(err.contains("ip:port"), "{err}");
     }
 
     #[test]

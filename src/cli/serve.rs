@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::config::{Config, ListenAddr};
+use crate::config::{parse_admin_listen, Config, ListenAddr};
 use crate::pipeline::checker::SystemClock;
 
 #[derive(Debug, clap::Args)]
@@ -38,7 +38,7 @@ fn configuration(args: Args) -> Result<Config, String> {
         config.policies.dir = dir;
     }
     if let Some(addr) = args.admin_listen {
-        config.admin.listen = addr;
+        config.admin.listen = parse_admin_listen(&addr).map_err(|e| format!("--admin-listen: {e}"))?;
     }
     let source = args.config.map_or("defaults".to_owned(), |p| p.display().to_string());
     config.validate(&source).map_err(|e| e.to_string())?;

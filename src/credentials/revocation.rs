@@ -49,11 +49,20 @@ pub enum Revoked {
     CertificateFingerprint,
 }
 
+/// Why a revocation file is refused (the list in force stays).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RevocationError {
+    #[error("cannot read: {0}")]
+    Read(String),
+    #[error("line {line}: {message}")]
+    Line { line: usize, message: String },
+}
+
 impl Denylist {
-    pub fn parse(text: &str) -> Result<Denylist, String> {
+    pub fn parse(text: &str) -> Result<Denylist, RevocationError> {
         let mut list = Denylist::default();
         for (n, line) in text.lines().enumerate() {
-            let at = |message: String| format!("line {}: {message}", n + 1);
+            let at = |message: String| RevocationError::Line { line: n + 1, message };
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
@@ -217,9 +226,9 @@ impl Revocations {
     }
 
     /// Reads the file now; a missing or invalid file refuses to start.
-    pub fn from_file(path: &Path) -> Result<Revocations, String> {
+    pub fn from_file(path: &Path) -> Result<Revocations, RevocationError> {
         let revocations = Revocations { path: Some(path.to_owned()), ..Revocations::none() };
-        revocations.reload().map_err(|e| format!("revocation file `{}`: {e}", path.display()))?;
+        revocations.reload()?;
         Ok(revocations)
     }
 
@@ -239,13 +248,13 @@ impl Revocations {
 
     /// Re-reads the file; returns whether the list changed. A failure keeps the
     /// list in force and is remembered for metrics and `/status`.
-    pub fn reload(&self) -> Result<bool, String> {
+    pub fn reload(&self) -> Result<bool, RevocationError> {
         let Some(path) = &self.path else {
             return Ok(false);
         };
         let result = self.reload_from(path);
         if let Ok(mut last_error) = self.last_error.lock() {
-            let error = result.as_ref().err().cloned();
+            let error = result.as_ref().err().map(ToString::to_string);
             // Logged once per broken version of the file, not on every look.
             if let Some(e) = error.as_ref().filter(|e| last_error.as_ref() != Some(*e)) {
                 tracing::error!(path = %path.display(), error = %e, "revocation file refused; keeping the last good list");
@@ -260,10 +269,10 @@ impl Revocations {
         result
     }
 
-    fn reload_from(&self, path: &Path) -> Result<bool, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    fn reload_from(&self, path: &Path) -> Result<bool, RevocationError> {
+        let text = std::fs::read_to_string(path).map_err(|e| RevocationError::Read(e.to_string()))?;
         let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-        let mut last = self.last_digest.lock().map_err(|_| "state poisoned".to_owned())?;
+        let mut last = self.last_digest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if *last == Some(digest) {
             return Ok(false);
         }
@@ -362,12 +371,12 @@ mod tests {
     #[test]
     fn every_line_means_what_it_says_or_the_file_is_refused() {
         assert_eq!(
-            Denylist::parse("jti a\nbogus x").unwrap_err(),
+            Denylist::parse("jti a\nbogus x").unwrap_err().to_string(),
             "line 2: unknown kind `bogus` (jti, sub, serial, serial_decimal, fingerprint)"
         );
         for bad in ["serial xyz", "serial_decimal 12a", "jti", "sub alice bob", "fingerprint abcd", "sub a\tb c"] {
             let err = Denylist::parse(bad).unwrap_err();
-            assert!(err.starts_with("line 1: "), "{bad:?}: {err}");
+            assert!(matches!(err, RevocationError::Line { line: 1, .. }), "{bad:?}: {err}");
         }
     }
 

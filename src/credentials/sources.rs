@@ -7,7 +7,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::credentials::jwks::JwksError;
-use crate::credentials::revocation::Revocations;
+use crate::credentials::revocation::{RevocationError, Revocations};
 use crate::credentials::token::TokenVerifier;
 use crate::ops::metrics::Metrics;
 use crate::ops::watch::FileWatcher;
@@ -21,8 +21,8 @@ pub struct Credentials {
 pub enum CredentialsError {
     #[error("token issuers: {0}")]
     Jwks(#[from] JwksError),
-    #[error("{0}")]
-    Revocation(String),
+    #[error("revocation file `{path}`: {source}")]
+    Revocation { path: std::path::PathBuf, source: RevocationError },
 }
 
 impl Credentials {
@@ -30,7 +30,8 @@ impl Credentials {
     /// invalid refuses to start); remote JWKS are fetched by `spawn_refreshers`.
     pub fn load(config: &Config, metrics: Arc<Metrics>) -> Result<Credentials, CredentialsError> {
         let revocations = match &config.identity.revocation_file {
-            Some(path) => Revocations::from_file(path).map_err(CredentialsError::Revocation)?,
+            Some(path) => Revocations::from_file(path)
+                .map_err(|source| CredentialsError::Revocation { path: path.clone(), source })?,
             None => Revocations::none(),
         };
         let tokens = TokenVerifier::new(&config.tokens, &config.cache, metrics)?;

@@ -34,7 +34,7 @@ pub struct AdminState {
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("cannot listen on `{addr}`: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot start the admin thread: {0}")]
     Thread(std::io::Error),
 }
@@ -50,11 +50,11 @@ impl AdminServer {
     /// Binds `addr` (now, so a taken port fails the start) and serves on a thread,
     /// over TLS when `tls` is given.
     pub fn start(
-        addr: &str,
+        addr: std::net::SocketAddr,
         state: AdminState,
         tls: Option<Arc<crate::server::tls::ReloadingTls>>,
     ) -> Result<AdminServer, AdminError> {
-        let bind_error = |source| AdminError::Bind { addr: addr.to_owned(), source };
+        let bind_error = |source| AdminError::Bind { addr, source };
         let listener = std::net::TcpListener::bind(addr).map_err(bind_error)?;
         listener.set_nonblocking(true).map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;

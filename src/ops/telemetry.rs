@@ -96,11 +96,23 @@ pub fn log_filter() -> String {
     LOG_FILTER.get().and_then(|(_, text)| text.lock().ok().map(|t| t.clone())).unwrap_or_default()
 }
 
+/// Why the log filter was not changed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogFilterError {
+    #[error("logging is not managed by this process")]
+    NotManaged,
+    #[error("`{text}` is not a log filter: {message}")]
+    Invalid { text: String, message: String },
+    #[error("cannot replace the log filter: {0}")]
+    Reload(String),
+}
+
 /// Replaces the log filter at runtime (`info`, `cedargate=debug,info`, ...).
-pub fn set_log_filter(text: &str) -> Result<(), String> {
-    let (handle, current) = LOG_FILTER.get().ok_or("logging is not managed by this process")?;
-    let filter = EnvFilter::try_new(text).map_err(|e| format!("`{text}` is not a log filter: {e}"))?;
-    handle.reload(filter).map_err(|e| e.to_string())?;
+pub fn set_log_filter(text: &str) -> Result<(), LogFilterError> {
+    let (handle, current) = LOG_FILTER.get().ok_or(LogFilterError::NotManaged)?;
+    let filter = EnvFilter::try_new(text)
+        .map_err(|e| LogFilterError::Invalid { text: text.to_owned(), message: e.to_string() })?;
+    handle.reload(filter).map_err(|e| LogFilterError::Reload(e.to_string()))?;
     if let Ok(mut current) = current.lock() {
         text.clone_into(&mut current);
     }

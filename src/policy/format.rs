@@ -34,16 +34,21 @@ pub fn policy_files(target: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// A policy text Cedar's formatter cannot format (it does not parse).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FormatError(String);
+
 /// Formats one policy text (comments are kept).
-pub fn format_text(text: &str) -> Result<String, String> {
+pub fn format_text(text: &str) -> Result<String, FormatError> {
     let config = cedar_policy_formatter::Config { line_width: LINE_WIDTH, indent_width: INDENT };
-    cedar_policy_formatter::policies_str_to_pretty(text, &config).map_err(|e| format!("{e:?}"))
+    cedar_policy_formatter::policies_str_to_pretty(text, &config).map_err(|e| FormatError(format!("{e:?}")))
 }
 
 /// Formats `file` without writing it.
 pub fn format_file(file: &Path) -> Formatted {
     let result = std::fs::read_to_string(file).map_err(|e| format!("cannot read: {e}")).and_then(|original| {
-        let formatted = format_text(&original)?;
+        let formatted = format_text(&original).map_err(|e| e.to_string())?;
         Ok((formatted != original, formatted))
     });
     match result {

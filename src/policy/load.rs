@@ -19,14 +19,14 @@ pub fn load_dir(dir: &Path, tokens: &TokenModel) -> Result<PolicySnapshot, LoadE
 /// Builds a snapshot from file contents (also used by tests and tools).
 pub fn load_files(files: &PolicyFiles, tokens: &TokenModel) -> Result<PolicySnapshot, Vec<Diagnostic>> {
     let snapshot = set::parse_files(files)?;
-    request::check_schema_contract(&snapshot, tokens).map_err(|message| {
+    request::check_schema_contract(&snapshot, tokens).map_err(|error| {
         vec![Diagnostic {
             help: Some(
                 "the schema must declare the types cedargate fills in for every request; compare with the shipped \
                  policies/schema.cedarschema"
                     .to_owned(),
             ),
-            ..Diagnostic::file_level(SCHEMA_FILE, message)
+            ..Diagnostic::file_level(SCHEMA_FILE, error.to_string())
         }]
     })?;
     Ok(snapshot)

@@ -540,14 +540,28 @@ fn cedar_datetime(seconds: i64, millis: u32) -> Result<String, String> {
     ))
 }
 
+/// Why a schema does not fit the requests cedargate builds.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaContractError {
+    #[error("the schema declares no HTTP method actions (`action \"GET\" appliesTo {{ ... }}`)")]
+    NoActions,
+    #[error("cannot build a sample request: {0}")]
+    Sample(String),
+    #[error("the entities cedargate builds {what} do not conform to the schema: {message}")]
+    Entities { what: String, message: String },
+    #[error("the {method} request cedargate builds {what} does not conform to the schema: {message}")]
+    Request { method: String, what: String, message: String },
+}
+
 /// Proves, once per load, that the schema declares everything cedargate puts into a
 /// request, with the types it uses: sample entities and a sample request are
 /// checked against the schema. A schema that drifted from the model is refused at
 /// load instead of failing (closed, but silently) on every Check.
-pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> Result<(), String> {
+pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> Result<(), SchemaContractError> {
+    let sample = |e: &dyn std::fmt::Display| SchemaContractError::Sample(e.to_string());
     let id: SpiffeId = "spiffe://example.org/ns/default/sa/contract-check"
         .parse()
-        .map_err(|e: crate::identity::spiffe::SpiffeIdError| e.to_string())?;
+        .map_err(|e: crate::identity::spiffe::SpiffeIdError| sample(&e))?;
     let cert = PeerCertificate {
         sha256: [0; 32],
         serial: "01".into(),
@@ -560,7 +574,7 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
     };
     let peer = PeerIdentity { spiffe_id: id, certificate: Some(cert) };
     if snapshot.actions_by_method.is_empty() {
-        return Err("the schema declares no HTTP method actions (`action \"GET\" appliesTo { ... }`)".to_owned());
+        return Err(SchemaContractError::NoActions);
     }
     let http = HttpInput {
         path: "/contract/check?q=1".into(),
@@ -589,8 +603,8 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
     let first = methods.first().copied();
     for (method, token) in methods.iter().flat_map(|m| samples.iter().map(move |t| (*m, t))) {
         let http = HttpInput { method: method.clone(), ..http.clone() };
-        let facts = prepare(snapshot, &input, &http, &peer, token.as_ref(), &rules).map_err(|e| e.to_string())?;
-        let parts = facts.parts(SystemTime::UNIX_EPOCH).map_err(|e| e.to_string())?;
+        let facts = prepare(snapshot, &input, &http, &peer, token.as_ref(), &rules).map_err(|e| sample(&e))?;
+        let parts = facts.parts(SystemTime::UNIX_EPOCH).map_err(|e| sample(&e))?;
         let what = match token {
             None => "without a token".to_owned(),
             Some(t) if t.principal == PrincipalFrom::Subject => {
@@ -603,7 +617,7 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
         };
         if Some(method) == first {
             Entities::from_entities(parts.entities, Some(&snapshot.schema))
-                .map_err(|e| format!("the entities cedargate builds {what} do not conform to the schema: {e}"))?;
+                .map_err(|e| SchemaContractError::Entities { what: what.clone(), message: e.to_string() })?;
         }
         Request::new(
             facts.principal.clone(),
@@ -612,7 +626,7 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
             parts.context,
             Some(&snapshot.schema),
         )
-        .map_err(|e| format!("the {method} request cedargate builds {what} does not conform to the schema: {e}"))?;
+        .map_err(|e| SchemaContractError::Request { method: method.clone(), what, message: e.to_string() })?;
     }
     Ok(())
 }

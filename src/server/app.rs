@@ -133,9 +133,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
         metrics.add_source(Arc::clone(tls) as _);
     }
     let ready = Arc::new(AtomicBool::new(false));
-    let admin = match config.admin.listen.as_str() {
-        "" => None,
-        addr => Some(AdminServer::start(
+    let admin = match config.admin.listen {
+        None => None,
+        Some(addr) => Some(AdminServer::start(
             addr,
             AdminState { checker: Arc::clone(&checker), ready: Arc::clone(&ready), started: std::time::Instant::now() },
             admin_tls,

@@ -49,8 +49,8 @@ pub fn shipped_policies_copy() -> tempfile::TempDir {
 /// admin, no audit log (tests of the audit log turn it on with a file sink).
 pub fn test_config(policies: PathBuf) -> Config {
     let mut config = Config::default();
-    config.server.listen = ListenAddr::Tcp("127.0.0.1:0".to_owned());
-    config.admin.listen = "127.0.0.1:0".to_owned();
+    config.server.listen = ListenAddr::Tcp(([127, 0, 0, 1], 0).into());
+    config.admin.listen = Some(([127, 0, 0, 1], 0).into());
     config.audit.enabled = false;
     config.server.shutdown_timeout = Duration::from_secs(5);
     config.policies.dir = policies;
