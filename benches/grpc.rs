@@ -93,10 +93,6 @@ fn clock_ticks() -> u64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(100)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn wait_listening(port: u16, child: &mut Child) {
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -106,11 +102,13 @@ fn wait_listening(port: u16, child: &mut Child) {
     }
 }
 
-/// The no-op server: this very benchmark binary, run with `--serve-noop PORT`.
-fn serve_noop(port: u16) -> ! {
+/// The no-op server: this very benchmark binary, run with `--serve-noop`. It binds
+/// port 0 and prints the port it got.
+fn serve_noop() -> ! {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        println!("{}", listener.local_addr().unwrap().port());
         use cedargate::server::proto::envoy::service::auth::v3::authorization_server::AuthorizationServer;
         tonic::transport::Server::builder()
             .add_service(AuthorizationServer::new(support::Noop))
@@ -124,29 +122,51 @@ fn serve_noop(port: u16) -> ! {
 }
 
 fn start_noop() -> Server {
-    let port = free_port();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--serve-noop", &port.to_string()])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        Command::new(std::env::current_exe().unwrap()).arg("--serve-noop").stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let port = line.trim().parse().expect("the no-op server prints its port");
     wait_listening(port, &mut child);
     Server { child, port }
 }
 
+/// The port cedargate reports in its log once bound (it was asked for port 0).
+fn port_from_log(log: &Path, child: &mut Child) -> u16 {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let port = text
+            .lines()
+            .find(|l| l.contains("cedargate listening"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok());
+        if let Some(port) = port {
+            return port;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "cedargate exited: {text}");
+        assert!(started.elapsed() < Duration::from_secs(60), "cedargate did not report its port: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The real binary with `config` (TOML, without `[server]` and `[admin]`).
 fn start_cedargate(dir: &Path, config: &str) -> Server {
-    let port = free_port();
-    let text = format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"\"\n{config}");
-    let path = dir.join(format!("cedargate-{port}.toml"));
-    std::fs::write(&path, text).unwrap();
+    let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"\"\n{config}");
+    let config_file = tempfile::Builder::new().suffix(".toml").tempfile_in(dir).unwrap();
+    std::fs::write(config_file.path(), text).unwrap();
+    let (_, config_path) = config_file.keep().unwrap();
+    let log = config_path.with_extension("log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_cedargate"))
         .args(["serve", "--config"])
-        .arg(&path)
+        .arg(&config_path)
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("cedargate-{port}.log"))).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let port = port_from_log(&log, &mut child);
     wait_listening(port, &mut child);
     Server { child, port }
 }
@@ -239,7 +259,7 @@ struct Scenario {
 fn main() {
     let mut argv = std::env::args().skip(1);
     if argv.next().as_deref() == Some("--serve-noop") {
-        serve_noop(argv.next().unwrap().parse().unwrap());
+        serve_noop();
     }
     let args = args();
     if Command::new("h2load").arg("--version").output().is_err() {
