@@ -179,6 +179,53 @@ proptest! {
         }
     }
 
+    /// The fast path that builds only the tags a policy that can apply reads, against
+    /// plain Cedar given every tag: the same decision, the same determining
+    /// policies, the same errors, for the shipped policies and more that read
+    /// headers, query parameters and route settings by name.
+    #[test]
+    fn leaving_out_unread_tags_never_changes_cedars_decision(
+        method in prop_oneof![Just("GET".to_owned()), Just("POST".to_owned()), Just("DELETE".to_owned())],
+        principal in prop_oneof![Just(FRONTEND.to_owned()), Just(REPORTING.to_owned()), Just("spiffe://example.org/ns/payments/sa/api".to_owned())],
+        path in prop_oneof![Just("/api/orders/1".to_owned()), Just("/api/export".to_owned()), Just("/internal/x".to_owned()), Just("/api/payments/2".to_owned())],
+        query in prop::collection::vec((prop_oneof![Just("format".to_owned()), Just("debug".to_owned()), "[a-z]{1,6}"], prop_oneof![Just("csv".to_owned()), Just("1".to_owned()), "[a-z]{0,3}"]), 0..3),
+        headers in prop::collection::vec((prop_oneof![Just("x-canary".to_owned()), Just("x-tenant".to_owned()), Just("accept".to_owned()), "[a-z-]{1,8}"], prop_oneof![Just("yes".to_owned()), Just("acme".to_owned()), "[a-z]{0,3}"]), 0..5),
+        route in prop::collection::vec((prop_oneof![Just("release".to_owned()), Just("team".to_owned()), "[a-z]{1,6}"], prop_oneof![Just("canary".to_owned()), Just("payments".to_owned()), "[a-z]{0,3}"]), 0..3),
+    ) {
+        use cedargate::policy::reads::{Relevance, TagKeys};
+        use cedargate::policy::request::{prepare, RequestFacts};
+        let snapshot = tag_reading_snapshot();
+        let query: String = query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+        let path = if query.is_empty() { path } else { format!("{path}?{query}") };
+        let mut req = Req::new(&principal, None).method(&method).path(&path);
+        for (name, value) in &headers {
+            req = req.header(name, value);
+        }
+        for (key, value) in &route {
+            req = req.route(key, value);
+        }
+        let mut input = req.input();
+        // One value per key, as `prepare` insists on for keys a policy reads.
+        if let Some(http) = input.http.as_mut() {
+            http.headers.dedup_by(|a, b| a.0 == b.0);
+        }
+        input.context_extensions.dedup_by(|a, b| a.0 == b.0);
+        let http = input.http.clone().unwrap();
+        let peer = cedargate::identity::svid::PeerIdentity { spiffe_id: principal.parse().unwrap(), certificate: None };
+        let Ok(facts) = prepare(snapshot, &input, &http, &peer, None, &RULES) else { return Ok(()) };
+        let now = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_435_200);
+        let lean = facts.build(now).unwrap();
+        let fast = snapshot.index.evaluate(&snapshot.authorizer, &lean.request, &lean.entities);
+        let everything = Relevance { time: true, tags: TagKeys::All };
+        let full = RequestFacts { relevance: &everything, ..facts }.build(now).unwrap();
+        let plain = snapshot.authorizer.is_authorized(&full.request, &snapshot.policies, &full.entities);
+        let mut reasons: Vec<String> = plain.diagnostics().reason().map(ToString::to_string).collect();
+        reasons.sort();
+        prop_assert_eq!(fast.allowed, plain.decision() == cedar_policy::Decision::Allow);
+        prop_assert_eq!(&fast.policies, &reasons);
+        prop_assert_eq!(fast.errors.len(), plain.diagnostics().errors().count());
+    }
+
     /// Forged and garbled bearer tokens: shapes a JWT splitter must survive, none of
     /// them signed by the issuer's key. Each is refused with a token reason.
     #[test]
@@ -210,6 +257,28 @@ proptest! {
 }
 
 const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
+const REPORTING: &str = "spiffe://example.org/ns/ops/sa/reporting";
+
+/// The shipped policies and more that read tags by name, loaded once.
+fn tag_reading_snapshot() -> &'static cedargate::policy::set::PolicySnapshot {
+    static SNAPSHOT: OnceLock<cedargate::policy::set::PolicySnapshot> = OnceLock::new();
+    SNAPSHOT.get_or_init(|| {
+        let mut files = shipped_files();
+        let extra = r#"
+@id("tenant-header")
+permit (principal, action == Action::"GET", resource)
+when { resource.headers.hasTag("x-tenant") && resource.headers.getTag("x-tenant") == "acme" && context.route.hasTag("team") };
+@id("debug-query")
+forbid (principal, action, resource)
+when { resource.query.hasTag("debug") && resource.query.getTag("debug") == "1" };
+@id("payments-route")
+permit (principal, action in Action::"write", resource)
+when { context.route.hasTag("team") && context.route.getTag("team") == "payments" && resource.headers.hasTag("accept") };
+"#;
+        files.policies.insert("tags.cedar".to_owned(), extra.to_owned());
+        cedargate::policy::load::load_files(&files, &TokenModel::default()).unwrap()
+    })
+}
 
 struct World {
     checker: Checker,

@@ -249,12 +249,17 @@ impl RequestFacts<'_> {
             source_ip,
             peer,
             token,
-            relevance: _, // decides what the key may leave out; the request holds every fact
+            relevance,
         } = self;
         let types = &snapshot.types;
         let workload = workload_entity(peer, snapshot).map_err(RequestError::Build)?;
+        // Only the tags a policy that can apply reads: Cedar cannot enumerate tags,
+        // so no other tag can change the verdict (the proof the cache key rests on,
+        // `policy::reads`), and each one left out is one value less to build per
+        // Check. Envoy sends a dozen headers; the shipped policies read one.
         let tags = |type_name, pairs: &[(String, String)]| {
-            tag_entity(type_name, pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(RequestError::Build)
+            let read = pairs.iter().filter(|(k, _)| relevance.tags.contains(k));
+            tag_entity(type_name, read.map(|(k, v)| (k.as_str(), v.as_str()))).map_err(RequestError::Build)
         };
         let headers = tags(&types.headers, headers)?;
         let query = tags(&types.query, &path.query)?;
