@@ -130,6 +130,12 @@ impl Extractor for Headers<'_> {
     }
 }
 
+/// Whether spans go anywhere: an OTLP exporter is installed. Without one, a Check's
+/// span would only be built, formatted and dropped, on every Check.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Acquire)
+}
+
 /// Makes `span` a child of the W3C trace context (`traceparent`, `tracestate`) in
 /// the request's headers, so cedargate's span joins the request's trace.
 pub fn join_trace(span: &tracing::Span, headers: &[(String, String)]) {

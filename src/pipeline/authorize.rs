@@ -36,6 +36,11 @@ impl Authorizer {
 
     /// Decides one Check and accounts for it: metrics, log, audit. Never panics.
     pub async fn authorize(&self, input: &CheckInput) -> Decision {
+        // The span exists for the trace exporter; the log line carries its fields
+        // itself, so without an exporter there is no span to build per Check.
+        if !crate::ops::telemetry::exporting() {
+            return self.decide_and_account(input).await;
+        }
         let span = tracing::info_span!(
             target: "cedargate",
             "check",
