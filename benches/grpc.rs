@@ -3,7 +3,10 @@
 //! side with a no-op Check server built from this repository (the floor of any
 //! ext_authz server), in interleaved rounds.
 //!
-//!     cargo bench --bench grpc -- [--duration 10] [--rounds 3] [--scenario NAME]...
+//!     cargo bench --bench grpc -- [--duration 10] [--rounds 3] [--scenario NAME]... [--perf DIR]
+//!
+//! `--perf DIR` also profiles each server (`perf record --call-graph dwarf`, Debian's
+//! `linux-perf`) during one more run after the measured rounds.
 //!
 //! For each scenario it reports the median throughput, its median ratio to the
 //! floor of the same round, the server's CPU µs per Check (from /proc/<pid>/stat:
@@ -42,10 +45,13 @@ struct Args {
     duration: u64,
     rounds: usize,
     scenarios: Vec<String>,
+    /// Where to write `perf record --call-graph dwarf` profiles of each server,
+    /// taken during one extra run after the measured rounds.
+    perf: Option<PathBuf>,
 }
 
 fn args() -> Args {
-    let mut args = Args { duration: 10, rounds: 3, scenarios: Vec::new() };
+    let mut args = Args { duration: 10, rounds: 3, scenarios: Vec::new(), perf: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -53,6 +59,7 @@ fn args() -> Args {
             "--duration" => args.duration = value().parse().unwrap(),
             "--rounds" => args.rounds = value().parse().unwrap(),
             "--scenario" => args.scenarios.push(value()),
+            "--perf" => args.perf = Some(PathBuf::from(value())),
             "--bench" => {}
             other => panic!("unknown argument {other}; see the comment at the top of benches/grpc.rs"),
         }
@@ -357,6 +364,24 @@ fn main() {
             let run = h2load(&s.server, &s.body, args.duration, None, &log);
             eprintln!("round {round}: {:<20} {:>9.0} Check/s {:>7.1} µs CPU/Check", s.name, run.per_second, run.cpu_us);
             runs[i].push(run);
+        }
+    }
+    if let Some(out) = &args.perf {
+        std::fs::create_dir_all(out).unwrap();
+        for s in &scenarios {
+            let data = out.join(format!("perf-{}.data", s.name));
+            let mut perf = Command::new("perf")
+                .args(["record", "--call-graph", "dwarf", "-F", "499", "-o"])
+                .arg(&data)
+                .args(["-p", &s.server.child.id().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("perf (Debian's linux-perf) is installed");
+            let _ = h2load(&s.server, &s.body, args.duration, None, &log);
+            let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
+            let _ = perf.wait();
+            eprintln!("profile of {}: perf report -i {} --no-children", s.name, data.display());
         }
     }
     println!("| server | what | Check/s (median) | × no-op (median of rounds) | server CPU µs/Check | at half rate: p50 µs | p99 µs | RSS MiB |");
