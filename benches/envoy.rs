@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cedargate::config::{Config, ListenAddr};
 use cedargate::pipeline::checker::SystemClock;
-use envoy_binary::{envoy_binary, free_port};
+use envoy_binary::envoy_binary;
 use http_body_util::{BodyExt, Empty, Full};
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use support::{micros, Stats};
@@ -85,7 +85,6 @@ impl Drop for Envoy {
 fn start_envoy(dir: &Path, filter: Filter, upstream: u16) -> Envoy {
     let template =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy-config/envoy.yaml")).unwrap();
-    let (port, admin) = (free_port(), free_port());
     let start = template.find(EXT_AUTHZ_START).expect("ext_authz filter in envoy.yaml");
     let end = template.find(ROUTER_START).expect("router filter in envoy.yaml");
     let filters = match filter {
@@ -94,36 +93,73 @@ fn start_envoy(dir: &Path, filter: Filter, upstream: u16) -> Envoy {
         Filter::ExtAuthz(_) => &template[start..end],
     };
     let mut config = format!("{}{}{}", &template[..start], filters, &template[end..]);
+    // Without ext_authz the cedargate cluster is unused: port 1 never answers.
     let authz = match filter {
         Filter::ExtAuthz(p) => p,
-        _ => free_port(),
+        _ => 1,
     };
+    // Envoy binds port 0 for its listener and admin; the ports it got are read back.
     for (from, to) in [
-        ("port_value: 9901", format!("port_value: {admin}")),
-        ("port_value: 10000", format!("port_value: {port}")),
+        ("port_value: 9901", "port_value: 0".to_owned()),
+        ("port_value: 10000", "port_value: 0".to_owned()),
         ("port_value: 9191", format!("port_value: {authz}")),
         ("port_value: 8080", format!("port_value: {upstream}")),
         ("/etc/cedargate/certs/", format!("{}/", dir.display())),
     ] {
         config = config.replace(from, &to);
     }
-    let path = dir.join(format!("envoy-{port}.yaml"));
-    std::fs::write(&path, config).unwrap();
-    let child = Command::new(envoy_binary())
+    let file = tempfile::Builder::new().prefix("envoy-").suffix(".yaml").tempfile_in(dir).unwrap();
+    std::fs::write(file.path(), config).unwrap();
+    let (_, path) = file.keep().unwrap();
+    let admin_address = path.with_extension("admin");
+    let mut child = Command::new(envoy_binary())
         .arg("-c")
         .arg(&path)
         .args(["--disable-hot-restart", "--concurrency", "1", "-l", "error"])
-        .args(["--base-id", &(std::process::id() % 60_000 + u32::from(port)).to_string()])
+        .arg("--admin-address-path")
+        .arg(&admin_address)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("envoy starts");
     let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    loop {
+        assert!(child.try_wait().unwrap().is_none(), "envoy exited");
         assert!(started.elapsed() < Duration::from_secs(30), "envoy did not start");
+        let admin = std::fs::read_to_string(&admin_address).unwrap_or_default();
+        if let Some(port) = listener_port(admin.trim()) {
+            return Envoy { child, port };
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Envoy { child, port }
+}
+
+/// The port of Envoy's listener, from its admin `/listeners`, once it is bound.
+fn listener_port(admin: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(admin).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET /listeners?format=json HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, mut rest) = response.split_once("\r\n\r\n")?;
+    let mut body = String::new();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        // `<hex size>\r\n<data>\r\n` ... `0\r\n\r\n`
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).ok()?;
+            if size == 0 {
+                break;
+            }
+            body.push_str(after.get(..size)?);
+            rest = after.get(size + 2..)?;
+        }
+    } else {
+        body.push_str(rest);
+    }
+    let body: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let port = body["listener_statuses"][0]["local_address"]["socket_address"]["port_value"].as_u64()?;
+    u16::try_from(port).ok().filter(|p| *p != 0)
 }
 
 /// A keep-alive upstream answering 200 with a short body.

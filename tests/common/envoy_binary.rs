@@ -25,9 +25,3 @@ pub fn envoy_binary() -> PathBuf {
     );
     PathBuf::from(path)
 }
-
-/// A port nothing listens on right now, on 127.0.0.1: for the benchmarks only (the
-/// tests let cedargate and Envoy bind port 0 and read the port back).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
