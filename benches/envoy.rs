@@ -17,6 +17,10 @@
 #[allow(dead_code)]
 mod pki;
 
+#[path = "../tests/common/ports.rs"]
+#[allow(dead_code)]
+mod ports;
+
 #[path = "../tests/common/envoy_binary.rs"]
 mod envoy_binary;
 
@@ -37,7 +41,6 @@ use http_body_util::{BodyExt, Empty, Full};
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use support::{micros, Stats};
 
-const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
 const ORDERS: &str = "spiffe://example.org/ns/default/sa/orders";
 
 /// The filter section of the shipped config, replaced per mode.
@@ -127,39 +130,11 @@ fn start_envoy(dir: &Path, filter: Filter, upstream: u16) -> Envoy {
         assert!(child.try_wait().unwrap().is_none(), "envoy exited");
         assert!(started.elapsed() < Duration::from_secs(30), "envoy did not start");
         let admin = std::fs::read_to_string(&admin_address).unwrap_or_default();
-        if let Some(port) = listener_port(admin.trim()) {
+        if let Some(port) = ports::envoy_listener_port(&admin) {
             return Envoy { child, port };
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// The port of Envoy's listener, from its admin `/listeners`, once it is bound.
-fn listener_port(admin: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(admin).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET /listeners?format=json HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, mut rest) = response.split_once("\r\n\r\n")?;
-    let mut body = String::new();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        // `<hex size>\r\n<data>\r\n` ... `0\r\n\r\n`
-        while let Some((size, after)) = rest.split_once("\r\n") {
-            let size = usize::from_str_radix(size.trim(), 16).ok()?;
-            if size == 0 {
-                break;
-            }
-            body.push_str(after.get(..size)?);
-            rest = after.get(size + 2..)?;
-        }
-    } else {
-        body.push_str(rest);
-    }
-    let body: serde_json::Value = serde_json::from_str(&body).ok()?;
-    let port = body["listener_statuses"][0]["local_address"]["socket_address"]["port_value"].as_u64()?;
-    u16::try_from(port).ok().filter(|p| *p != 0)
 }
 
 /// A keep-alive upstream answering 200 with a short body.
@@ -273,7 +248,7 @@ fn main() {
     let server = pki.leaf(&spec);
     std::fs::write(dir.path().join("server.pem"), &server.cert_pem).unwrap();
     std::fs::write(dir.path().join("server-key.pem"), &server.key_pem).unwrap();
-    let tls = tls_client(&pki, &pki.svid(FRONTEND));
+    let tls = tls_client(&pki, &pki.svid(support::FRONTEND));
 
     let servers = support::server_runtime();
     let upstream = start_upstream(&servers);

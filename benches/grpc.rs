@@ -27,6 +27,10 @@ mod jwt;
 #[allow(dead_code)]
 mod request;
 
+#[path = "../tests/common/ports.rs"]
+#[allow(dead_code)]
+mod ports;
+
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -35,7 +39,6 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 
-const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
 /// Connections and streams per connection: enough in flight to saturate a server
 /// on one core, from one h2load thread on the other.
 const CLIENTS: u32 = 4;
@@ -143,14 +146,8 @@ fn port_from_log(log: &Path, child: &mut Child) -> u16 {
     let started = Instant::now();
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        let port = text
-            .lines()
-            .find(|l| l.contains("cedargate listening"))
-            .and_then(|l| l.split("addr=").nth(1))
-            .and_then(|a| a.split_whitespace().next())
-            .and_then(|a| a.rsplit(':').next())
-            .and_then(|p| p.parse().ok());
-        if let Some(port) = port {
+        let address = ports::logged_address(&text, "cedargate listening");
+        if let Some(port) = address.and_then(|a| a.rsplit(':').next()?.parse().ok()) {
             return port;
         }
         assert!(child.try_wait().unwrap().is_none(), "cedargate exited: {text}");
@@ -277,7 +274,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let pki = pki::Pki::new();
-    let cert = pki.svid(FRONTEND).cert_pem;
+    let cert = pki.svid(support::FRONTEND).cert_pem;
     let signer = jwt::Signer::ec("bench");
     std::fs::write(d.join("jwks.json"), jwt::jwks(&[&signer])).unwrap();
     let token = signer.sign(&jwt::claims(jwt::now(), "alice"));

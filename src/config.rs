@@ -72,6 +72,16 @@ pub struct TlsFiles {
     pub client_ca_file: Option<PathBuf>,
 }
 
+impl TlsFiles {
+    /// The certificate, key and (when set) client CA files.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        [Some(&self.cert_file), Some(&self.key_file), self.client_ca_file.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PoliciesConfig {

@@ -139,7 +139,7 @@ pub fn exporting() -> bool {
 /// Makes `span` a child of the W3C trace context (`traceparent`, `tracestate`) in
 /// the request's headers, so cedargate's span joins the request's trace.
 pub fn join_trace(span: &tracing::Span, headers: &[(String, String)]) {
-    if !EXPORTING.load(Ordering::Acquire) {
+    if !exporting() {
         return;
     }
     let context = TraceContextPropagator::new().extract(&Headers(headers));

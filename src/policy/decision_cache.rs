@@ -53,8 +53,7 @@ impl KeyWriter {
         items.iter().for_each(|s| self.str(s));
     }
     fn tags(&mut self, pairs: &[(String, String)], relevant: &TagKeys) {
-        let pairs = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let tags = request::joined_tags(pairs.filter(|(k, _)| relevant.contains(k)));
+        let tags = request::read_tags(pairs, relevant);
         self.int(i64::try_from(tags.len()).unwrap_or(i64::MAX));
         for (k, v) in tags {
             self.str(k);

@@ -45,7 +45,7 @@ pub struct PolicyReloader {
     status: Mutex<ReloadStatus>,
     /// The directory's files as last looked at; first taken before the first load,
     /// so an edit made during it is seen as a change.
-    seen: Mutex<Vec<(String, u64, Option<SystemTime>)>>,
+    seen: Mutex<Fingerprint>,
     /// Serializes reloads (watcher and SIGHUP) so two never race to swap.
     reloading: Mutex<()>,
     pub succeeded: AtomicU64,
@@ -88,8 +88,13 @@ impl PolicyReloader {
 
     /// Loads and validates the directory; swaps it in if it is valid and differs.
     pub fn reload(&self) -> Result<ReloadOutcome, LoadError> {
+        self.reload_seeing(fingerprint(&self.dir))
+    }
+
+    /// `reload`, with the directory's files as just looked at.
+    fn reload_seeing(&self, files: Fingerprint) -> Result<ReloadOutcome, LoadError> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        *self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = fingerprint(&self.dir);
+        *self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = files;
         let attempt = load::load_dir(&self.dir, &self.tokens);
         let mut status = self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         status.last_attempt = Some(SystemTime::now());
@@ -120,22 +125,20 @@ impl PolicyReloader {
     /// cost nothing when nothing changed.
     pub fn reload_if_changed(&self) -> Option<Result<ReloadOutcome, LoadError>> {
         let now = fingerprint(&self.dir);
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if *seen == now {
-                return None;
-            }
-            *seen = now;
+        if *self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) == now {
+            return None;
         }
-        Some(self.reload())
+        Some(self.reload_seeing(now))
     }
 }
 
+type Fingerprint = Vec<(String, u64, Option<SystemTime>)>;
+
 /// Names, sizes and modification times of the files a policy set is made of: cheap
 /// to take, and a save changes it.
-fn fingerprint(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
+fn fingerprint(dir: &Path) -> Fingerprint {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut files: Vec<(String, u64, Option<SystemTime>)> = entries
+    let mut files: Fingerprint = entries
         .filter_map(Result::ok)
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();

@@ -258,8 +258,7 @@ impl RequestFacts<'_> {
         // `policy::reads`), and each one left out is one value less to build per
         // Check. Envoy sends a dozen headers; the shipped policies read one.
         let tags = |type_name, pairs: &[(String, String)]| {
-            let read = pairs.iter().filter(|(k, _)| relevance.tags.contains(k));
-            tag_entity(type_name, read.map(|(k, v)| (k.as_str(), v.as_str()))).map_err(RequestError::Build)
+            tag_entity(type_name, read_tags(pairs, &relevance.tags)).map_err(RequestError::Build)
         };
         let headers = tags(&types.headers, headers)?;
         let query = tags(&types.query, &path.query)?;
@@ -350,24 +349,23 @@ fn certificate_record(cert: &PeerCertificate) -> Result<RestrictedExpression, St
 /// settings): policies read them with `hasTag` / `getTag`. A key repeated with one
 /// value is that value; with different values (which `prepare` refused for keys a
 /// policy reads) they are joined with `,`, as Envoy joins repeated headers.
-fn tag_entity<'a>(
-    type_name: &cedar_policy::EntityTypeName,
-    pairs: impl Iterator<Item = (&'a str, &'a str)>,
-) -> Result<Entity, String> {
+fn tag_entity(type_name: &cedar_policy::EntityTypeName, tags: BTreeMap<&str, String>) -> Result<Entity, String> {
     Entity::new_with_tags(
         uid(type_name, REQUEST_ID),
         [],
         [],
-        joined_tags(pairs).into_iter().map(|(k, v)| (k.to_owned(), RestrictedExpression::new_string(v))),
+        tags.into_iter().map(|(k, v)| (k.to_owned(), RestrictedExpression::new_string(v))),
     )
     .map_err(|e| e.to_string())
 }
 
-/// The tags of a tag entity: each key once; a key repeated with the same value has
-/// that value, with different values they are joined with `,`.
-pub fn joined_tags<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> BTreeMap<&'a str, String> {
+/// The tags of a tag entity, as the request and its cache key both see them: only
+/// the keys in `read`; each key once; a key repeated with the same value has that
+/// value, with different values they are joined with `,`.
+pub fn read_tags<'a>(pairs: &'a [(String, String)], read: &TagKeys) -> BTreeMap<&'a str, String> {
     let mut tags: BTreeMap<&str, (String, Vec<&str>)> = BTreeMap::new();
-    for (key, value) in pairs {
+    for (key, value) in pairs.iter().filter(|(k, _)| read.contains(k)) {
+        let (key, value) = (key.as_str(), value.as_str());
         tags.entry(key)
             .and_modify(|(joined, seen)| {
                 if !seen.contains(&value) {

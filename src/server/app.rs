@@ -65,14 +65,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
     let listen = config.server.listen.clone();
     // The drain comes first, then in-flight Checks get the shutdown timeout.
     let shutdown_timeout = config.server.drain + config.server.shutdown_timeout;
-    let parts = Parts::load(config)?;
-    let (config, sets, credentials, metrics) = (
-        Arc::clone(&parts.config),
-        Arc::clone(&parts.sets),
-        Arc::clone(&parts.credentials),
-        Arc::clone(&parts.metrics),
-    );
-    let checker = Arc::new(Checker::new(parts, clock));
+    let checker = Arc::new(Checker::new(Parts::load(config)?, clock));
+    // What the server reloads, watches and reports on is what the checker decides with.
+    let Parts { config, sets, credentials, metrics, .. } = checker.parts();
     let snapshot = sets.default_set().current();
     tracing::info!(
         policies = snapshot.policy_count(),
@@ -155,8 +150,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
     tracing::info!(addr = %local_addr, "cedargate listening");
     Ok(Running {
         local_addr,
-        checker,
-        sets,
+        checker: Arc::clone(&checker),
+        sets: Arc::clone(sets),
         admin_addr: admin.as_ref().map(|a| a.local_addr),
         audit,
         admin,

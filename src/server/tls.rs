@@ -117,22 +117,14 @@ impl ReloadingTls {
 
     /// The certificate, key and client CA files, for `ops::watch`.
     pub fn files(&self) -> Vec<&Path> {
-        [Some(&self.files.cert_file), Some(&self.files.key_file), self.files.client_ca_file.as_ref()]
-            .into_iter()
-            .flatten()
-            .map(PathBuf::as_path)
-            .collect()
+        self.files.paths().collect()
     }
 }
 
 /// Size and modification time of the certificate, key and client CA files (links
 /// followed, as a Kubernetes Secret volume swaps them).
 fn stamps(files: &TlsFiles) -> Vec<Option<(u64, SystemTime)>> {
-    [Some(&files.cert_file), Some(&files.key_file), files.client_ca_file.as_ref()]
-        .into_iter()
-        .flatten()
-        .map(|path| std::fs::metadata(path).ok().and_then(|m| Some((m.len(), m.modified().ok()?))))
-        .collect()
+    files.paths().map(|path| std::fs::metadata(path).ok().and_then(|m| Some((m.len(), m.modified().ok()?)))).collect()
 }
 
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -175,15 +175,10 @@ impl Envoy {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("envoy exited with {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
             }
-            if self.admin_port == 0 {
-                let written = std::fs::read_to_string(admin_address).unwrap_or_default();
-                self.admin_port = written.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
-            }
+            let written = std::fs::read_to_string(admin_address).unwrap_or_default();
+            self.admin_port = written.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
             if self.admin_port != 0 && self.admin("/ready").is_some_and(|body| body.trim() == "LIVE") {
-                let listeners: serde_json::Value =
-                    serde_json::from_str(&self.admin("/listeners?format=json").unwrap_or_default()).unwrap();
-                let port = &listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"];
-                self.port = u16::try_from(port.as_u64().expect("the listener's port")).unwrap();
+                self.port = super::ports::envoy_listener_port(&written).expect("the listener's port");
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));

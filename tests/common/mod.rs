@@ -7,6 +7,7 @@ pub mod envoy_binary;
 pub mod jwks_server;
 pub mod jwt;
 pub mod pki;
+pub mod ports;
 pub mod request;
 
 #[allow(unused_imports)]
@@ -167,11 +168,7 @@ impl Binary {
         let started = std::time::Instant::now();
         loop {
             let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
-            let addr = |message: &str| {
-                let line = log.lines().rev().find(|l| l.contains(message))?;
-                let value = line.split("addr=").nth(1).or_else(|| line.split("\"addr\":\"").nth(1))?;
-                Some(value.split([' ', '"']).next()?.to_owned())
-            };
+            let addr = |message| ports::logged_address(&log, message);
             if let (Some(grpc), Some(admin)) = (addr("cedargate listening"), addr("admin listening")) {
                 return (grpc, admin.parse().unwrap());
             }
