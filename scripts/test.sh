@@ -12,4 +12,12 @@ export ENVOY_BIN
 echo "envoy: $("$ENVOY_BIN" --version | grep -o 'version: [^ ]*' || true) ($ENVOY_BIN)"
 
 target/envoy-venv/bin/python scripts/check-deploy.py
-cargo test --locked "$@"
+# The in-process filter (libcedargate_envoy.so) that tests/in_process.rs loads into
+# Envoy, built with the same profile as the tests.
+profile=()
+for arg in "$@"; do
+  [ "$arg" = "--" ] && break
+  [ "$arg" = "--release" ] && profile=(--release)
+done
+cargo build --locked -p cedargate-envoy-module "${profile[@]}"
+cargo test --locked --workspace "$@"

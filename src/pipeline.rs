@@ -6,3 +6,4 @@ pub mod authorize;
 pub mod checker;
 pub mod decision;
 pub mod input;
+pub mod reply;

@@ -178,29 +178,49 @@ impl AuditLog {
 
     /// Queues one record. Waits for room in `block` mode; never waits on disk.
     pub async fn write(&self, record: &AuditRecord<'_>) {
-        let mut line = match serde_json::to_string(record) {
-            Ok(line) => line,
-            Err(e) => {
-                tracing::error!("cannot serialize an audit record: {e}");
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        };
-        line.push('\n');
+        let Some(line) = self.encode(record) else { return };
         let queued = match self.when_full {
             // Only fails once the writer is gone, at the very end of a shutdown.
             WhenFull::Block => self.tx.send(line).await.is_ok(),
-            WhenFull::Drop => match self.tx.try_send(line) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            },
+            WhenFull::Drop => self.try_queue(line),
         };
         if queued {
             self.counters.queued.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues one record without ever waiting, whatever `when_full` says: for a
+    /// caller on a proxy's worker thread, which must not stall its other requests.
+    /// A full queue drops the record and counts it.
+    pub fn write_now(&self, record: &AuditRecord<'_>) {
+        let Some(line) = self.encode(record) else { return };
+        if self.try_queue(line) {
+            self.counters.queued.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn encode(&self, record: &AuditRecord<'_>) -> Option<String> {
+        match serde_json::to_string(record) {
+            Ok(mut line) => {
+                line.push('\n');
+                Some(line)
+            }
+            Err(e) => {
+                tracing::error!("cannot serialize an audit record: {e}");
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn try_queue(&self, line: String) -> bool {
+        match self.tx.try_send(line) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 

@@ -62,6 +62,38 @@ impl Authorizer {
         if self.refresh_keys_for(&decision).await {
             decision = self.decide_once(input);
         }
+        let now = self.account(&decision, input);
+        if let Some(audit) = &self.audit {
+            audit.write(&AuditRecord::new(&decision, input, audit.include_query(), now)).await;
+        }
+        decision
+    }
+
+    /// Decides one request without ever waiting, for a front-end that runs on the
+    /// proxy's own threads (the in-process Envoy filter). Two things differ from
+    /// `authorize`: a token naming a key not seen yet is denied at once while
+    /// `background` refreshes that issuer's keys for the next request, and an audit
+    /// record that finds the queue full is dropped and counted, never waited for.
+    pub fn authorize_now(&self, input: &CheckInput, background: &tokio::runtime::Handle) -> Decision {
+        let decision = self.decide_once(input);
+        if let Outcome::Deny(DenyReason::Token(TokenError::KeyUnknown { issuer, generation })) = &decision.outcome {
+            if let Some(keys) = self.checker.parts().credentials.tokens.keys_of(*issuer) {
+                let (keys, generation) = (Arc::clone(keys), *generation);
+                background.spawn(async move {
+                    keys.refresh_for_unknown_kid(generation).await;
+                });
+            }
+        }
+        let now = self.account(&decision, input);
+        if let Some(audit) = &self.audit {
+            audit.write_now(&AuditRecord::new(&decision, input, audit.include_query(), now));
+        }
+        decision
+    }
+
+    /// Metrics, the span's fields and the log line for a decided Check; returns the
+    /// time the audit record carries.
+    fn account(&self, decision: &Decision, input: &CheckInput) -> SystemTime {
         let now = SystemTime::now();
         self.checker.parts().metrics.record_check(&decision.metrics_record(unix_seconds(now)));
         let span = tracing::Span::current();
@@ -69,11 +101,8 @@ impl Authorizer {
         span.record("decision.outcome", if decision.is_allowed() { "allow" } else { "deny" });
         span.record("decision.reason", decision.code());
         span.record("cache", decision.cache.label());
-        log_decision(&decision, input);
-        if let Some(audit) = &self.audit {
-            audit.write(&AuditRecord::new(&decision, input, audit.include_query(), now)).await;
-        }
-        decision
+        log_decision(decision, input);
+        now
     }
 
     /// The pipeline is written not to panic; if it ever does, the answer is still a

@@ -5,11 +5,14 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use tokio::task::JoinHandle;
+
 use crate::config::{Config, PathCase, TokenModel};
 use crate::credentials::sources::{Credentials, CredentialsError};
 use crate::credentials::token::VerifiedToken;
 use crate::identity::svid::{self, CertificateCache, IdentityError, PeerIdentity};
 use crate::ops::metrics::{Metrics, Stage};
+use crate::ops::watch::{FileWatcher, Trigger};
 use crate::pipeline::decision::{CacheOutcome, Decision, DenyReason, Outcome, ShadowVerdict};
 use crate::pipeline::input::{CheckInput, HttpInput};
 use crate::policy::decision_cache::{self, DecisionCache};
@@ -79,6 +82,29 @@ impl Parts {
     }
 }
 
+impl Parts {
+    /// Reloads what Checks are decided with while serving: JWKS (files watched,
+    /// URLs fetched on their schedule), the revocation file and, when
+    /// `policies.watch` is on, every policy directory. Call inside a Tokio runtime;
+    /// the tasks run until aborted.
+    pub fn watch(&self, watcher: &FileWatcher) -> Vec<JoinHandle<()>> {
+        let mut tasks = self.credentials.spawn_refreshers(watcher);
+        if self.config.policies.watch {
+            for (_, _, set) in self.sets.all() {
+                let reloader = Arc::clone(set);
+                // Outcomes are logged and kept in the reloader's status.
+                tasks.push(watcher.spawn("policies", &[set.dir()], move |trigger| {
+                    let _ = match trigger {
+                        Trigger::Event => Some(reloader.reload()),
+                        Trigger::Backstop => reloader.reload_if_changed(),
+                    };
+                }));
+            }
+        }
+        tasks
+    }
+}
+
 /// Decides Checks against the current policy snapshots.
 pub struct Checker {
     parts: Parts,
@@ -113,6 +139,17 @@ impl Checker {
 
     pub fn config(&self) -> &Config {
         &self.parts.config
+    }
+
+    /// Registers the checker's state (policy sets, caches, key refreshes,
+    /// revocations) with its metrics, sampled at each scrape.
+    pub fn report_to_metrics(self: &Arc<Self>) {
+        let parts = &self.parts;
+        for (_, _, set) in parts.sets.all() {
+            parts.metrics.add_source(Arc::clone(set) as _);
+        }
+        parts.metrics.add_source(Arc::clone(self) as _);
+        parts.metrics.add_source(Arc::clone(&parts.credentials.revocations) as _);
     }
 
     /// Decides one Check. Never panics on any input; anything unexpected denies.

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::ops::admin::{AdminError, AdminServer, AdminState};
 use crate::ops::audit::{AuditError, AuditLog, AuditWriter};
-use crate::ops::watch::{FileWatcher, Trigger};
+use crate::ops::watch::FileWatcher;
 use crate::pipeline::authorize::Authorizer;
 use crate::pipeline::checker::{Checker, Clock, Parts, SetupError};
 use crate::policy::sets::PolicySets;
@@ -67,7 +67,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
     let shutdown_timeout = config.server.drain + config.server.shutdown_timeout;
     let checker = Arc::new(Checker::new(Parts::load(config)?, clock));
     // What the server reloads, watches and reports on is what the checker decides with.
-    let Parts { config, sets, credentials, metrics, .. } = checker.parts();
+    let Parts { config, sets, metrics, .. } = checker.parts();
     let snapshot = sets.default_set().current();
     tracing::info!(
         policies = snapshot.policy_count(),
@@ -89,25 +89,13 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
     let local_addr = listener.local_addr();
     // One watcher for every file reloaded while serving.
     let watcher = FileWatcher::new(config.policies.debounce);
-    let mut background = credentials.spawn_refreshers(&watcher);
+    let mut background = checker.parts().watch(&watcher);
     for tls in grpc_tls.iter().chain(admin_tls.iter()) {
         let reloading = Arc::clone(tls);
         // Refusals are logged and counted by `reload_if_changed` itself.
         background.push(watcher.spawn("tls", &tls.files(), move |_| {
             let _ = reloading.reload_if_changed();
         }));
-    }
-    if config.policies.watch {
-        for (_, _, set) in sets.all() {
-            let reloader = Arc::clone(set);
-            // Outcomes are logged and kept in the reloader's status.
-            background.push(watcher.spawn("policies", &[set.dir()], move |trigger| {
-                let _ = match trigger {
-                    Trigger::Event => Some(reloader.reload()),
-                    Trigger::Backstop => reloader.reload_if_changed(),
-                };
-            }));
-        }
     }
     let (audit, audit_writer) = match config.audit.enabled {
         true => {
@@ -116,11 +104,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, App
         }
         false => (None, None),
     };
-    for (_, _, set) in sets.all() {
-        metrics.add_source(Arc::clone(set) as _);
-    }
-    metrics.add_source(Arc::clone(&checker) as _);
-    metrics.add_source(Arc::clone(&credentials.revocations) as _);
+    checker.report_to_metrics();
     if let Some(audit) = &audit {
         metrics.add_source(audit.stats());
     }

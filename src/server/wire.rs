@@ -7,8 +7,9 @@ use std::net::IpAddr;
 use prost_types::{value::Kind, ListValue, Struct, Value};
 
 use crate::config::Config;
-use crate::pipeline::decision::{Decision, DenyReason, Outcome};
+use crate::pipeline::decision::Decision;
 use crate::pipeline::input::{CheckInput, HttpInput, PeerInput};
+use crate::pipeline::reply::{self, Reply};
 use crate::server::proto::envoy::config::core::v3::{
     address, header_value_option::HeaderAppendAction, Address, HeaderValue, HeaderValueOption,
 };
@@ -98,64 +99,25 @@ fn http(http: HttpRequest) -> HttpInput {
 }
 
 /// A `Decision` as Envoy's `CheckResponse`.
-pub fn check_response(decision: &Decision, full_config: &Config) -> CheckResponse {
-    let config = &full_config.response;
+pub fn check_response(decision: &Decision, config: &Config) -> CheckResponse {
     let metadata = dynamic_metadata(decision);
-    match &decision.outcome {
-        Outcome::Allow => {
-            let mut headers = Vec::new();
-            let mut headers_to_remove = Vec::new();
-            if !config.principal_header.is_empty() {
-                match &decision.peer {
-                    Some(peer) => headers.push(overwrite(&config.principal_header, peer.spiffe_id.as_str())),
-                    // Never let a client-sent copy through as if cedargate had set it.
-                    None => headers_to_remove.push(config.principal_header.clone()),
-                }
-            }
-            if !config.decision_id_header.is_empty() {
-                headers.push(overwrite(&config.decision_id_header, &decision.id));
-            }
-            // Claim headers: set from the verified token, removed otherwise, so a
-            // client can never supply them itself.
-            let forwarded = decision.token.as_ref().map(|t| t.forward.as_slice()).unwrap_or_default();
-            for (name, value) in forwarded {
-                headers.push(overwrite(name, value));
-            }
-            for name in full_config.tokens.issuers.iter().flat_map(|i| i.forward.keys()) {
-                if !forwarded.iter().any(|(n, _)| n == name) && !headers_to_remove.contains(name) {
-                    headers_to_remove.push(name.clone());
-                }
-            }
-            if full_config.tokens.strip_authorization {
-                headers_to_remove.push("authorization".to_owned());
-            }
-            CheckResponse {
-                status: Some(Status { code: GRPC_OK, ..Status::default() }),
-                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                    headers,
-                    headers_to_remove,
-                    response_headers_to_add: Vec::new(),
-                })),
-                dynamic_metadata: Some(metadata),
-            }
-        }
-        Outcome::Deny(reason) => {
-            let status = reason.http_status();
+    match Reply::of(decision, config) {
+        Reply::Allow { set, remove } => CheckResponse {
+            status: Some(Status { code: GRPC_OK, ..Status::default() }),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: set.iter().map(|(k, v)| overwrite(k, v)).collect(),
+                headers_to_remove: remove,
+                response_headers_to_add: Vec::new(),
+            })),
+            dynamic_metadata: Some(metadata),
+        },
+        Reply::Deny { status, headers, body } => {
             let grpc = if status == 401 { GRPC_UNAUTHENTICATED } else { GRPC_PERMISSION_DENIED };
-            let mut headers = vec![overwrite("content-type", "application/json")];
-            if !config.decision_id_header.is_empty() {
-                headers.push(overwrite(&config.decision_id_header, &decision.id));
-            }
-            if let DenyReason::Token(e) = reason {
-                headers.push(overwrite("www-authenticate", &e.challenge()));
-            }
-            // Only the reason code and decision id: policy internals stay in the logs.
-            let body = serde_json::json!({ "reason": reason.code(), "decision_id": decision.id }).to_string();
             CheckResponse {
-                status: Some(Status { code: grpc, message: reason.code().to_owned(), details: Vec::new() }),
+                status: Some(Status { code: grpc, message: decision.code().to_owned(), details: Vec::new() }),
                 http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
                     status: Some(HttpStatus { code: i32::from(status) }),
-                    headers,
+                    headers: headers.iter().map(|(k, v)| overwrite(k, v)).collect(),
                     body,
                 })),
                 dynamic_metadata: Some(metadata),
@@ -179,24 +141,12 @@ fn overwrite(key: &str, value: &str) -> HeaderValueOption {
 /// (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:decision_id)%`).
 fn dynamic_metadata(decision: &Decision) -> Struct {
     let string = |s: &str| Value { kind: Some(Kind::StringValue(s.to_owned())) };
-    let mut fields = std::collections::BTreeMap::new();
-    fields.insert("decision_id".to_owned(), string(&decision.id));
-    fields.insert("decision".to_owned(), string(if decision.is_allowed() { "allow" } else { "deny" }));
-    fields.insert("reason".to_owned(), string(decision.code()));
-    fields.insert("policy_version".to_owned(), string(&decision.policy_version));
+    let (strings, policies) = reply::metadata(decision);
+    let mut fields: std::collections::BTreeMap<String, Value> =
+        strings.iter().map(|(k, v)| ((*k).to_owned(), string(v))).collect();
     fields.insert(
         "policies".to_owned(),
-        Value {
-            kind: Some(Kind::ListValue(ListValue { values: decision.policies.iter().map(|p| string(p)).collect() })),
-        },
+        Value { kind: Some(Kind::ListValue(ListValue { values: policies.iter().map(|p| string(p)).collect() })) },
     );
-    if let Some(peer) = &decision.peer {
-        fields.insert("principal".to_owned(), string(peer.spiffe_id.as_str()));
-    }
-    if let Some(token) = &decision.token {
-        fields.insert("token_issuer".to_owned(), string(&token.iss));
-        fields.insert("token_subject".to_owned(), string(&token.sub));
-        fields.insert("token_fingerprint".to_owned(), string(&token.fingerprint));
-    }
     Struct { fields }
 }

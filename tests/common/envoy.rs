@@ -129,28 +129,53 @@ impl Envoy {
         assert_eq!(template.matches(endpoint).count(), 1, "envoy.yaml must have one cedargate endpoint");
         let endpoints: String = cedargate_ports.iter().map(|p| endpoint.replace("9191", &p.to_string())).collect();
         let certs = format!("{}/", dir.display());
-        let mut config = template.replace(endpoint, &endpoints);
+        let config = template.replace(endpoint, &endpoints);
         let cert_paths = if mtls { 6 } else { 3 };
-        for (from, to, count) in [
+        let replacements = [
             // Envoy binds port 0 for both; the ports it got are read back below.
             ("port_value: 9901", "port_value: 0".to_owned(), 1),
             ("port_value: 10000", "port_value: 0".to_owned(), 1),
             ("port_value: 8080", format!("port_value: {upstream_port}"), 1),
             ("/etc/cedargate/certs/", certs, cert_paths),
-        ] {
-            assert_eq!(
-                template.matches(from).count(),
-                count,
-                "envoy-config/envoy.yaml must contain `{from}` exactly {count} time(s)"
-            );
-            config = config.replace(from, &to);
-        }
-        let config_path = dir.join("envoy.yaml");
-        std::fs::write(&config_path, config).unwrap();
+        ];
+        let config = substitute("envoy.yaml", &template, config, &replacements);
+        Envoy::launch(dir, "envoy.yaml", &config, None)
+    }
+
+    /// The shipped `envoy-in-process.yaml`: cedargate inside Envoy, loaded from
+    /// `module_dir`, configured by the cedargate file `config`. Envoy's stderr (where
+    /// the module logs) goes to `dir/envoy.stderr`.
+    pub fn start_in_process(dir: &Path, module_dir: &Path, config: &Path, upstream_port: u16) -> Envoy {
+        let template = std::fs::read_to_string(super::repo_dir().join("envoy-config/envoy-in-process.yaml")).unwrap();
+        let certs = format!("{}/", dir.display());
+        let replacements = [
+            ("port_value: 9901", "port_value: 0".to_owned(), 1),
+            ("port_value: 10000", "port_value: 0".to_owned(), 1),
+            ("port_value: 8080", format!("port_value: {upstream_port}"), 1),
+            ("/etc/cedargate/cedargate.toml", config.display().to_string(), 1),
+            ("/etc/cedargate/certs/", certs, 3),
+        ];
+        let yaml = substitute("envoy-in-process.yaml", &template, template.clone(), &replacements);
+        Envoy::launch(dir, "envoy-in-process.yaml", &yaml, Some(module_dir))
+    }
+
+    /// Writes `yaml` to `dir/name` and starts Envoy on it; with `module_dir`, Envoy
+    /// loads dynamic modules from there and its stderr goes to `dir/envoy.stderr`.
+    fn launch(dir: &Path, name: &str, yaml: &str, module_dir: Option<&Path>) -> Envoy {
+        let config_path = dir.join(name);
+        std::fs::write(&config_path, yaml).unwrap();
         let log = dir.join("envoy.log");
         let admin_address = dir.join("envoy-admin-address");
         let _ = std::fs::remove_file(&admin_address);
-        let child = Command::new(envoy_binary())
+        let mut command = Command::new(envoy_binary());
+        let stderr = match module_dir {
+            Some(modules) => {
+                command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", modules);
+                Stdio::from(std::fs::File::create(dir.join("envoy.stderr")).unwrap())
+            }
+            None => Stdio::null(),
+        };
+        let child = command
             .arg("-c")
             .arg(&config_path)
             .args(["--disable-hot-restart", "--concurrency", "1", "-l", "warning"])
@@ -159,12 +184,17 @@ impl Envoy {
             .arg("--log-path")
             .arg(&log)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("envoy starts");
         let mut envoy = Envoy { child, port: 0, admin_port: 0, log };
         envoy.wait_ready(&admin_address);
         envoy
+    }
+
+    /// Whether Envoy is still running (a bad module configuration makes it exit).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Waits for the admin address Envoy writes once bound, then for LIVE, then
@@ -215,6 +245,21 @@ impl Envoy {
             .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
             .sum()
     }
+}
+
+/// `yaml` with each `(from, to, count)` replaced, after checking the shipped
+/// `template` holds `from` exactly `count` times, so the shipped file cannot drift
+/// from what the tests run.
+fn substitute(name: &str, template: &str, mut yaml: String, replacements: &[(&str, String, usize)]) -> String {
+    for (from, to, count) in replacements {
+        assert_eq!(
+            template.matches(from).count(),
+            *count,
+            "envoy-config/{name} must contain `{from}` exactly {count} time(s)"
+        );
+        yaml = yaml.replace(from, to);
+    }
+    yaml
 }
 
 /// What curl got back.

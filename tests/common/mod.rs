@@ -2,6 +2,7 @@
 //! cedargate server on a free loopback port, and CheckRequest builders.
 #![allow(dead_code)]
 
+pub mod cases;
 pub mod envoy;
 pub mod envoy_binary;
 pub mod jwks_server;

@@ -1,0 +1,153 @@
+//! One filter configuration's engine: the core's `Authorizer` over the policies,
+//! credentials and caches a cedargate configuration file names, plus everything
+//! that must never run on Envoy's worker threads (file watching, JWKS fetches, the
+//! audit writer, the admin listener) on threads of its own.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cedargate::config::{Config, ConfigError};
+use cedargate::ops::admin::{AdminError, AdminServer, AdminState};
+use cedargate::ops::audit::{AuditError, AuditWriter};
+use cedargate::ops::watch::FileWatcher;
+use cedargate::pipeline::authorize::Authorizer;
+use cedargate::pipeline::checker::{Checker, Parts, SetupError, SystemClock};
+use cedargate::pipeline::decision::Decision;
+use cedargate::pipeline::input::CheckInput;
+use cedargate::server::tls::{ReloadingTls, TlsError};
+use tokio::task::JoinHandle;
+
+/// Why a filter configuration was refused; Envoy then rejects the configuration
+/// (at startup: Envoy does not start), so no request is ever served without it.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the filter_config must be the path of a cedargate configuration file (a StringValue); got {0} bytes that are not UTF-8")]
+    NotUtf8(usize),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error("cannot start the background runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+pub struct Engine {
+    authorizer: Authorizer,
+    /// Watchers, JWKS refreshers and key refreshes after an unknown `kid`.
+    runtime: tokio::runtime::Runtime,
+    background: Vec<JoinHandle<()>>,
+    /// Passes file events to the tasks in `background` while it lives.
+    _watcher: FileWatcher,
+    audit_writer: Option<AuditWriter>,
+    admin: Option<AdminServer>,
+}
+
+impl Engine {
+    /// Reads the configuration file named by Envoy's `filter_config` and loads
+    /// everything it names, as `cedargate serve` would: an invalid policy set,
+    /// JWKS file or revocation file refuses.
+    pub fn start(filter_config: &[u8]) -> Result<Engine, EngineError> {
+        let path = std::str::from_utf8(filter_config).map_err(|_| EngineError::NotUtf8(filter_config.len()))?;
+        let config = Config::from_file(Path::new(path.trim()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("cedargate-background")
+            .enable_all()
+            .build()
+            .map_err(EngineError::Runtime)?;
+        // Logging is process-wide: the first configuration installs it, and later
+        // ones (another listener, an LDS update) find it in place.
+        {
+            let _entered = runtime.enter();
+            if let Ok(telemetry) = cedargate::ops::telemetry::init(&config) {
+                // Spans are flushed when the process ends; nothing to keep.
+                std::mem::forget(telemetry);
+            }
+        }
+        let checker = Arc::new(Checker::new(Parts::load(config)?, Arc::new(SystemClock)));
+        let parts = checker.parts();
+        let watcher = FileWatcher::new(parts.config.policies.debounce);
+        let background = {
+            let _entered = runtime.enter();
+            parts.watch(&watcher)
+        };
+        checker.report_to_metrics();
+        let (audit, audit_writer) = match parts.config.audit.enabled {
+            true => {
+                let (log, writer) = cedargate::ops::audit::start(&parts.config.audit)?;
+                parts.metrics.add_source(log.stats());
+                (Some(log), Some(writer))
+            }
+            false => (None, None),
+        };
+        let admin = match parts.config.admin.listen {
+            None => None,
+            Some(addr) => {
+                let tls = match &parts.config.admin.tls {
+                    Some(files) => Some(ReloadingTls::load("admin", files, &[b"http/1.1"])?),
+                    None => None,
+                };
+                let state = AdminState {
+                    checker: Arc::clone(&checker),
+                    // Envoy only creates filters from a configuration that loaded.
+                    ready: Arc::new(AtomicBool::new(true)),
+                    started: Instant::now(),
+                };
+                Some(AdminServer::start(addr, state, tls)?)
+            }
+        };
+        let snapshot = parts.sets.default_set().current();
+        tracing::info!(
+            policies = snapshot.policy_count(),
+            version = %snapshot.version,
+            dir = %parts.config.policies.dir.display(),
+            admin = ?admin.as_ref().map(|a| a.local_addr),
+            "cedargate loaded in Envoy"
+        );
+        Ok(Engine {
+            authorizer: Authorizer::new(checker, audit),
+            runtime,
+            background,
+            _watcher: watcher,
+            audit_writer,
+            admin,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        self.authorizer.checker().config()
+    }
+
+    /// Decides one request on the calling (worker) thread, without waiting on
+    /// anything.
+    pub fn decide(&self, input: &CheckInput) -> Decision {
+        self.authorizer.authorize_now(input, self.runtime.handle())
+    }
+}
+
+impl Drop for Engine {
+    /// Envoy dropped the configuration (shutdown, or a listener update): stop the
+    /// background work and write out queued audit records.
+    fn drop(&mut self) {
+        for task in &self.background {
+            task.abort();
+        }
+        if let Some(admin) = self.admin.take() {
+            admin.stop();
+        }
+        if let Some(writer) = self.audit_writer.take() {
+            // The writer ends once the last audit handle is gone: the authorizer's,
+            // dropped with this engine right after. Finishing on another thread
+            // keeps Envoy's main thread from waiting on the disk here.
+            std::thread::spawn(move || writer.finish());
+        }
+    }
+}

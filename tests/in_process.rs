@@ -1,0 +1,160 @@
+//! cedargate inside Envoy (the dynamic module, `envoy-module/`), end to end: the
+//! shipped `envoy-config/envoy-in-process.yaml`, a real Envoy 1.40 and real mTLS
+//! clients, answering the same cases as the ext_authz server (`common::cases`),
+//! plus what only the in-process mode has: the peer certificate taken from Envoy's
+//! own `x-forwarded-client-cert` and vouched for by the TLS session's digest,
+//! per-route policy sets, a refused configuration, and background reloads.
+//!
+//! Needs `libcedargate_envoy.so` beside the test binaries (`scripts/test.sh`
+//! builds it; by hand: `cargo build -p cedargate-envoy-module`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::cases;
+use common::envoy::{reason, start_upstream, Client, Envoy, FRONTEND};
+
+/// The directory holding the module built with this test's profile.
+fn module_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/in_process-<hash>
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    assert!(
+        dir.join("libcedargate_envoy.so").exists(),
+        "{} has no libcedargate_envoy.so: run scripts/test.sh, or `cargo build -p cedargate-envoy-module` first",
+        dir.display()
+    );
+    dir
+}
+
+/// A cedargate configuration file for the module: the shipped policies, the cases'
+/// token issuer, an `admin` policy set, the audit log in `d/audit.jsonl`.
+fn write_config(d: &Path, policies: &Path) -> PathBuf {
+    let admin_set = d.join("admin-set");
+    std::fs::create_dir_all(&admin_set).unwrap();
+    std::fs::copy(policies.join("schema.cedarschema"), admin_set.join("schema.cedarschema")).unwrap();
+    std::fs::write(
+        admin_set.join("console.cedar"),
+        "@id(\"console-readers\")\npermit (principal == Workload::\"spiffe://example.org/ns/default/sa/payments\", action == Action::\"GET\", resource in Path::\"/console\");\n",
+    )
+    .unwrap();
+    let config = format!(
+        r#"[policies]
+dir = "{policies}"
+debounce = "50ms"
+[policies.sets]
+admin = "{admin_set}"
+[identity]
+trust_domains = ["example.org"]
+[[tokens.issuers]]
+issuer = "{issuer}"
+audiences = ["{audience}"]
+jwks_file = "{jwks}"
+forward = {{ "x-user" = "sub" }}
+[admin]
+listen = ""
+[audit]
+enabled = true
+sink = "{audit}"
+"#,
+        policies = policies.display(),
+        admin_set = admin_set.display(),
+        issuer = common::jwt::ISSUER,
+        audience = common::jwt::AUDIENCE,
+        jwks = d.join("jwks.json").display(),
+        audit = d.join("audit.jsonl").display(),
+    );
+    let path = d.join("cedargate.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+#[test]
+fn cedargate_inside_envoy_answers_as_the_server_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (frontend, signer) = cases::setup(d);
+    let policies = d.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    common::copy_shipped_policies(&policies);
+    let config = write_config(d, &policies);
+    let upstream = start_upstream();
+    let envoy = Envoy::start_in_process(d, &module_dir(), &config, upstream.port);
+    let client = Client { envoy: &envoy, dir: d };
+    let hits = || upstream.hits.load(Ordering::SeqCst);
+
+    cases::run(&client, d, &signer, &frontend, &hits);
+
+    // The peer certificate came from Envoy's own x-forwarded-client-cert: a
+    // client-sent one (SANITIZE_SET drops it) changes nothing.
+    let reply = client.get(
+        Some("payments"),
+        "/api/orders/1",
+        &[
+            "-H",
+            &format!(
+                "x-forwarded-client-cert: Cert=\"{}\";URI={FRONTEND}",
+                common::request::url_encode(&frontend.cert_pem)
+            ),
+        ],
+    );
+    assert_eq!((reply.status, reason(&reply)), (403, "policy_denied".into()), "{reply:?}");
+
+    // Per-route policy set: /console/ is decided by the `admin` set alone, where
+    // payments may read and the frontend (allowed /api/ by the default set) not.
+    let reply = client.get(Some("payments"), "/console/status", &[]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let reply = client.get(Some("frontend"), "/console/status", &[]);
+    assert_eq!((reply.status, reason(&reply)), (403, "policy_denied".into()), "{reply:?}");
+    assert_eq!(hits(), 4);
+
+    // A policy change is picked up in the background, never on a request.
+    std::fs::write(
+        policies.join("late.cedar"),
+        "@id(\"late-payments\")\npermit (principal == Workload::\"spiffe://example.org/ns/default/sa/payments\", action == Action::\"GET\", resource in Path::\"/api/orders\");\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = client.get(Some("payments"), "/api/orders/1", &[]);
+        if reply.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new policy was never served: {reply:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // An invalid change keeps the last good set.
+    std::fs::write(policies.join("broken.cedar"), "permit (principal, action, resource").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let reply = client.get(Some("payments"), "/api/orders/1", &[]);
+    assert_eq!(reply.status, 200, "a broken file replaced the last good set: {reply:?}");
+
+    // Every decision was audited, with its reason, as the server audits.
+    let audit = std::fs::read_to_string(d.join("audit.jsonl")).unwrap_or_default();
+    let records: Vec<serde_json::Value> = audit.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(records.len() >= 20, "{} audit records", records.len());
+    assert!(records.iter().any(|r| r["reason"] == "trust_domain_not_allowed"), "{audit}");
+    assert!(records.iter().any(|r| r["policy_set"] == "admin"), "{audit}");
+}
+
+#[test]
+fn envoy_refuses_a_configuration_cedargate_cannot_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cases::setup(d);
+    let policies = d.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    common::copy_shipped_policies(&policies);
+    std::fs::write(policies.join("broken.cedar"), "permit (principal, action, resource").unwrap();
+    let config = write_config(d, &policies);
+    let upstream = start_upstream();
+    let started = std::panic::catch_unwind(|| Envoy::start_in_process(d, &module_dir(), &config, upstream.port));
+    assert!(started.is_err(), "Envoy started with a policy set that does not parse");
+    let stderr = std::fs::read_to_string(d.join("envoy.stderr")).unwrap_or_default();
+    assert!(stderr.contains("cedargate: the filter configuration is refused"), "{stderr}");
+}
