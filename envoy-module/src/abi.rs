@@ -72,6 +72,13 @@ pub struct ModuleHeader {
     value: ModuleBuffer,
 }
 
+/// `envoy_dynamic_module_type_module_key_value_pair`.
+#[repr(C)]
+pub struct ModuleKeyValue {
+    key: ModuleBuffer,
+    value: ModuleBuffer,
+}
+
 /// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
 const REQUEST_HEADER: u32 = 0;
 
@@ -118,11 +125,11 @@ extern "C" {
         body: ModuleBuffer,
         details: ModuleBuffer,
     );
-    fn envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
+    fn envoy_dynamic_module_callback_http_set_dynamic_metadata_string_batch(
         filter: FilterEnvoyPtr,
         namespace: ModuleBuffer,
-        key: ModuleBuffer,
-        value: ModuleBuffer,
+        pairs: *mut ModuleKeyValue,
+        count: usize,
     );
     fn envoy_dynamic_module_callback_get_most_specific_route_config(filter: FilterEnvoyPtr) -> *const c_void;
 }
@@ -217,15 +224,21 @@ impl Stream {
         }
     }
 
-    /// Dynamic metadata for access logs, under `namespace`.
-    pub fn set_metadata(&self, namespace: &str, key: &str, value: &str) {
-        // SAFETY: `ptr` is valid for this hook; Envoy copies the buffers.
+    /// Dynamic metadata for access logs, under `namespace`: one call for every
+    /// pair (each call rebuilds Envoy's metadata struct, so one per pair costs).
+    pub fn set_metadata(&self, namespace: &str, pairs: &[(&str, &str)]) {
+        let mut pairs: Vec<ModuleKeyValue> = pairs
+            .iter()
+            .map(|(k, v)| ModuleKeyValue { key: ModuleBuffer::of(k.as_bytes()), value: ModuleBuffer::of(v.as_bytes()) })
+            .collect();
+        // SAFETY: `ptr` is valid for this hook; the pairs and the buffers they point
+        // into live until the call returns, and Envoy copies them.
         unsafe {
-            envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
+            envoy_dynamic_module_callback_http_set_dynamic_metadata_string_batch(
                 self.ptr,
                 ModuleBuffer::of(namespace.as_bytes()),
-                ModuleBuffer::of(key.as_bytes()),
-                ModuleBuffer::of(value.as_bytes()),
+                pairs.as_mut_ptr(),
+                pairs.len(),
             );
         }
     }

@@ -13,7 +13,7 @@ use std::ffi::c_void;
 use std::os::raw::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::abi::{ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr, Stream, HEADERS_CONTINUE, HEADERS_STOP_ITERATION};
+use crate::abi::{ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr, Stream, HEADERS_CONTINUE};
 use crate::engine::Engine;
 use crate::request::PeerCertificates;
 
@@ -65,9 +65,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             Box::into_raw(Box::new(Config { engine, certificates })).cast::<c_void>()
         }
         Ok(Err(e)) => {
-            // Envoy's own error only says the module failed; this says why.
+            // Envoy's own error only says the module failed; this says why (on
+            // stderr: the failure may come before logging is set up).
             eprintln!("cedargate: the filter configuration is refused: {e}");
-            tracing::error!("the filter configuration is refused: {e}");
             std::ptr::null()
         }
         Err(_) => {
@@ -133,8 +133,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     // `config_new`, alive while its filters are.
     let stream = Stream::new(envoy);
     let Some(config) = filter.cast::<Config>().as_ref() else {
-        crate::respond::deny(&stream, 403, &[], "{\"reason\":\"internal\"}", "internal");
-        return HEADERS_STOP_ITERATION;
+        return crate::respond::deny_internal(&stream);
     };
     let decided = catch_unwind(AssertUnwindSafe(|| {
         let policy_set = stream.route_config::<RouteConfig>().map(|r| r.policy_set.as_str());
@@ -144,9 +143,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     }));
     decided.unwrap_or_else(|_| {
         tracing::error!("the in-process filter panicked; the request is denied");
-        let headers = [("content-type".to_owned(), "application/json".to_owned())];
-        crate::respond::deny(&stream, 403, &headers, "{\"reason\":\"internal\"}", "internal");
-        HEADERS_STOP_ITERATION
+        crate::respond::deny_internal(&stream)
     })
 }
 

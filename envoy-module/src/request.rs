@@ -77,7 +77,7 @@ pub fn check_input(stream: &Stream, policy_set: Option<&str>, certificates: &Pee
         let start = headers.partition_point(|(n, _)| n.as_str() < name);
         headers.get(start).filter(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default()
     };
-    let http = HttpInput {
+    let mut http = HttpInput {
         id: pseudo("x-request-id"),
         method: pseudo(":method"),
         path: pseudo(":path"),
@@ -88,6 +88,9 @@ pub fn check_input(stream: &Stream, policy_set: Option<&str>, certificates: &Pee
         headers,
     };
     let certificate = certificates.of(stream, &http);
+    // Envoy wrote this header for the filter; the ext_authz server never sees it
+    // (`forward_client_cert_details: SANITIZE`), so policies do not either.
+    http.headers.retain(|(name, _)| name != XFCC);
     let (ip, port) = socket(stream.attribute(Attribute::SourceAddress));
     let source = PeerInput {
         ip,

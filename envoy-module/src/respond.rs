@@ -15,10 +15,10 @@ const METADATA_NAMESPACE: &str = "cedargate";
 /// Applies `decision` to the stream; returns the request-headers status for Envoy.
 pub fn apply(stream: &Stream, decision: &Decision, config: &Config) -> u32 {
     let (fields, policies) = reply::metadata(decision);
-    for (key, value) in &fields {
-        stream.set_metadata(METADATA_NAMESPACE, key, value);
-    }
-    stream.set_metadata(METADATA_NAMESPACE, "policies", &policies.join(","));
+    let policies = policies.join(",");
+    let mut pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    pairs.push(("policies", &policies));
+    stream.set_metadata(METADATA_NAMESPACE, &pairs);
     match Reply::of(decision, config) {
         Reply::Allow { set, remove } => {
             for name in &remove {
@@ -38,6 +38,14 @@ pub fn apply(stream: &Stream, decision: &Decision, config: &Config) -> u32 {
 
 /// A local reply; `code` becomes Envoy's response code details
 /// (`%RESPONSE_CODE_DETAILS%`: `cedargate_denied{policy_denied}`).
-pub fn deny(stream: &Stream, status: u16, headers: &[(String, String)], body: &str, code: &str) {
+fn deny(stream: &Stream, status: u16, headers: &[(String, String)], body: &str, code: &str) {
     stream.send_response(status, headers, body, &format!("cedargate_denied{{{code}}}"));
+}
+
+/// The answer when the filter itself failed (it panicked, or Envoy handed it no
+/// configuration): a deny, never a request let through unchecked.
+pub fn deny_internal(stream: &Stream) -> u32 {
+    let headers = [("content-type".to_owned(), "application/json".to_owned())];
+    deny(stream, 403, &headers, "{\"reason\":\"internal_error\"}", "internal_error");
+    HEADERS_STOP_ITERATION
 }

@@ -397,7 +397,7 @@ impl StateSource for AuditStats {
             },
             Sample::Counter {
                 name: "audit_records_dropped",
-                help: "Audit records dropped because the queue was full (when_full = \"drop\")",
+                help: "Audit records dropped because the queue was full (when_full = \"drop\", or in-process)",
                 labels: vec![],
                 value: c.dropped.load(Ordering::Relaxed),
             },
