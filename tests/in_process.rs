@@ -33,7 +33,8 @@ fn module_dir() -> PathBuf {
 }
 
 /// A cedargate configuration file for the module: the shipped policies, the cases'
-/// token issuer, an `admin` policy set, the audit log in `d/audit.jsonl`.
+/// token issuer, an `admin` policy set, the audit log in `d/audit.jsonl`, and the
+/// admin listener on a port of its own choosing (logged to Envoy's stderr).
 fn write_config(d: &Path, policies: &Path) -> PathBuf {
     let admin_set = d.join("admin-set");
     std::fs::create_dir_all(&admin_set).unwrap();
@@ -57,7 +58,7 @@ audiences = ["{audience}"]
 jwks_file = "{jwks}"
 forward = {{ "x-user" = "sub" }}
 [admin]
-listen = ""
+listen = "127.0.0.1:0"
 [audit]
 enabled = true
 sink = "{audit}"
@@ -133,6 +134,19 @@ fn cedargate_inside_envoy_answers_as_the_server_does() {
     std::thread::sleep(Duration::from_millis(1500));
     let reply = client.get(Some("payments"), "/api/orders/1", &[]);
     assert_eq!(reply.status, 200, "a broken file replaced the last good set: {reply:?}");
+
+    // The admin listener inside Envoy serves the server's metrics and status.
+    let stderr = std::fs::read_to_string(d.join("envoy.stderr")).unwrap_or_default();
+    let admin: std::net::SocketAddr = common::ports::logged_address(&stderr, "admin listening")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no admin address logged: {stderr}"));
+    let (status, metrics) = common::admin_request(admin, "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    let denied = common::metric(&metrics, "cedargate_decisions_total{decision=\"deny\",reason=\"policy_denied\"}");
+    assert!(denied.is_some_and(|n| n >= 5.0), "{metrics}");
+    let (status, body) = common::admin_request(admin, "GET", "/status", "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"admin\""), "the named set is reported: {body}");
 
     // Every decision was audited, with its reason, as the server audits.
     let audit = std::fs::read_to_string(d.join("audit.jsonl")).unwrap_or_default();
