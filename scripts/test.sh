@@ -13,11 +13,12 @@ echo "envoy: $("$ENVOY_BIN" --version | grep -o 'version: [^ ]*' || true) ($ENVO
 
 target/envoy-venv/bin/python scripts/check-deploy.py
 # The in-process filter (libcedargate_envoy.so) that tests/in_process.rs loads into
-# Envoy, built with the same profile as the tests.
+# Envoy, built with the tests' profile. Built together with the test targets, so
+# its dependencies get the same features as the tests' and compile once, not twice.
 profile=()
 for arg in "$@"; do
   [ "$arg" = "--" ] && break
   [ "$arg" = "--release" ] && profile=(--release)
 done
-cargo build --locked -p cedargate-envoy-module "${profile[@]}"
+cargo build --locked --workspace --lib --bins --tests "${profile[@]}"
 cargo test --locked --workspace "$@"
