@@ -1,7 +1,9 @@
 //! Through real Envoy (one worker, `--concurrency 1`), in one run: HTTPS requests
 //! with a client certificate to the shipped `envoy-config/envoy.yaml` with
 //! (a) no authorization filter, (b) Envoy's own RBAC filter making the same
-//! decision as the shipped policy, (c) ext_authz to a no-op Check server,
+//! decision as the shipped policy (b2: on the listener settings the in-process mode
+//! needs, the peer certificate in `x-forwarded-client-cert`), (c) ext_authz to a
+//! no-op Check server,
 //! (d) ext_authz to cedargate (answered from its decision cache, then with a new
 //! path on every request), and to the shipped `envoy-in-process.yaml`: (f)
 //! cedargate inside Envoy (the dynamic module; cache hit, then a new path each,
@@ -79,6 +81,9 @@ const RBAC: &str = r#"          - name: envoy.filters.http.rbac
 enum Filter<'a> {
     None,
     Rbac,
+    /// RBAC on the listener the in-process mode needs: Envoy writes the peer
+    /// certificate into `x-forwarded-client-cert` on every request.
+    RbacWithCertificateHeader,
     ExtAuthz(u16),
     /// The module, loaded from the first path, configured by the second.
     InProcess(&'a Path, &'a Path),
@@ -105,12 +110,18 @@ fn start_envoy(dir: &Path, filter: Filter<'_>, upstream: u16) -> Envoy {
     let end = template.find(ROUTER_START).expect("router filter in envoy.yaml");
     let filters = match filter {
         Filter::None => "",
-        Filter::Rbac => RBAC,
+        Filter::Rbac | Filter::RbacWithCertificateHeader => RBAC,
         Filter::ExtAuthz(_) | Filter::InProcess(..) => &template[start..end],
     };
     let mut config = match filter {
         Filter::InProcess(_, cedargate) => {
             shipped("envoy-in-process.yaml").replace("/etc/cedargate/cedargate.toml", &cedargate.display().to_string())
+        }
+        Filter::RbacWithCertificateHeader => {
+            let sanitize = "          forward_client_cert_details: SANITIZE\n";
+            assert!(template.contains(sanitize), "envoy.yaml sets forward_client_cert_details: SANITIZE");
+            let with_certificate = "          forward_client_cert_details: SANITIZE_SET\n          set_current_client_cert_details: { cert: true, uri: true }\n";
+            format!("{}{}{}", &template[..start], filters, &template[end..]).replace(sanitize, with_certificate)
         }
         _ => format!("{}{}{}", &template[..start], filters, &template[end..]),
     };
@@ -326,6 +337,7 @@ fn main() {
     let modes: Vec<(&str, Filter<'_>, bool)> = vec![
         ("(a) no filter", Filter::None, false),
         ("(b) RBAC filter", Filter::Rbac, false),
+        ("(b2) RBAC, certificate header", Filter::RbacWithCertificateHeader, false),
         ("(c) ext_authz → no-op", Filter::ExtAuthz(noop.port), false),
         ("(d) ext_authz → cedargate", Filter::ExtAuthz(cedargate.port), false),
         ("(e) … new path each", Filter::ExtAuthz(cedargate.port), true),

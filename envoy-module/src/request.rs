@@ -38,7 +38,8 @@ impl PeerCertificates {
 
     /// The URL-encoded PEM of the connection's peer certificate, or empty when
     /// there is none or none that Envoy's own digest vouches for.
-    fn of(&self, stream: &Stream, http: &HttpInput) -> String {
+    /// `xfcc`: the values of the request's `x-forwarded-client-cert` headers.
+    fn of(&self, stream: &Stream, xfcc: &[&[u8]]) -> String {
         let Some(digest) = stream.attribute(Attribute::ConnectionSha256PeerCertificateDigest) else {
             return String::new();
         };
@@ -49,7 +50,7 @@ impl PeerCertificates {
         if let Some(known) = self.by_digest.get(&digest) {
             return known.to_string();
         }
-        for value in http.header_values(XFCC) {
+        for value in xfcc.iter().filter_map(|v| std::str::from_utf8(v).ok()) {
             for cert in xfcc_certs(value) {
                 let Ok(parsed) = parse_url_encoded_pem(cert, self.max_bytes) else { continue };
                 if parsed.fingerprint() == digest {
@@ -64,20 +65,29 @@ impl PeerCertificates {
 
 /// The request on `stream`, with `policy_set` from the route's configuration.
 pub fn check_input(stream: &Stream, policy_set: Option<&str>, certificates: &PeerCertificates) -> CheckInput {
-    let mut headers: Vec<(String, String)> = stream
-        .request_headers()
-        .into_iter()
+    let raw = stream.request_headers();
+    let mut xfcc: Vec<&[u8]> = Vec::new();
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(raw.len());
+    for (name, value) in raw {
+        // Envoy wrote this header for the filter; the ext_authz server never sees
+        // it (`forward_client_cert_details: SANITIZE`), so policies do not either.
+        if name.eq_ignore_ascii_case(XFCC.as_bytes()) {
+            xfcc.push(value);
+            continue;
+        }
         // A value that is not UTF-8 keeps its replacement characters: it cannot
         // equal any string a policy compares it with (as in the server).
-        .map(|(k, v)| (String::from_utf8_lossy(k).to_ascii_lowercase(), String::from_utf8_lossy(v).into_owned()))
-        .collect();
+        let mut name = text(Some(name));
+        name.make_ascii_lowercase();
+        headers.push((name, text(Some(value))));
+    }
     // Stable: repeated headers keep their order.
     headers.sort_by(|a, b| a.0.cmp(&b.0));
     let pseudo = |name: &str| {
         let start = headers.partition_point(|(n, _)| n.as_str() < name);
         headers.get(start).filter(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default()
     };
-    let mut http = HttpInput {
+    let http = HttpInput {
         id: pseudo("x-request-id"),
         method: pseudo(":method"),
         path: pseudo(":path"),
@@ -87,10 +97,7 @@ pub fn check_input(stream: &Stream, policy_set: Option<&str>, certificates: &Pee
         raw_headers: true,
         headers,
     };
-    let certificate = certificates.of(stream, &http);
-    // Envoy wrote this header for the filter; the ext_authz server never sees it
-    // (`forward_client_cert_details: SANITIZE`), so policies do not either.
-    http.headers.retain(|(name, _)| name != XFCC);
+    let certificate = certificates.of(stream, &xfcc);
     let (ip, port) = socket(stream.attribute(Attribute::SourceAddress));
     let source = PeerInput {
         ip,
@@ -127,8 +134,14 @@ fn xfcc_certs(header: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// Bytes from Envoy as text: validated (fast) when they are UTF-8, else with
+/// replacement characters.
 fn text(bytes: Option<&[u8]>) -> String {
-    bytes.map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
+    let bytes = bytes.unwrap_or_default();
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }
 
 /// `ip:port` (`[v6]:port` for IPv6), as Envoy formats a socket address.

@@ -36,6 +36,12 @@ impl KeyWriter {
     fn str(&mut self, s: &str) {
         self.bytes(s.as_bytes());
     }
+    /// An entity as its type and its id, each length-prefixed: as unambiguous as
+    /// `Type::"id"` and without formatting (escaping) the id on every Check.
+    fn uid(&mut self, uid: &cedar_policy::EntityUid) {
+        self.str(&uid.type_name().to_string());
+        self.str(uid.id().unescaped());
+    }
     fn int(&mut self, n: i64) {
         self.0.update(n.to_le_bytes());
     }
@@ -89,8 +95,8 @@ pub fn key(facts: &RequestFacts<'_>) -> Option<[u8; 32]> {
     let mut w = KeyWriter(Sha256::new());
     w.str("cedargate-decision-v1");
     w.str(&snapshot.version);
-    w.str(&action.to_string());
-    w.str(&principal.to_string());
+    w.uid(action);
+    w.uid(principal);
     // The peer workload and its certificate.
     w.str(peer.spiffe_id.as_str());
     match &peer.certificate {
@@ -259,4 +265,34 @@ impl DecisionCache {
 fn entry_bytes(verdict: &Verdict) -> u64 {
     let strings: usize = verdict.policies.iter().chain(&verdict.errors).map(|s| s.len() + 24).sum();
     (600 + strings) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest_of(uid: &str) -> [u8; 32] {
+        let mut w = KeyWriter(Sha256::new());
+        w.uid(&uid.parse::<cedar_policy::EntityUid>().unwrap_or_else(|e| unreachable!("{uid}: {e}")));
+        w.0.finalize().into()
+    }
+
+    #[test]
+    fn an_entity_is_keyed_by_its_type_and_its_id_unambiguously() {
+        let keys = [
+            r#"Workload::"a""#,
+            r#"User::"a""#,
+            r#"Ns::User::"a""#,
+            r#"Ns::"User::a""#,
+            r#"Workload::"a\"""#,
+            r#"Workload::"""#,
+        ]
+        .map(digest_of);
+        for (i, a) in keys.iter().enumerate() {
+            for b in keys.iter().skip(i + 1) {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(digest_of(r#"Workload::"a""#), digest_of(r#"Workload::"a""#));
+    }
 }
