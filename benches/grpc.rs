@@ -273,21 +273,25 @@ fn main() {
             eprintln!("profile of {}: perf report -i {} --no-children", s.name, data.display());
         }
     }
-    println!("| server | what | Check/s (median) | × no-op (median of rounds) | server CPU µs/Check | at half rate: p50 µs | p99 µs | RSS MiB |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("| server | what | Check/s (median) | × no-op (median of rounds) | server CPU µs/Check | CPU × no-op's | at half rate: p50 µs | p99 µs | RSS MiB |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     let floor: Vec<f64> = runs[0].iter().map(|r| r.per_second).collect();
+    // The machine's speed drifts between rounds; a round's own floor cancels it.
+    let floor_cpu: Vec<f64> = runs[0].iter().map(|r| r.cpu_us).collect();
     for (i, s) in scenarios.iter().enumerate() {
         let per_second = median(runs[i].iter().map(|r| r.per_second).collect());
         let ratio = median(runs[i].iter().zip(&floor).map(|(r, f)| r.per_second / f).collect());
         let cpu = median(runs[i].iter().map(|r| r.cpu_us).collect());
+        let cpu_ratio = median(runs[i].iter().zip(&floor_cpu).map(|(r, f)| r.cpu_us / f).collect());
         let half = h2load(&s.server, &s.body, args.duration, Some(per_second / 2.0), &log);
         println!(
-            "| `{}` | {} | {:.0} | {:.2} | {:.1} | {:.0} | {:.0} | {:.0} |",
+            "| `{}` | {} | {:.0} | {:.2} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} |",
             s.name,
             s.what,
             per_second,
             ratio,
             cpu,
+            cpu_ratio,
             half.p50_us,
             half.p99_us,
             s.server.rss_mib()

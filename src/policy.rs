@@ -1,5 +1,6 @@
 //! Cedar policy sets: loaded from a directory and proven against the schema, what
-//! each policy can read, the Cedar request built for a Check, the evaluation index,
+//! each policy can read, the Cedar request built for a Check and the entity store it is
+//! evaluated against, the evaluation index,
 //! the decision cache keyed by exactly that request, and hot reload.
 
 pub mod decision_cache;
@@ -12,3 +13,4 @@ pub mod reload;
 pub mod request;
 pub mod set;
 pub mod sets;
+pub mod store;

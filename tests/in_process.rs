@@ -129,17 +129,27 @@ fn cedargate_inside_envoy_answers_as_the_server_does() {
         assert!(Instant::now() < deadline, "the new policy was never served: {reply:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // An invalid change keeps the last good set.
-    std::fs::write(policies.join("broken.cedar"), "permit (principal, action, resource").unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let reply = client.get(Some("payments"), "/api/orders/1", &[]);
-    assert_eq!(reply.status, 200, "a broken file replaced the last good set: {reply:?}");
-
     // The admin listener inside Envoy serves the server's metrics and status.
     let stderr = std::fs::read_to_string(d.join("envoy.stderr")).unwrap_or_default();
     let admin: std::net::SocketAddr = common::ports::logged_address(&stderr, "admin listening")
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no admin address logged: {stderr}"));
+
+    // An invalid change keeps the last good set: once the refusal shows in the
+    // metrics (not after a guessed time), the old set still answers.
+    std::fs::write(policies.join("broken.cedar"), "permit (principal, action, resource").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, metrics) = common::admin_request(admin, "GET", "/metrics", "");
+        let failing = format!("cedargate_policy_reload_failing{{dir=\"{}\"}}", policies.display());
+        if common::metric(&metrics, &failing) == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the broken file was never refused: {metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reply = client.get(Some("payments"), "/api/orders/1", &[]);
+    assert_eq!(reply.status, 200, "a broken file replaced the last good set: {reply:?}");
     let (status, metrics) = common::admin_request(admin, "GET", "/metrics", "");
     assert_eq!(status, 200);
     let denied = common::metric(&metrics, "cedargate_decisions_total{decision=\"deny\",reason=\"policy_denied\"}");

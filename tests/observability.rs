@@ -471,7 +471,12 @@ fn the_audit_file_is_reopened_on_sighup_for_log_rotation() {
     std::fs::rename(&audit, &rotated).unwrap();
     let hup = std::process::Command::new("kill").args(["-HUP", &binary.child.id().to_string()]).status().unwrap();
     assert!(hup.success());
-    std::thread::sleep(Duration::from_millis(200));
+    // Wait for the server to say it took the signal, not for a time.
+    let started = Instant::now();
+    while !binary.stderr(dir.path()).contains("SIGHUP: reloading") {
+        assert!(started.elapsed() < Duration::from_secs(10), "SIGHUP was not taken: {}", binary.stderr(dir.path()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     check_once();
     wait_for(&audit, 1);
     assert_eq!(lines(&rotated), 1);

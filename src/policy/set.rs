@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::identity::spiffe::SpiffeId;
 use crate::policy::index::PolicyIndex;
+use crate::policy::store::EntityStore;
 
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
 pub const ENTITIES_FILE: &str = "entities.json";
@@ -31,8 +32,9 @@ pub struct PolicySnapshot {
     pub version: String,
     pub schema: Schema,
     pub policies: PolicySet,
-    /// `entities.json`, with transitive closure computed.
-    pub entities: Entities,
+    /// `entities.json`, with transitive closure computed, and how a request's
+    /// entities are added to it.
+    pub entities: EntityStore,
     /// Entity type names cedargate builds requests from, parsed once.
     pub types: CedarTypes,
     /// Action uid for each HTTP method the schema declares (`Action::"GET"`, ...).
@@ -267,6 +269,8 @@ pub fn parse_files(files: &PolicyFiles) -> Result<PolicySnapshot, Vec<Diagnostic
     let action_entities = schema.action_entities().map_err(|e| internal(e.to_string()))?;
     let index = PolicyIndex::build(&policies, actions_by_method.values(), &action_entities).map_err(internal)?;
 
+    let request_types = [&types.workload, &types.http_request, &types.headers, &types.query, &types.route, &types.user];
+    let entities = EntityStore::new(entities, &request_types);
     let snapshot = PolicySnapshot {
         version: version_of(files),
         schema,

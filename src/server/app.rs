@@ -203,8 +203,10 @@ impl Running {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading the policy directory and reopening the audit file");
+                    // Logged after the request to reopen is in place, so that whoever
+                    // sees the line knows the next record goes to the new file.
                     self.reopen_audit();
+                    tracing::info!("SIGHUP: reloading the policy directory and reopening the audit file");
                     for (_, _, set) in self.sets.all() {
                         let reloader = Arc::clone(set);
                         // The outcome is logged and kept in the reloader's status.
