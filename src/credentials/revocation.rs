@@ -174,7 +174,7 @@ fn serial_decimal(s: &str) -> Option<String> {
             carry >>= 8;
         }
     }
-    Some(canonical_serial(crate::identity::certificate::hex(&value).trim_start_matches('0')))
+    Some(canonical_serial(hex::encode(&value).trim_start_matches('0')))
 }
 
 /// Hex digits without leading zeros as `certificate::serial_hex` prints them: whole

@@ -467,7 +467,7 @@ impl Issuer {
             exp,
             bound,
             claims: custom_claims(claims, config)?,
-            fingerprint: crate::identity::certificate::hex(digest.get(..16).unwrap_or_default()),
+            fingerprint: hex::encode(digest.get(..16).unwrap_or_default()),
             principal: config.principal,
             forward: forward_headers(claims, config, &sub),
             sub,

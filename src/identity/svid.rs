@@ -90,13 +90,19 @@ impl IdentityError {
 /// Parsed peer certificates, by their URL-encoded PEM. Parsing is most of what
 /// establishing an identity costs, and a workload presents the same certificate for
 /// its whole lifetime; the checks that depend on time or configuration still run
-/// on every Check.
-pub struct CertificateCache(moka::sync::Cache<String, Arc<PeerCertificate>>);
+/// on every Check. The key is 1–2 KB of PEM: hashed with foldhash (seeded per
+/// process) rather than SipHash, which cost a microsecond per Check. Only
+/// certificates Envoy accepted at the handshake reach it, so its keys are not free
+/// for an attacker to choose.
+pub struct CertificateCache(moka::sync::Cache<String, Arc<PeerCertificate>, foldhash::fast::RandomState>);
 
 impl CertificateCache {
     pub fn new(entries: u64) -> CertificateCache {
         CertificateCache(
-            moka::sync::Cache::builder().max_capacity(entries).time_to_idle(Duration::from_secs(600)).build(),
+            moka::sync::Cache::builder()
+                .max_capacity(entries)
+                .time_to_idle(Duration::from_secs(600))
+                .build_with_hasher(foldhash::fast::RandomState::default()),
         )
     }
 

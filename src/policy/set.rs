@@ -431,7 +431,7 @@ fn version_of(files: &PolicyFiles) -> String {
     if let Some(text) = &files.entities {
         add(ENTITIES_FILE, text);
     }
-    crate::identity::certificate::hex(&hash.finalize()).chars().take(12).collect()
+    hex::encode(hash.finalize()).chars().take(12).collect()
 }
 
 #[cfg(test)]
