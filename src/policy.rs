@@ -14,3 +14,4 @@ pub mod request;
 pub mod set;
 pub mod sets;
 pub mod store;
+pub mod values;

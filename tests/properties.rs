@@ -226,6 +226,94 @@ proptest! {
         prop_assert_eq!(fast.errors.len(), plain.diagnostics().errors().count());
     }
 
+    /// The request built from Cedar values directly (`policy::values`) and joined
+    /// to the store as leaves (`policy::store`) is the request Cedar's public API
+    /// builds from restricted expressions with Cedar's own upsert: every entity
+    /// equal (attributes, tags, ancestors), the context equal, and so the decision,
+    /// for callers with and without certificates, tokens (also as the principal),
+    /// source addresses and times.
+    #[test]
+    fn requests_built_from_values_are_those_cedars_api_builds(
+        method in prop_oneof![Just("GET".to_owned()), Just("POST".to_owned()), Just("DELETE".to_owned())],
+        principal in prop_oneof![Just(FRONTEND.to_owned()), Just(REPORTING.to_owned()), Just("spiffe://example.org/ns/payments/sa/api".to_owned()), Just("spiffe://other.org/x/y".to_owned())],
+        path in prop_oneof![Just("/api/orders/1".to_owned()), Just("/api/export".to_owned()), Just("/".to_owned()), Just("/api/payments/2/x".to_owned())],
+        query in prop::collection::vec((prop_oneof![Just("format".to_owned()), Just("debug".to_owned()), "[a-z]{1,6}"], "[a-z0-9]{0,3}"), 0..3),
+        headers in prop::collection::vec((prop_oneof![Just("x-canary".to_owned()), Just("x-tenant".to_owned()), Just("accept".to_owned())], "[a-z]{0,4}"), 0..4),
+        route in prop::collection::vec((prop_oneof![Just("release".to_owned()), Just("team".to_owned())], prop_oneof![Just("canary".to_owned()), Just("payments".to_owned())]), 0..2),
+        certificate in prop::option::of((any::<[u8; 32]>(), "[0-9a-f]{1,8}", 0i64..2_000_000_000, 0i64..200_000)),
+        source_ip in prop::option::of(prop_oneof![any::<[u8; 4]>().prop_map(std::net::IpAddr::from), any::<[u8; 16]>().prop_map(std::net::IpAddr::from)]),
+        token in prop::option::of((prop::bool::ANY, "[a-z]{1,6}", prop::collection::vec("[a-z:]{1,8}", 0..3), 0i64..2_000_000_000, prop::option::of(0i64..2_000_000_000), prop::bool::ANY)),
+        seconds in 0u64..2_000_000_000,
+        millis in 0u64..1000,
+    ) {
+        use cedargate::config::PrincipalFrom;
+        use cedargate::credentials::token::{ClaimValue, VerifiedToken};
+        use cedargate::identity::certificate::{KeyUsage, PeerCertificate};
+        use cedargate::policy::request::prepare;
+        let snapshot = tag_reading_snapshot();
+        let query: String = query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+        let path = if query.is_empty() { path } else { format!("{path}?{query}") };
+        let mut req = Req::new(&principal, None).method(&method).path(&path);
+        for (name, value) in &headers {
+            req = req.header(name, value);
+        }
+        for (key, value) in &route {
+            req = req.route(key, value);
+        }
+        let mut input = req.input();
+        if let Some(http) = input.http.as_mut() {
+            http.headers.dedup_by(|a, b| a.0 == b.0);
+        }
+        input.context_extensions.dedup_by(|a, b| a.0 == b.0);
+        input.source.ip = source_ip;
+        let http = input.http.clone().unwrap();
+        let certificate = certificate.map(|(sha256, serial, not_before, lifetime)| PeerCertificate {
+            sha256,
+            serial,
+            issuer: "O=test".into(),
+            not_before,
+            not_after: not_before + lifetime,
+            is_ca: false,
+            key_usage: Some(KeyUsage { digital_signature: true, key_cert_sign: false, crl_sign: false }),
+            uri_sans: vec![principal.clone()],
+        });
+        let peer = cedargate::identity::svid::PeerIdentity { spiffe_id: principal.parse().unwrap(), certificate };
+        let token = token.map(|(as_subject, sub, scope, exp, iat, bound)| VerifiedToken {
+            iss: "https://issuer.example".into(),
+            sub,
+            aud: vec!["orders".into()],
+            scope,
+            jti: iat.map(|i| format!("j{i}")),
+            client_id: None,
+            iat,
+            exp,
+            bound,
+            claims: vec![("tier".into(), ClaimValue::String("gold".into())), ("n".into(), ClaimValue::Long(exp % 7))],
+            fingerprint: String::new(),
+            principal: if as_subject { PrincipalFrom::Subject } else { PrincipalFrom::Peer },
+            forward: Vec::new(),
+        });
+        let Ok(facts) = prepare(snapshot, &input, &http, &peer, token.as_ref(), &RULES) else { return Ok(()) };
+        let now = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(seconds * 1000 + millis);
+        let built = facts.build(now).unwrap();
+        let (request, entities) = reference::build(&facts, now);
+        prop_assert_eq!(built.entities.len(), entities.len());
+        for entity in entities.iter() {
+            let ours = built.entities.get(&entity.uid());
+            prop_assert!(ours.is_some_and(|o| o.as_ref().deep_eq(entity.as_ref())), "{} differs: {:?}", entity, ours);
+        }
+        prop_assert_eq!(built.request.as_ref().context(), request.as_ref().context());
+        let ours = snapshot.authorizer.is_authorized(&built.request, &snapshot.policies, &built.entities);
+        let cedars = snapshot.authorizer.is_authorized(&request, &snapshot.policies, &entities);
+        prop_assert_eq!(ours.decision(), cedars.decision());
+        let reasons = |r: &cedar_policy::Response| {
+            let mut reasons: Vec<String> = r.diagnostics().reason().map(ToString::to_string).collect();
+            reasons.sort();
+            reasons
+        };
+        prop_assert_eq!(reasons(&ours), reasons(&cedars));
+    }
+
     /// Forged and garbled bearer tokens: shapes a JWT splitter must survive, none of
     /// them signed by the issuer's key. Each is refused with a token reason.
     #[test]
@@ -276,6 +364,24 @@ permit (principal, action in Action::"write", resource)
 when { context.route.hasTag("team") && context.route.getTag("team") == "payments" && resource.headers.hasTag("accept") };
 "#;
         files.policies.insert("tags.cedar".to_owned(), extra.to_owned());
+        // A deeper hierarchy than the shipped one, so that what a request's entities
+        // inherit from it (through groups and through paths) decides something.
+        let nested = r#"
+@id("all-services-read-protected")
+permit (principal in Group::"all-services", action == Action::"GET", resource in Path::"/protected");
+"#;
+        files.policies.insert("nested.cedar".to_owned(), nested.to_owned());
+        let shipped = std::fs::read_to_string(shipped_policies().join("entities.json")).unwrap();
+        let mut entities: serde_json::Value = serde_json::from_str(&shipped).unwrap();
+        let list = entities.as_array_mut().unwrap();
+        for entry in list.iter_mut() {
+            if entry["uid"]["id"] == "storefront" {
+                entry["parents"] = serde_json::json!([{ "type": "Group", "id": "all-services" }]);
+            }
+        }
+        list.push(serde_json::json!({ "uid": { "type": "Group", "id": "all-services" }, "attrs": {}, "parents": [] }));
+        list.push(serde_json::json!({ "uid": { "type": "Path", "id": "/api/orders" }, "attrs": {}, "parents": [{ "type": "Path", "id": "/protected" }] }));
+        files.entities = Some(entities.to_string());
         cedargate::policy::load::load_files(&files, &TokenModel::default()).unwrap()
     })
 }
@@ -328,4 +434,160 @@ fn base64_url(text: &str) -> String {
 fn base64_std(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The policy model (README, `policies/schema.cedarschema`) built the plain way:
+/// Cedar's public API, restricted expressions, and Cedar's own upsert recomputing
+/// the closure. The reference `RequestFacts::build` is compared with.
+mod reference {
+    use std::collections::HashSet;
+    use std::time::SystemTime;
+
+    use cedar_policy::{Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression};
+    use cedargate::config::PrincipalFrom;
+    use cedargate::credentials::token::ClaimValue;
+    use cedargate::identity::svid::unix_seconds;
+    use cedargate::policy::request::{read_tags, RequestFacts};
+    use cedargate::policy::set::identity_parents;
+    use cedargate::policy::values::cedar_datetime;
+
+    fn s(v: &str) -> RestrictedExpression {
+        RestrictedExpression::new_string(v.to_owned())
+    }
+
+    fn uid(t: &EntityTypeName, id: &str) -> EntityUid {
+        EntityUid::from_type_name_and_id(t.clone(), EntityId::new(id))
+    }
+
+    fn datetime(seconds: i64, millis: u32) -> RestrictedExpression {
+        RestrictedExpression::new_datetime(cedar_datetime(seconds, millis).unwrap())
+    }
+
+    fn record(pairs: Vec<(&str, RestrictedExpression)>) -> RestrictedExpression {
+        RestrictedExpression::new_record(pairs.into_iter().map(|(k, v)| (k.to_owned(), v))).unwrap()
+    }
+
+    fn strings(items: &[String]) -> RestrictedExpression {
+        RestrictedExpression::new_set(items.iter().map(|i| s(i)))
+    }
+
+    pub fn build(facts: &RequestFacts<'_>, now: SystemTime) -> (Request, Entities) {
+        let RequestFacts {
+            snapshot,
+            principal,
+            action,
+            host,
+            path,
+            method,
+            scheme,
+            headers,
+            route,
+            destination,
+            source_ip,
+            peer,
+            token,
+            relevance,
+        } = facts;
+        let t = &snapshot.types;
+        let id = &peer.spiffe_id;
+        let mut attrs = vec![("trust_domain", s(id.trust_domain())), ("path", s(id.path()))];
+        if let Some((namespace, service_account)) = id.kubernetes() {
+            attrs.push(("namespace", s(namespace)));
+            attrs.push(("service_account", s(service_account)));
+        }
+        if let Some(cert) = &peer.certificate {
+            attrs.push((
+                "certificate",
+                record(vec![
+                    ("serial", s(&cert.serial)),
+                    ("issuer", s(&cert.issuer)),
+                    ("fingerprint", s(&cert.fingerprint())),
+                    ("not_before", datetime(cert.not_before, 0)),
+                    ("not_after", datetime(cert.not_after, 0)),
+                    ("lifetime", RestrictedExpression::new_duration(format!("{}s", cert.lifetime_seconds()))),
+                ]),
+            ));
+        }
+        let declared = snapshot.workload_parents.get(id.as_str()).cloned().unwrap_or_default();
+        let parents: HashSet<EntityUid> = identity_parents(id, t).into_iter().chain(declared).collect();
+        let to_owned =
+            |pairs: Vec<(&str, RestrictedExpression)>| pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let workload = Entity::new(uid(&t.workload, id.as_str()), to_owned(attrs), parents).unwrap();
+        let tags = |type_name: &EntityTypeName, pairs: &[(String, String)]| {
+            let tags = read_tags(pairs, &relevance.tags).into_iter().map(|(k, v)| (k.to_owned(), s(&v)));
+            Entity::new_with_tags(uid(type_name, "request"), [], [], tags).unwrap()
+        };
+        let (headers, query, route) = (tags(&t.headers, headers), tags(&t.query, &path.query), tags(&t.route, route));
+        let segments = path
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(i, v)| record(vec![("index", RestrictedExpression::new_long(i as i64)), ("value", s(v))]));
+        let resource = Entity::new(
+            uid(&t.http_request, "request"),
+            to_owned(vec![
+                ("host", s(host)),
+                ("path", s(&path.path)),
+                ("segments", RestrictedExpression::new_set(segments)),
+                ("method", s(method)),
+                ("scheme", s(scheme)),
+                ("headers", RestrictedExpression::new_entity_uid(headers.uid())),
+                ("query", RestrictedExpression::new_entity_uid(query.uid())),
+            ]),
+            path.prefixes().map(|p| uid(&t.path, p)).collect(),
+        )
+        .unwrap();
+        let mut context = vec![
+            ("peer".to_owned(), RestrictedExpression::new_entity_uid(workload.uid())),
+            ("destination".to_owned(), record(vec![("principal", s(destination))])),
+            ("route".to_owned(), RestrictedExpression::new_entity_uid(route.uid())),
+        ];
+        if relevance.time {
+            let millis = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().subsec_millis();
+            context.push(("time".to_owned(), datetime(unix_seconds(now), millis)));
+        }
+        if let Some(ip) = source_ip {
+            context.push(("source_ip".to_owned(), RestrictedExpression::new_ip(ip.to_string())));
+        }
+        if let Some(token) = token {
+            let mut fields = vec![
+                ("iss", s(&token.iss)),
+                ("sub", s(&token.sub)),
+                ("aud", strings(&token.aud)),
+                ("scope", strings(&token.scope)),
+                ("exp", datetime(token.exp, 0)),
+                ("bound", RestrictedExpression::new_bool(token.bound)),
+            ];
+            if let Some(jti) = &token.jti {
+                fields.push(("jti", s(jti)));
+            }
+            if let Some(client_id) = &token.client_id {
+                fields.push(("client_id", s(client_id)));
+            }
+            if let Some(iat) = token.iat {
+                fields.push(("iat", datetime(iat, 0)));
+            }
+            let claims = token.claims.iter().map(|(name, value)| {
+                let value = match value {
+                    ClaimValue::String(v) => s(v),
+                    ClaimValue::Long(n) => RestrictedExpression::new_long(*n),
+                    ClaimValue::Bool(b) => RestrictedExpression::new_bool(*b),
+                    ClaimValue::StringSet(items) => strings(items),
+                };
+                (name.as_str(), value)
+            });
+            fields.push(("claims", record(claims.collect())));
+            context.push(("token".to_owned(), record(fields)));
+        }
+        let resource_uid = resource.uid();
+        let mut added = vec![workload, resource, headers, query, route];
+        let subject = token.filter(|t| t.principal == PrincipalFrom::Subject).is_some();
+        if subject && snapshot.entities.base().get(principal).is_none() {
+            added.push(Entity::new_no_attrs((*principal).clone(), HashSet::new()));
+        }
+        let entities = snapshot.entities.base().clone().upsert_entities(added, None).unwrap();
+        let context = Context::from_pairs(context).unwrap();
+        let request = Request::new(principal.clone(), (*action).clone(), resource_uid, context, None).unwrap();
+        (request, entities)
+    }
 }

@@ -7,11 +7,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
-use std::sync::LazyLock;
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request, RestrictedExpression};
-use cedar_policy_core::ast;
+use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request};
+use cedar_policy_core::ast::{self, PartialValue, Value};
 
 use crate::config::{ClaimType, LimitsConfig, PrincipalFrom, TokenModel};
 use crate::credentials::token::{ClaimValue, VerifiedToken};
@@ -22,6 +22,7 @@ use crate::pipeline::input::{CheckInput, HttpInput};
 use crate::policy::http_path::{self, NormalizedPath, PathError, PathRules};
 use crate::policy::reads::{Relevance, TagKeys};
 use crate::policy::set::{identity_parents, CedarTypes, PolicySnapshot};
+use crate::policy::values;
 
 /// A request ready for the authorizer.
 #[derive(Debug)]
@@ -210,8 +211,9 @@ fn ambiguous<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, relevant: &Tag
 /// What one request adds to the base entity store, and its context.
 struct RequestParts {
     /// The peer workload, resource, headers, query and route entities, and the token
-    /// subject when it is the principal and not already in `entities.json`.
-    entities: Vec<Entity>,
+    /// subject when it is the principal and not already in `entities.json`; each a
+    /// leaf of the snapshot's store (`EntityStore::close`).
+    entities: Vec<Arc<ast::Entity>>,
     resource: EntityUid,
     context: Context,
 }
@@ -231,7 +233,8 @@ impl RequestFacts<'_> {
         Ok(CedarInput { request, entities })
     }
 
-    /// The entities and context made from every fact.
+    /// The entities and context made from every fact, as Cedar values (`values`):
+    /// no restricted expression is built or evaluated per Check.
     fn parts(&self, now: SystemTime) -> Result<RequestParts, RequestError> {
         let RequestFacts {
             snapshot,
@@ -250,30 +253,29 @@ impl RequestFacts<'_> {
             relevance,
         } = self;
         let types = &snapshot.types;
+        let store = &snapshot.entities;
         let workload = workload_entity(peer, snapshot).map_err(RequestError::Build)?;
         // Only the tags a policy that can apply reads: Cedar cannot enumerate tags,
         // so no other tag can change the verdict (the proof the cache key rests on,
         // `policy::reads`), and each one left out is one value less to build per
         // Check. Envoy sends a dozen headers; the shipped policies read one.
-        let tags = |type_name, pairs: &[(String, String)]| {
-            tag_entity(type_name, read_tags(pairs, &relevance.tags)).map_err(RequestError::Build)
-        };
-        let headers = tags(&types.headers, headers)?;
-        let query = tags(&types.query, &path.query)?;
-        let route = tags(&types.route, route)?;
-        let resource = request_entity(types, host, path, method, scheme, headers.uid(), query.uid())
-            .map_err(RequestError::Build)?;
+        let tags = |type_name, pairs: &[(String, String)]| tag_entity(type_name, read_tags(pairs, &relevance.tags));
+        let (headers_uid, headers) = tags(&types.headers, headers);
+        let (query_uid, query) = tags(&types.query, &path.query);
+        let (route_uid, route) = tags(&types.route, route);
+        let (resource_uid, resource) = request_entity(types, host, path, method, scheme, &headers_uid, &query_uid);
         // `context.time` only when a policy that can apply reads it (`policy::reads`
         // counts `context has time` and the context as a whole): otherwise no
         // verdict can depend on it, and Cedar parses a datetime per Check.
         let now = relevance.time.then_some(now);
+        let workload_uid = uid(&types.workload, peer.spiffe_id.as_str());
         let context =
-            context(destination, *source_ip, workload.uid(), *token, route.uid(), now).map_err(RequestError::Build)?;
-        let resource_uid = resource.uid();
-        let mut entities = vec![workload, resource, headers, query, route];
+            context(destination, *source_ip, &workload_uid, *token, &route_uid, now).map_err(RequestError::Build)?;
+        let mut entities = vec![workload, store.close(resource), store.close(headers), store.close(query)];
+        entities.push(store.close(route));
         // A user listed in entities.json keeps its attributes and groups from there.
-        if principal.type_name() == &types.user && snapshot.entities.base().get(principal).is_none() {
-            entities.push(Entity::new_no_attrs(principal.clone(), HashSet::new()));
+        if principal.type_name() == &types.user && store.base().get(principal).is_none() {
+            entities.push(store.close(entity(principal, Vec::new(), HashSet::new(), Vec::new())));
         }
         Ok(RequestParts { entities, resource: resource_uid, context })
     }
@@ -297,82 +299,75 @@ fn uid(type_name: &cedar_policy::EntityTypeName, id: &str) -> EntityUid {
     EntityUid::from_type_name_and_id(type_name.clone(), EntityId::new(id))
 }
 
-/// Cedar's extension constructors (`datetime`, `duration`, `ip`), named once.
-/// `RestrictedExpression::new_datetime` and friends run Cedar's LALR parser on
-/// the extension's name at every call: a sixth of an evaluated Check's CPU.
-static DATETIME: LazyLock<Option<ast::Name>> = LazyLock::new(|| "datetime".parse().ok());
-static DURATION: LazyLock<Option<ast::Name>> = LazyLock::new(|| "duration".parse().ok());
-static IP: LazyLock<Option<ast::Name>> = LazyLock::new(|| "ip".parse().ok());
-
-/// `name("arg")`, the same expression as Cedar's own `new_datetime(arg)` and
-/// friends build (a test checks they are equal).
-fn extension_call(name: &LazyLock<Option<ast::Name>>, arg: String) -> Result<RestrictedExpression, String> {
-    let name = Option::clone(name).ok_or("a cedar extension name does not parse")?;
-    Ok(ast::RestrictedExpr::call_extension_fn(name, [ast::RestrictedExpr::val(arg)]).into())
+/// An entity of Cedar's core, with attributes, parents and tags as values.
+fn entity(
+    uid: &EntityUid,
+    attrs: Vec<(&str, Value)>,
+    parents: HashSet<ast::EntityUID>,
+    tags: Vec<(&str, Value)>,
+) -> ast::Entity {
+    ast::Entity::new_with_attr_partial_value(
+        core_uid(uid),
+        attrs.into_iter().map(|(k, v)| (k.into(), PartialValue::from(v))),
+        HashSet::new(),
+        parents,
+        tags.into_iter().map(|(k, v)| (k.into(), PartialValue::from(v))),
+    )
 }
 
-fn string(s: &str) -> RestrictedExpression {
-    RestrictedExpression::new_string(s.to_owned())
+fn core_uid(uid: &EntityUid) -> ast::EntityUID {
+    ast::EntityUID::clone(uid.as_ref())
 }
 
 /// The caller as a `Workload` entity: attributes from the SPIFFE ID and certificate,
-/// parents its trust domain, its Kubernetes namespace and its `entities.json` groups.
-fn workload_entity(peer: &PeerIdentity, snapshot: &PolicySnapshot) -> Result<Entity, String> {
+/// parents its trust domain, its Kubernetes namespace and its `entities.json` groups;
+/// remembered per snapshot as a leaf of its store.
+fn workload_entity(peer: &PeerIdentity, snapshot: &PolicySnapshot) -> Result<Arc<ast::Entity>, String> {
     let key = (peer.spiffe_id.as_str().to_owned(), peer.certificate.as_ref().map(|c| c.sha256));
     if let Some(entity) = snapshot.workloads.get(&key) {
         return Ok(entity);
     }
-    let entity = build_workload_entity(peer, snapshot)?;
-    snapshot.workloads.insert(key, entity.clone());
+    let entity = snapshot.entities.close(build_workload_entity(peer, snapshot)?);
+    snapshot.workloads.insert(key, Arc::clone(&entity));
     Ok(entity)
 }
 
-fn build_workload_entity(peer: &PeerIdentity, snapshot: &PolicySnapshot) -> Result<Entity, String> {
+fn build_workload_entity(peer: &PeerIdentity, snapshot: &PolicySnapshot) -> Result<ast::Entity, String> {
     let types = &snapshot.types;
     let id = &peer.spiffe_id;
-    let mut attrs = identity_attrs(id);
-    if let Some(cert) = &peer.certificate {
-        attrs.push(("certificate".to_owned(), certificate_record(cert)?));
-    }
-    let declared = snapshot.workload_parents.get(id.as_str()).into_iter().flatten().cloned();
-    let parents: HashSet<EntityUid> = identity_parents(id, types).into_iter().chain(declared).collect();
-    Entity::new_with_tags(uid(&types.workload, id.as_str()), attrs, parents, []).map_err(|e| e.to_string())
-}
-
-fn identity_attrs(id: &SpiffeId) -> Vec<(String, RestrictedExpression)> {
-    let mut attrs =
-        vec![("trust_domain".to_owned(), string(id.trust_domain())), ("path".to_owned(), string(id.path()))];
+    let mut attrs = vec![("trust_domain", values::string(id.trust_domain())), ("path", values::string(id.path()))];
     if let Some((namespace, service_account)) = id.kubernetes() {
-        attrs.push(("namespace".to_owned(), string(namespace)));
-        attrs.push(("service_account".to_owned(), string(service_account)));
+        attrs.push(("namespace", values::string(namespace)));
+        attrs.push(("service_account", values::string(service_account)));
     }
-    attrs
+    if let Some(cert) = &peer.certificate {
+        attrs.push(("certificate", certificate_record(cert)?));
+    }
+    let declared = snapshot.workload_parents.get(id.as_str()).into_iter().flatten();
+    let parents = identity_parents(id, types).iter().chain(declared).map(core_uid).collect();
+    Ok(entity(&uid(&types.workload, id.as_str()), attrs, parents, Vec::new()))
 }
 
-fn certificate_record(cert: &PeerCertificate) -> Result<RestrictedExpression, String> {
-    RestrictedExpression::new_record([
-        ("serial".to_owned(), string(&cert.serial)),
-        ("issuer".to_owned(), string(&cert.issuer)),
-        ("fingerprint".to_owned(), string(&cert.fingerprint())),
-        ("not_before".to_owned(), extension_call(&DATETIME, cedar_datetime(cert.not_before, 0)?)?),
-        ("not_after".to_owned(), extension_call(&DATETIME, cedar_datetime(cert.not_after, 0)?)?),
-        ("lifetime".to_owned(), extension_call(&DURATION, format!("{}s", cert.lifetime_seconds()))?),
-    ])
-    .map_err(|e| e.to_string())
+fn certificate_record(cert: &PeerCertificate) -> Result<Value, String> {
+    Ok(values::record([
+        ("serial", values::string(&cert.serial)),
+        ("issuer", values::string(&cert.issuer)),
+        ("fingerprint", values::string(&cert.fingerprint())),
+        ("not_before", values::datetime(cert.not_before, 0)?),
+        ("not_after", values::datetime(cert.not_after, 0)?),
+        ("lifetime", values::duration_seconds(cert.lifetime_seconds())?),
+    ]))
 }
 
 /// An entity whose tags carry a string map (headers, query parameters, route
 /// settings): policies read them with `hasTag` / `getTag`. A key repeated with one
 /// value is that value; with different values (which `prepare` refused for keys a
 /// policy reads) they are joined with `,`, as Envoy joins repeated headers.
-fn tag_entity(type_name: &cedar_policy::EntityTypeName, tags: BTreeMap<&str, String>) -> Result<Entity, String> {
-    Entity::new_with_tags(
-        uid(type_name, REQUEST_ID),
-        [],
-        [],
-        tags.into_iter().map(|(k, v)| (k.to_owned(), RestrictedExpression::new_string(v))),
-    )
-    .map_err(|e| e.to_string())
+fn tag_entity(type_name: &cedar_policy::EntityTypeName, tags: BTreeMap<&str, String>) -> (EntityUid, ast::Entity) {
+    let uid = uid(type_name, REQUEST_ID);
+    let tags = tags.iter().map(|(k, v)| (*k, values::string(v))).collect();
+    let entity = entity(&uid, Vec::new(), HashSet::new(), tags);
+    (uid, entity)
 }
 
 /// The tags of a tag entity, as the request and its cache key both see them: only
@@ -402,93 +397,87 @@ fn request_entity(
     path: &NormalizedPath,
     method: &str,
     scheme: &str,
-    headers: EntityUid,
-    query: EntityUid,
-) -> Result<Entity, String> {
+    headers: &EntityUid,
+    query: &EntityUid,
+) -> (EntityUid, ast::Entity) {
     let segments = path.segments.iter().enumerate().map(|(index, value)| {
-        RestrictedExpression::new_record([
-            ("index".to_owned(), RestrictedExpression::new_long(i64::try_from(index).unwrap_or(i64::MAX))),
-            ("value".to_owned(), string(value)),
+        values::record([
+            ("index", values::long(i64::try_from(index).unwrap_or(i64::MAX))),
+            ("value", values::string(value)),
         ])
     });
-    let segments: Vec<RestrictedExpression> = segments.collect::<Result<_, _>>().map_err(|e| e.to_string())?;
-    let attrs = [
-        ("host".to_owned(), string(host)),
-        ("path".to_owned(), string(&path.path)),
-        ("segments".to_owned(), RestrictedExpression::new_set(segments)),
-        ("method".to_owned(), string(method)),
-        ("scheme".to_owned(), string(scheme)),
-        ("headers".to_owned(), RestrictedExpression::new_entity_uid(headers)),
-        ("query".to_owned(), RestrictedExpression::new_entity_uid(query)),
+    let attrs = vec![
+        ("host", values::string(host)),
+        ("path", values::string(&path.path)),
+        ("segments", values::set(segments)),
+        ("method", values::string(method)),
+        ("scheme", values::string(scheme)),
+        ("headers", values::entity(headers)),
+        ("query", values::entity(query)),
     ];
-    let parents: Vec<EntityUid> = path.prefixes().map(|p| uid(&types.path, p)).collect();
-    Entity::new_with_tags(uid(&types.http_request, REQUEST_ID), attrs, parents, []).map_err(|e| e.to_string())
+    let parents = path.prefixes().map(|p| core_uid(&uid(&types.path, p))).collect();
+    let uid = uid(&types.http_request, REQUEST_ID);
+    let entity = entity(&uid, attrs, parents, Vec::new());
+    (uid, entity)
 }
 
 fn context(
     destination: &str,
     source_ip: Option<IpAddr>,
-    peer: EntityUid,
+    peer: &EntityUid,
     token: Option<&VerifiedToken>,
-    route: EntityUid,
+    route: &EntityUid,
     now: Option<SystemTime>,
 ) -> Result<Context, String> {
     let mut pairs = vec![
-        ("peer".to_owned(), RestrictedExpression::new_entity_uid(peer)),
-        (
-            "destination".to_owned(),
-            RestrictedExpression::new_record([("principal".to_owned(), string(destination))])
-                .map_err(|e| e.to_string())?,
-        ),
-        ("route".to_owned(), RestrictedExpression::new_entity_uid(route)),
+        ("peer", values::entity(peer)),
+        ("destination", values::record([("principal", values::string(destination))])),
+        ("route", values::entity(route)),
     ];
     if let Some(now) = now {
-        let millis = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_millis()).unwrap_or(0);
-        pairs.push(("time".to_owned(), time_of(unix_seconds(now), millis)?));
+        let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        pairs.push(("time", values::datetime(unix_seconds(now), since.subsec_millis())?));
     }
     if let Some(ip) = source_ip {
-        pairs.push(("source_ip".to_owned(), extension_call(&IP, ip.to_string())?));
+        pairs.push(("source_ip", values::ip(ip)?));
     }
     if let Some(token) = token {
-        pairs.push(("token".to_owned(), token_record(token)?));
+        pairs.push(("token", token_record(token)?));
     }
-    Context::from_pairs(pairs).map_err(|e| e.to_string())
-}
-
-fn string_set(items: &[String]) -> RestrictedExpression {
-    RestrictedExpression::new_set(items.iter().map(|s| string(s)))
+    let pairs: BTreeMap<_, _> = pairs.into_iter().map(|(k, v)| (k.into(), v)).collect();
+    Ok(ast::Context::Value(Arc::new(pairs)).into())
 }
 
 /// `context.token`: the verified claims.
-fn token_record(token: &VerifiedToken) -> Result<RestrictedExpression, String> {
+fn token_record(token: &VerifiedToken) -> Result<Value, String> {
     let mut fields = vec![
-        ("iss".to_owned(), string(&token.iss)),
-        ("sub".to_owned(), string(&token.sub)),
-        ("aud".to_owned(), string_set(&token.aud)),
-        ("scope".to_owned(), string_set(&token.scope)),
-        ("exp".to_owned(), extension_call(&DATETIME, cedar_datetime(token.exp, 0)?)?),
-        ("bound".to_owned(), RestrictedExpression::new_bool(token.bound)),
+        ("iss", values::string(&token.iss)),
+        ("sub", values::string(&token.sub)),
+        ("aud", values::string_set(&token.aud)),
+        ("scope", values::string_set(&token.scope)),
+        ("exp", values::datetime(token.exp, 0)?),
+        ("bound", values::boolean(token.bound)),
     ];
     if let Some(jti) = &token.jti {
-        fields.push(("jti".to_owned(), string(jti)));
+        fields.push(("jti", values::string(jti)));
     }
     if let Some(client_id) = &token.client_id {
-        fields.push(("client_id".to_owned(), string(client_id)));
+        fields.push(("client_id", values::string(client_id)));
     }
     if let Some(iat) = token.iat {
-        fields.push(("iat".to_owned(), extension_call(&DATETIME, cedar_datetime(iat, 0)?)?));
+        fields.push(("iat", values::datetime(iat, 0)?));
     }
     let claims = token.claims.iter().map(|(name, value)| {
         let value = match value {
-            ClaimValue::String(s) => string(s),
-            ClaimValue::Long(n) => RestrictedExpression::new_long(*n),
-            ClaimValue::Bool(b) => RestrictedExpression::new_bool(*b),
-            ClaimValue::StringSet(items) => string_set(items),
+            ClaimValue::String(s) => values::string(s),
+            ClaimValue::Long(n) => values::long(*n),
+            ClaimValue::Bool(b) => values::boolean(*b),
+            ClaimValue::StringSet(items) => values::string_set(items),
         };
-        (name.clone(), value)
+        (name.as_str(), value)
     });
-    fields.push(("claims".to_owned(), RestrictedExpression::new_record(claims).map_err(|e| e.to_string())?));
-    RestrictedExpression::new_record(fields).map_err(|e| e.to_string())
+    fields.push(("claims", values::record(claims)));
+    Ok(values::record(fields))
 }
 
 /// `:authority` without its port, lowercase: `Orders.Example.org:8443` and
@@ -524,41 +513,6 @@ pub fn canonical_host(host: &str) -> Option<String> {
         }
     }
     Some(name.to_ascii_lowercase())
-}
-
-/// `context.time` at millisecond `(seconds, millis)`. Cedar's datetime constructor
-/// parses its extension's name and the text on every call; Checks in the same
-/// millisecond on the same thread reuse the value instead.
-fn time_of(seconds: i64, millis: u32) -> Result<RestrictedExpression, String> {
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<(i64, u32, RestrictedExpression)>> = const { std::cell::RefCell::new(None) };
-    }
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if let Some((s, m, expr)) = last.as_ref() {
-            if (*s, *m) == (seconds, millis) {
-                return Ok(expr.clone());
-            }
-        }
-        let expr = extension_call(&DATETIME, cedar_datetime(seconds, millis)?)?;
-        *last = Some((seconds, millis, expr.clone()));
-        Ok(expr)
-    })
-}
-
-/// `2026-11-23T02:56:08.000Z`, the form Cedar's `datetime()` accepts.
-fn cedar_datetime(seconds: i64, millis: u32) -> Result<String, String> {
-    let t = time::OffsetDateTime::from_unix_timestamp(seconds).map_err(|e| e.to_string())?;
-    Ok(format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        millis
-    ))
 }
 
 /// Why a schema does not fit the requests cedargate builds.
@@ -640,7 +594,8 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
             ),
         };
         if Some(method) == first {
-            Entities::from_entities(parts.entities, Some(&snapshot.schema))
+            let entities = parts.entities.into_iter().map(|e| Entity::from(Arc::unwrap_or_clone(e)));
+            Entities::from_entities(entities, Some(&snapshot.schema))
                 .map_err(|e| SchemaContractError::Entities { what: what.clone(), message: e.to_string() })?;
         }
         Request::new(
@@ -718,25 +673,6 @@ mod tests {
         ] {
             assert_eq!(host(bad), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn extension_calls_are_the_expressions_cedar_builds() {
-        let same = |ours: RestrictedExpression, cedars: RestrictedExpression| {
-            assert_eq!(ours.as_ref(), cedars.as_ref());
-        };
-        same(
-            extension_call(&DATETIME, "2026-11-23T03:56:09.007Z".into()).unwrap(),
-            RestrictedExpression::new_datetime("2026-11-23T03:56:09.007Z"),
-        );
-        same(extension_call(&DURATION, "3600s".into()).unwrap(), RestrictedExpression::new_duration("3600s"));
-        same(extension_call(&IP, "10.0.0.1".into()).unwrap(), RestrictedExpression::new_ip("10.0.0.1"));
-    }
-
-    #[test]
-    fn datetimes_are_in_cedar_form() {
-        assert_eq!(cedar_datetime(0, 0).unwrap(), "1970-01-01T00:00:00.000Z");
-        assert_eq!(cedar_datetime(1_795_406_169, 7).unwrap(), "2026-11-23T03:56:09.007Z");
     }
 
     #[test]

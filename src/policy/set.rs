@@ -51,7 +51,7 @@ pub struct PolicySnapshot {
     /// is a large part of an uncached Check, and it depends only on the certificate
     /// and this snapshot's `entities.json`; living in the snapshot, the cache goes
     /// with it on reload.
-    pub workloads: moka::sync::Cache<(String, Option<[u8; 32]>), cedar_policy::Entity>,
+    pub workloads: moka::sync::Cache<(String, Option<[u8; 32]>), std::sync::Arc<cedar_policy_core::ast::Entity>>,
 }
 
 impl fmt::Debug for PolicySnapshot {

@@ -51,16 +51,13 @@ impl EntityStore {
         self.request_entities_are_leaves
     }
 
-    /// The base store with `added` (an entity of the same uid replaces the stored
-    /// one, as Cedar's upsert does).
-    pub fn with_request(&self, added: Vec<Entity>) -> Result<Entities, StoreError> {
-        if !self.request_entities_are_leaves || has_parent_among(&added) {
-            return self.with_request_recomputed(added);
-        }
-        let base = self.base.as_ref();
-        let leaves = added.iter().map(|entity| {
-            let mut leaf = entity.as_ref().clone();
-            let inherited: HashSet<EntityUID> = leaf
+    /// `entity` as a leaf of this store: with its parents' ancestors (closed in the
+    /// base store) as its own. Left as it is when request entities are not leaves
+    /// here: then `with_request` has Cedar recompute the closure.
+    pub fn close(&self, mut entity: ast::Entity) -> Arc<ast::Entity> {
+        if self.request_entities_are_leaves {
+            let base = self.base.as_ref();
+            let inherited: HashSet<EntityUID> = entity
                 .parents()
                 .filter_map(|parent| match base.entity(parent) {
                     Dereference::Data(parent) => Some(parent.ancestors().cloned()),
@@ -68,12 +65,22 @@ impl EntityStore {
                 })
                 .flatten()
                 .collect();
-            inherited.into_iter().for_each(|uid| leaf.add_indirect_ancestor(uid));
-            Arc::new(leaf)
-        });
-        base.clone()
+            inherited.into_iter().for_each(|uid| entity.add_indirect_ancestor(uid));
+        }
+        Arc::new(entity)
+    }
+
+    /// The base store with the request's entities, each made by `close` (an entity
+    /// of the same uid replaces the stored one, as Cedar's upsert does).
+    pub fn with_request(&self, added: Vec<Arc<ast::Entity>>) -> Result<Entities, StoreError> {
+        if !self.request_entities_are_leaves || has_parent_among(&added) {
+            return self.with_request_recomputed(added.into_iter().map(Arc::unwrap_or_clone).collect());
+        }
+        self.base
+            .as_ref()
+            .clone()
             .upsert_entities(
-                leaves.collect::<Vec<_>>(),
+                added,
                 None::<&NoEntitiesSchema>,
                 TCComputation::AssumeAlreadyComputed,
                 Extensions::all_available(),
@@ -84,15 +91,18 @@ impl EntityStore {
 
     /// The same store with Cedar recomputing the closure: the general path, and the
     /// reference the leaf path is tested against.
-    pub fn with_request_recomputed(&self, added: Vec<Entity>) -> Result<Entities, StoreError> {
-        self.base.clone().upsert_entities(added, None).map_err(|e| StoreError(e.to_string()))
+    pub fn with_request_recomputed(&self, added: Vec<ast::Entity>) -> Result<Entities, StoreError> {
+        self.base
+            .clone()
+            .upsert_entities(added.into_iter().map(Entity::from), None)
+            .map_err(|e| StoreError(e.to_string()))
     }
 }
 
 /// Whether one added entity is the parent of another: then they are not all leaves.
-fn has_parent_among(added: &[Entity]) -> bool {
-    let uids: Vec<&EntityUID> = added.iter().map(|e| e.as_ref().uid()).collect();
-    added.iter().any(|e| e.as_ref().parents().any(|p| uids.contains(&p)))
+fn has_parent_among(added: &[Arc<ast::Entity>]) -> bool {
+    let uids: Vec<&EntityUID> = added.iter().map(|e| e.uid()).collect();
+    added.iter().any(|e| e.parents().any(|p| uids.contains(&p)))
 }
 
 #[cfg(test)]
@@ -163,11 +173,9 @@ mod tests {
                 uid("HttpRequest", "request"),
                 (1..=depth).map(|d| uid("Path", &"/p".repeat(d))).collect(),
             );
-            let added = vec![caller, resource];
-            assert_same(
-                &store.with_request(added.clone()).unwrap(),
-                &store.with_request_recomputed(added).unwrap(),
-            );
+            let added = vec![caller.as_ref().clone(), resource.as_ref().clone()];
+            let closed = added.iter().map(|e| store.close(e.clone())).collect();
+            assert_same(&store.with_request(closed).unwrap(), &store.with_request_recomputed(added).unwrap());
         }
     }
 
@@ -180,8 +188,9 @@ mod tests {
         let store = EntityStore::new(base, &types.iter().collect::<Vec<_>>());
         assert!(!store.adds_leaves());
         // The workload now joins a group: its stored child must inherit it.
-        let added = vec![Entity::new_no_attrs(uid("Workload", "w"), [uid("Group", "g")].into())];
-        let built = store.with_request(added.clone()).unwrap();
+        let added = vec![Entity::new_no_attrs(uid("Workload", "w"), [uid("Group", "g")].into()).as_ref().clone()];
+        let closed = added.iter().map(|e| store.close(e.clone())).collect();
+        let built = store.with_request(closed).unwrap();
         assert_same(&built, &store.with_request_recomputed(added).unwrap());
         let child = built.get(&uid("Group", "child")).unwrap();
         assert!(child.as_ref().ancestors().any(|a| a == uid("Group", "g").as_ref()));
@@ -194,10 +203,11 @@ mod tests {
         let top = Entity::new_no_attrs(uid("Group", "top"), HashSet::new());
         let store = EntityStore::new(Entities::from_entities([top], None).unwrap(), &types.iter().collect::<Vec<_>>());
         let added = vec![
-            Entity::new_no_attrs(uid("Workload", "w"), [uid("Group", "mid")].into()),
-            Entity::new_no_attrs(uid("Group", "mid"), [uid("Group", "top")].into()),
+            Entity::new_no_attrs(uid("Workload", "w"), [uid("Group", "mid")].into()).as_ref().clone(),
+            Entity::new_no_attrs(uid("Group", "mid"), [uid("Group", "top")].into()).as_ref().clone(),
         ];
-        let built = store.with_request(added.clone()).unwrap();
+        let closed = added.iter().map(|e| store.close(e.clone())).collect();
+        let built = store.with_request(closed).unwrap();
         assert_same(&built, &store.with_request_recomputed(added).unwrap());
         let w = built.get(&uid("Workload", "w")).unwrap();
         assert!(w.as_ref().ancestors().any(|a| a == uid("Group", "top").as_ref()));
