@@ -195,21 +195,7 @@ proptest! {
         use cedargate::policy::reads::{Relevance, TagKeys};
         use cedargate::policy::request::{prepare, RequestFacts};
         let snapshot = tag_reading_snapshot();
-        let query: String = query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
-        let path = if query.is_empty() { path } else { format!("{path}?{query}") };
-        let mut req = Req::new(&principal, None).method(&method).path(&path);
-        for (name, value) in &headers {
-            req = req.header(name, value);
-        }
-        for (key, value) in &route {
-            req = req.route(key, value);
-        }
-        let mut input = req.input();
-        // One value per key, as `prepare` insists on for keys a policy reads.
-        if let Some(http) = input.http.as_mut() {
-            http.headers.dedup_by(|a, b| a.0 == b.0);
-        }
-        input.context_extensions.dedup_by(|a, b| a.0 == b.0);
+        let input = tagged_input(&principal, &method, &path, &query, &headers, &route);
         let http = input.http.clone().unwrap();
         let peer = cedargate::identity::svid::PeerIdentity { spiffe_id: principal.parse().unwrap(), certificate: None };
         let Ok(facts) = prepare(snapshot, &input, &http, &peer, None, &RULES) else { return Ok(()) };
@@ -251,20 +237,7 @@ proptest! {
         use cedargate::identity::certificate::{KeyUsage, PeerCertificate};
         use cedargate::policy::request::prepare;
         let snapshot = tag_reading_snapshot();
-        let query: String = query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
-        let path = if query.is_empty() { path } else { format!("{path}?{query}") };
-        let mut req = Req::new(&principal, None).method(&method).path(&path);
-        for (name, value) in &headers {
-            req = req.header(name, value);
-        }
-        for (key, value) in &route {
-            req = req.route(key, value);
-        }
-        let mut input = req.input();
-        if let Some(http) = input.http.as_mut() {
-            http.headers.dedup_by(|a, b| a.0 == b.0);
-        }
-        input.context_extensions.dedup_by(|a, b| a.0 == b.0);
+        let mut input = tagged_input(&principal, &method, &path, &query, &headers, &route);
         input.source.ip = source_ip;
         let http = input.http.clone().unwrap();
         let certificate = certificate.map(|(sha256, serial, not_before, lifetime)| PeerCertificate {
@@ -348,6 +321,33 @@ const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
 const REPORTING: &str = "spiffe://example.org/ns/ops/sa/reporting";
 
 /// The shipped policies and more that read tags by name, loaded once.
+/// A request with these query parameters, headers and route settings, one value
+/// per key (as `prepare` insists on for keys a policy reads).
+fn tagged_input(
+    principal: &str,
+    method: &str,
+    path: &str,
+    query: &[(String, String)],
+    headers: &[(String, String)],
+    route: &[(String, String)],
+) -> cedargate::pipeline::input::CheckInput {
+    let query: String = query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+    let path = if query.is_empty() { path.to_owned() } else { format!("{path}?{query}") };
+    let mut req = Req::new(principal, None).method(method).path(&path);
+    for (name, value) in headers {
+        req = req.header(name, value);
+    }
+    for (key, value) in route {
+        req = req.route(key, value);
+    }
+    let mut input = req.input();
+    if let Some(http) = input.http.as_mut() {
+        http.headers.dedup_by(|a, b| a.0 == b.0);
+    }
+    input.context_extensions.dedup_by(|a, b| a.0 == b.0);
+    input
+}
+
 fn tag_reading_snapshot() -> &'static cedargate::policy::set::PolicySnapshot {
     static SNAPSHOT: OnceLock<cedargate::policy::set::PolicySnapshot> = OnceLock::new();
     SNAPSHOT.get_or_init(|| {

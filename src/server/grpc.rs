@@ -54,7 +54,8 @@ pub fn nodelay(
 /// frame: every CheckResponse (about 400 bytes with its headers and metadata) then
 /// took a `writev` of its own, and the trailers another (1.6 per Check, against
 /// 0.9 for a no-op server's empty answer). Without vectored writes h2 copies frames
-/// up to 1 KiB, so the answers that are ready go out together.
+/// up to 1 KiB, so the answers that are ready go out together. Every listener's
+/// connections (TCP, TLS, Unix) are served through it.
 pub struct Coalesced<T>(pub T);
 
 impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Coalesced<T> {
@@ -161,7 +162,9 @@ pub async fn serve(
         .add_service(AuthorizationServer::new(AuthorizationService::new(authorizer)));
     match (listener, options.tls) {
         (Listener::Tcp(l), Some(tls)) => {
-            router.serve_with_incoming_shutdown(crate::server::tls::incoming(l, tls, set_nodelay), shutdown).await
+            use tokio_stream::StreamExt;
+            let incoming = crate::server::tls::incoming(l, tls, set_nodelay).map(|accepted| accepted.map(Coalesced));
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
         }
         (Listener::Tcp(l), None) => {
             router.serve_with_incoming_shutdown(nodelay(TcpListenerStream::new(l)), shutdown).await

@@ -192,10 +192,15 @@ impl AsyncWrite for TlsConnection {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
-    /// So that h2 coalesces the answers that are ready into one write, as for
-    /// plain connections (`grpc::Coalesced`); rustls buffers the records anyway.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
     fn is_write_vectored(&self) -> bool {
-        false
+        self.0.is_write_vectored()
     }
 }
 
