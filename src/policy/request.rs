@@ -268,9 +268,8 @@ impl RequestFacts<'_> {
         // counts `context has time` and the context as a whole): otherwise no
         // verdict can depend on it, and Cedar parses a datetime per Check.
         let now = relevance.time.then_some(now);
-        let workload_uid = uid(&types.workload, peer.spiffe_id.as_str());
         let context =
-            context(destination, *source_ip, &workload_uid, *token, &route_uid, now).map_err(RequestError::Build)?;
+            context(destination, *source_ip, workload.uid(), *token, &route_uid, now).map_err(RequestError::Build)?;
         let mut entities = vec![workload, store.close(resource), store.close(headers), store.close(query)];
         entities.push(store.close(route));
         // A user listed in entities.json keeps its attributes and groups from there.
@@ -412,8 +411,8 @@ fn request_entity(
         ("segments", values::set(segments)),
         ("method", values::string(method)),
         ("scheme", values::string(scheme)),
-        ("headers", values::entity(headers)),
-        ("query", values::entity(query)),
+        ("headers", values::entity(headers.as_ref())),
+        ("query", values::entity(query.as_ref())),
     ];
     let parents = path.prefixes().map(|p| core_uid(&uid(&types.path, p))).collect();
     let uid = uid(&types.http_request, REQUEST_ID);
@@ -424,7 +423,7 @@ fn request_entity(
 fn context(
     destination: &str,
     source_ip: Option<IpAddr>,
-    peer: &EntityUid,
+    peer: &ast::EntityUID,
     token: Option<&VerifiedToken>,
     route: &EntityUid,
     now: Option<SystemTime>,
@@ -432,7 +431,7 @@ fn context(
     let mut pairs = vec![
         ("peer", values::entity(peer)),
         ("destination", values::record([("principal", values::string(destination))])),
-        ("route", values::entity(route)),
+        ("route", values::entity(route.as_ref())),
     ];
     if let Some(now) = now {
         let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();

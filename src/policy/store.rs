@@ -26,7 +26,7 @@ use cedar_policy_core::extensions::Extensions;
 pub struct StoreError(String);
 
 /// `entities.json` with its closure, and whether request entities are leaves of it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct EntityStore {
     base: Entities,
     request_entities_are_leaves: bool,

@@ -13,7 +13,6 @@ use std::net::IpAddr;
 use std::sync::LazyLock;
 use std::thread::LocalKey;
 
-use cedar_policy::EntityUid;
 use cedar_policy_core::ast::{self, Value};
 use cedar_policy_core::evaluator::RestrictedEvaluator;
 use cedar_policy_core::extensions::Extensions;
@@ -31,8 +30,8 @@ pub fn boolean(b: bool) -> Value {
 }
 
 /// A reference to an entity.
-pub fn entity(uid: &EntityUid) -> Value {
-    Value::from(ast::EntityUID::clone(uid.as_ref()))
+pub fn entity(uid: &ast::EntityUID) -> Value {
+    Value::from(uid.clone())
 }
 
 pub fn set(items: impl IntoIterator<Item = Value>) -> Value {
