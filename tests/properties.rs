@@ -242,6 +242,7 @@ proptest! {
         let http = input.http.clone().unwrap();
         let certificate = certificate.map(|(sha256, serial, not_before, lifetime)| PeerCertificate {
             sha256,
+            sha256_hex: sha256.iter().map(|b| format!("{b:02x}")).collect(),
             serial,
             issuer: "O=test".into(),
             not_before,
@@ -250,6 +251,7 @@ proptest! {
             key_usage: Some(KeyUsage { digital_signature: true, key_cert_sign: false, crl_sign: false }),
             uri_sans: vec![principal.clone()],
         });
+        let certificate = certificate.map(Arc::new);
         let peer = cedargate::identity::svid::PeerIdentity { spiffe_id: principal.parse().unwrap(), certificate };
         let token = token.map(|(as_subject, sub, scope, exp, iat, bound)| VerifiedToken {
             iss: "https://issuer.example".into(),
@@ -501,7 +503,7 @@ mod reference {
                 record(vec![
                     ("serial", s(&cert.serial)),
                     ("issuer", s(&cert.issuer)),
-                    ("fingerprint", s(&cert.fingerprint())),
+                    ("fingerprint", s(&cert.sha256.iter().map(|b| format!("{b:02x}")).collect::<String>())),
                     ("not_before", datetime(cert.not_before, 0)),
                     ("not_after", datetime(cert.not_after, 0)),
                     ("lifetime", RestrictedExpression::new_duration(format!("{}s", cert.lifetime_seconds()))),

@@ -14,6 +14,8 @@ use x509_parser::extensions::GeneralName;
 pub struct PeerCertificate {
     /// SHA-256 of the DER encoding (what RFC 8705 `x5t#S256` binds to).
     pub sha256: [u8; 32],
+    /// `sha256` as lowercase hex, worked out once: every audit record carries it.
+    pub sha256_hex: String,
     /// Serial number, lowercase hex without separators or leading zero bytes (as
     /// `openssl x509 -serial` prints it, lowercased).
     pub serial: String,
@@ -32,8 +34,8 @@ pub struct PeerCertificate {
 
 impl PeerCertificate {
     /// The SHA-256 fingerprint as lowercase hex.
-    pub fn fingerprint(&self) -> String {
-        hex::encode(self.sha256)
+    pub fn fingerprint(&self) -> &str {
+        &self.sha256_hex
     }
 
     /// `not_after - not_before` in seconds.
@@ -107,8 +109,10 @@ pub fn parse_der(der: &[u8]) -> Result<PeerCertificate, CertificateError> {
                 .collect()
         })
         .unwrap_or_default();
+    let sha256: [u8; 32] = Sha256::digest(der).into();
     Ok(PeerCertificate {
-        sha256: Sha256::digest(der).into(),
+        sha256,
+        sha256_hex: hex::encode(sha256),
         serial: serial_hex(cert.raw_serial()),
         issuer: cert.issuer().to_string(),
         not_before: cert.validity().not_before.timestamp(),

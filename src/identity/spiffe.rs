@@ -17,7 +17,8 @@ const SCHEME: &str = "spiffe://";
 /// A valid SPIFFE ID of a workload (the path is never empty).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SpiffeId {
-    id: String,
+    /// Shared: an established identity is copied into every decision.
+    id: std::sync::Arc<str>,
     /// Byte offset where the path starts (the `/` after the trust domain).
     path_start: usize,
 }
@@ -133,7 +134,7 @@ impl FromStr for SpiffeId {
                 _ => {}
             }
         }
-        Ok(SpiffeId { id: s.to_owned(), path_start: SCHEME.len() + trust_domain.len() })
+        Ok(SpiffeId { id: s.into(), path_start: SCHEME.len() + trust_domain.len() })
     }
 }
 

@@ -20,8 +20,8 @@ use crate::pipeline::input::PeerInput;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {
     pub spiffe_id: SpiffeId,
-    /// The parsed leaf, when Envoy forwarded it.
-    pub certificate: Option<PeerCertificate>,
+    /// The parsed leaf, when Envoy forwarded it (shared with the certificate cache).
+    pub certificate: Option<Arc<PeerCertificate>>,
 }
 
 /// Why no usable caller identity could be established.
@@ -94,7 +94,21 @@ impl IdentityError {
 /// process) rather than SipHash, which cost a microsecond per Check. Only
 /// certificates Envoy accepted at the handshake reach it, so its keys are not free
 /// for an attacker to choose.
-pub struct CertificateCache(moka::sync::Cache<String, Arc<PeerCertificate>, foldhash::fast::RandomState>);
+pub struct CertificateCache(moka::sync::Cache<String, Arc<Leaf>, foldhash::fast::RandomState>);
+
+/// A parsed leaf and the SPIFFE ID its URI SANs give (or why they give none):
+/// both depend on the certificate alone.
+struct Leaf {
+    certificate: Arc<PeerCertificate>,
+    spiffe_id: Result<SpiffeId, IdentityError>,
+}
+
+impl Leaf {
+    fn of(certificate: PeerCertificate) -> Leaf {
+        let spiffe_id = svid_spiffe_id(&certificate);
+        Leaf { certificate: Arc::new(certificate), spiffe_id }
+    }
+}
 
 impl CertificateCache {
     pub fn new(entries: u64) -> CertificateCache {
@@ -106,13 +120,14 @@ impl CertificateCache {
         )
     }
 
-    fn parse(&self, encoded: &str, max_bytes: usize) -> Result<PeerCertificate, IdentityError> {
-        if let Some(cert) = self.0.get(encoded) {
-            return Ok(PeerCertificate::clone(&cert));
+    fn parse(&self, encoded: &str, max_bytes: usize) -> Result<Arc<Leaf>, IdentityError> {
+        if let Some(leaf) = self.0.get(encoded) {
+            return Ok(leaf);
         }
         let cert = certificate::parse_url_encoded_pem(encoded, max_bytes).map_err(IdentityError::Certificate)?;
-        self.0.insert(encoded.to_owned(), Arc::new(cert.clone()));
-        Ok(cert)
+        let leaf = Arc::new(Leaf::of(cert));
+        self.0.insert(encoded.to_owned(), Arc::clone(&leaf));
+        Ok(leaf)
     }
 }
 
@@ -137,12 +152,14 @@ pub fn establish_with(
         }
         (source.principal.parse().map_err(IdentityError::Principal)?, None)
     } else {
-        let cert = match parsed {
+        let leaf = match parsed {
             Some(cache) => cache.parse(&source.certificate, config.max_certificate_bytes)?,
-            None => certificate::parse_url_encoded_pem(&source.certificate, config.max_certificate_bytes)
-                .map_err(IdentityError::Certificate)?,
+            None => Arc::new(Leaf::of(
+                certificate::parse_url_encoded_pem(&source.certificate, config.max_certificate_bytes)
+                    .map_err(IdentityError::Certificate)?,
+            )),
         };
-        let id = svid_spiffe_id(&cert)?;
+        let (id, cert) = (leaf.spiffe_id.clone()?, Arc::clone(&leaf.certificate));
         if source.principal != id.as_str() {
             return Err(IdentityError::PrincipalMismatch);
         }

@@ -46,7 +46,7 @@ pub struct AuditRecord<'a> {
 pub struct PeerRecord<'a> {
     pub spiffe_id: &'a str,
     pub certificate_serial: Option<&'a str>,
-    pub certificate_fingerprint: Option<String>,
+    pub certificate_fingerprint: Option<&'a str>,
     pub certificate_not_after: Option<i64>,
 }
 

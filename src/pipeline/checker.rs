@@ -201,7 +201,7 @@ impl Checker {
 
         let stage = Instant::now();
         let span = tracing::debug_span!("token").entered();
-        let token = self.parts.credentials.tokens.verify(input, http, peer.certificate.as_ref(), &revoked, now)?;
+        let token = self.parts.credentials.tokens.verify(input, http, peer.certificate.as_deref(), &revoked, now)?;
         if token.is_some() {
             self.parts.metrics.record_stage(Stage::Token, stage.elapsed());
         }

@@ -36,10 +36,14 @@ impl KeyWriter {
     fn str(&mut self, s: &str) {
         self.bytes(s.as_bytes());
     }
-    /// An entity as its type and its id, each length-prefixed: as unambiguous as
-    /// `Type::"id"` and without formatting (escaping) the id on every Check.
+    /// An entity as its type's path and its id, each part length-prefixed: as
+    /// unambiguous as `Ns::Type::"id"`, without formatting the name or escaping
+    /// the id on every Check.
     fn uid(&mut self, uid: &cedar_policy::EntityUid) {
-        self.str(&uid.type_name().to_string());
+        let ty = uid.type_name();
+        self.int(i64::try_from(ty.namespace_components().count()).unwrap_or(i64::MAX));
+        ty.namespace_components().for_each(|part| self.str(part));
+        self.str(ty.basename());
         self.str(uid.id().unescaped());
     }
     fn int(&mut self, n: i64) {

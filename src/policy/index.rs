@@ -13,9 +13,10 @@ use std::collections::{HashMap, HashSet};
 
 use crate::policy::reads::Relevance;
 use cedar_policy::{
-    ActionConstraint, Authorizer, Decision as CedarDecision, Entities, EntityUid, Policy, PolicyId, PolicySet,
-    PrincipalConstraint, Request, Response,
+    ActionConstraint, Authorizer, Entities, EntityUid, Policy, PolicySet, PrincipalConstraint, Request,
 };
+use cedar_policy_core::ast;
+use cedar_policy_core::authorizer::{AuthorizationError, Decision as CedarDecision, Response};
 
 /// What Cedar said about one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,25 +31,44 @@ pub struct Verdict {
     pub forbid_failed: bool,
 }
 
-/// The policies of one action.
-#[derive(Debug, Default)]
+/// The policies of one action that name no single principal (any, `in`, `is`).
+///
+/// The index holds Cedar's core policy sets, which share each policy's parsed
+/// body with the snapshot's own set (`Arc`): a policy that applies to several
+/// actions costs a few map entries per action, not another copy of it.
+#[derive(Debug)]
 struct ActionPolicies {
-    /// Policies for this action whose principal scope is not `==` (any, `in`, `is`).
-    common: PolicySet,
-    common_relevance: Option<Relevance>,
-    /// Policies for this action with `principal == <uid>`, by that uid, with what
-    /// they and the common ones can read.
-    by_principal: HashMap<EntityUid, (PolicySet, Relevance)>,
+    common: ast::PolicySet,
+    /// What the common policies can read.
+    relevance: Relevance,
+}
+
+/// The policies naming one principal (`principal == <uid>`), for every action.
+#[derive(Debug)]
+struct PrincipalPolicies {
+    /// All of them, whatever their action: Cedar checks a policy's scope before
+    /// its condition, so one whose action cannot match is neither satisfied nor
+    /// in error, and keeping them together stores each policy once.
+    policies: ast::PolicySet,
+    /// By action slot: what the common policies of that action and this
+    /// principal's policies for it can read; `None` when none of this principal's
+    /// policies applies to that action.
+    relevance: Vec<Option<Relevance>>,
+    /// By action slot: how many of this principal's policies apply.
+    applying: Vec<usize>,
 }
 
 /// The policy set split by action and principal.
 #[derive(Debug)]
 pub struct PolicyIndex {
-    by_action: HashMap<EntityUid, ActionPolicies>,
+    /// The slot of each action the index was built for.
+    slots: HashMap<EntityUid, usize>,
+    by_action: Vec<ActionPolicies>,
+    by_principal: HashMap<EntityUid, PrincipalPolicies>,
     /// The whole set, for an action the index was not built for.
-    all: PolicySet,
+    all: ast::PolicySet,
     all_relevance: Relevance,
-    forbid_ids: HashSet<PolicyId>,
+    forbid_ids: HashSet<ast::PolicyID>,
 }
 
 impl PolicyIndex {
@@ -59,109 +79,136 @@ impl PolicyIndex {
         actions: impl IntoIterator<Item = &'a EntityUid>,
         action_entities: &Entities,
     ) -> Result<PolicyIndex, String> {
-        // What each policy reads, computed once (it walks the policy's JSON form).
-        let reads: HashMap<&PolicyId, Relevance> =
-            policies.policies().map(|p| (p.id(), Relevance::of(std::iter::once(p)))).collect();
-        let relevance_of = |set: &PolicySet| {
-            set.policies().filter_map(|p| reads.get(p.id())).fold(Relevance::none(), |acc, r| acc.union(r))
-        };
-        let mut by_action = HashMap::new();
-        for action in actions {
-            let mut this: HashSet<&EntityUid> =
-                action_entities.ancestors(action).into_iter().flatten().collect::<HashSet<_>>();
-            this.insert(action);
-            let mut split = ActionPolicies::default();
-            let mut by_principal: HashMap<EntityUid, PolicySet> = HashMap::new();
-            for policy in policies.policies() {
-                let applies = match policy.action_constraint() {
-                    ActionConstraint::Any => true,
-                    ActionConstraint::Eq(uid) => uid == *action,
-                    ActionConstraint::In(uids) => uids.iter().any(|uid| this.contains(uid)),
-                };
-                if !applies {
-                    continue;
-                }
-                let target = match policy.principal_constraint() {
-                    PrincipalConstraint::Eq(uid) => by_principal.entry(uid).or_default(),
-                    _ => &mut split.common,
-                };
-                add(target, policy)?;
-            }
-            let common = relevance_of(&split.common);
-            split.by_principal = by_principal
-                .into_iter()
-                .map(|(uid, set)| {
-                    let relevance = common.union(&relevance_of(&set));
-                    (uid, (set, relevance))
-                })
-                .collect();
-            split.common_relevance = Some(common);
-            by_action.insert(action.clone(), split);
-        }
-        let forbid_ids = policies
-            .policies()
-            .filter(|p| p.effect() == cedar_policy::Effect::Forbid)
-            .map(|p| p.id().clone())
+        // Each action, with itself and the actions it is `in` (for `action in [...]`).
+        let actions: Vec<(&EntityUid, HashSet<&EntityUid>)> = actions
+            .into_iter()
+            .map(|action| {
+                let mut within: HashSet<&EntityUid> = action_entities.ancestors(action).into_iter().flatten().collect();
+                within.insert(action);
+                (action, within)
+            })
             .collect();
-        let all_relevance = relevance_of(policies);
-        Ok(PolicyIndex { by_action, all: policies.clone(), all_relevance, forbid_ids })
+        let slots = actions.iter().enumerate().map(|(slot, (action, _))| ((*action).clone(), slot)).collect();
+        let applies = |policy: &Policy| -> Vec<bool> {
+            let scope = policy.action_constraint();
+            let applies_to = |(action, within): &(&EntityUid, HashSet<&EntityUid>)| match &scope {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(uid) => uid == *action,
+                ActionConstraint::In(uids) => uids.iter().any(|uid| within.contains(uid)),
+            };
+            actions.iter().map(applies_to).collect()
+        };
+
+        let mut by_action: Vec<ActionPolicies> = actions
+            .iter()
+            .map(|_| ActionPolicies { common: ast::PolicySet::new(), relevance: Relevance::none() })
+            .collect();
+        let mut by_principal: HashMap<EntityUid, PrincipalPolicies> = HashMap::new();
+        for policy in policies.policies() {
+            let applying = applies(policy);
+            if !applying.contains(&true) {
+                continue;
+            }
+            // What the policy reads, computed once (it walks the policy's JSON form).
+            let reads = Relevance::of(std::iter::once(policy));
+            match policy.principal_constraint() {
+                PrincipalConstraint::Eq(uid) => {
+                    let own = by_principal.entry(uid).or_insert_with(|| PrincipalPolicies {
+                        policies: ast::PolicySet::new(),
+                        relevance: vec![None; actions.len()],
+                        applying: vec![0; actions.len()],
+                    });
+                    add(&mut own.policies, policy)?;
+                    let per_action = own.relevance.iter_mut().zip(own.applying.iter_mut()).zip(&applying);
+                    for ((relevance, count), _) in per_action.filter(|(_, applies)| **applies) {
+                        *relevance = Some(relevance.take().unwrap_or_else(Relevance::none).union(&reads));
+                        *count += 1;
+                    }
+                }
+                _ => {
+                    for (split, _) in by_action.iter_mut().zip(&applying).filter(|(_, applies)| **applies) {
+                        add(&mut split.common, policy)?;
+                        split.relevance = split.relevance.union(&reads);
+                    }
+                }
+            }
+        }
+        // A principal's own relevance includes what the common policies read.
+        for own in by_principal.values_mut() {
+            for (relevance, split) in own.relevance.iter_mut().zip(&by_action) {
+                *relevance = relevance.take().map(|r| split.relevance.union(&r));
+            }
+        }
+        let all = policies.as_ref();
+        let forbid_ids = all.policies().filter(|p| p.effect() == ast::Effect::Forbid).map(|p| p.id().clone()).collect();
+        let all_relevance = Relevance::of(policies.policies());
+        Ok(PolicyIndex { slots, by_action, by_principal, all: all.clone(), all_relevance, forbid_ids })
+    }
+
+    /// The policies a request for `action` by `principal` is evaluated against:
+    /// the action's common ones and, when any of them applies, the principal's own;
+    /// `None` for an action the index was not built for.
+    fn parts(
+        &self,
+        action: &EntityUid,
+        principal: Option<&EntityUid>,
+    ) -> Option<(&ActionPolicies, Option<(&PrincipalPolicies, usize)>)> {
+        let slot = *self.slots.get(action)?;
+        let split = self.by_action.get(slot)?;
+        let own = principal.and_then(|p| self.by_principal.get(p)).map(|own| (own, slot));
+        Some((split, own.filter(|(own, slot)| own.applying.get(*slot).is_some_and(|n| *n > 0))))
     }
 
     /// What the policies that can apply to `action` by `principal` can read.
     pub fn relevance(&self, action: &EntityUid, principal: &EntityUid) -> &Relevance {
-        let Some(split) = self.by_action.get(action) else { return &self.all_relevance };
-        match split.by_principal.get(principal) {
-            Some((_, relevance)) => relevance,
-            None => split.common_relevance.as_ref().unwrap_or(&self.all_relevance),
+        match self.parts(action, Some(principal)) {
+            None => &self.all_relevance,
+            Some((split, own)) => {
+                own.and_then(|(own, slot)| own.relevance.get(slot)?.as_ref()).unwrap_or(&split.relevance)
+            }
         }
     }
 
     /// How many policies a request for `action` by `principal` is evaluated against.
     pub fn candidates(&self, action: &EntityUid, principal: &EntityUid) -> usize {
-        match self.by_action.get(action) {
-            Some(split) => {
-                split.common.policies().count()
-                    + split.by_principal.get(principal).map_or(0, |(set, _)| set.policies().count())
-            }
+        match self.parts(action, Some(principal)) {
             None => self.all.policies().count(),
+            Some((split, own)) => {
+                split.common.policies().count()
+                    + own.and_then(|(own, slot)| own.applying.get(slot).copied()).unwrap_or(0)
+            }
         }
     }
 
     /// Decides `request` as Cedar would with the whole set.
     pub fn evaluate(&self, authorizer: &Authorizer, request: &Request, entities: &Entities) -> Verdict {
-        let (Some(action), Some(principal)) = (request.action(), request.principal()) else {
-            return self.verdict(&[authorizer.is_authorized(request, &self.all, entities)]);
-        };
-        match self.by_action.get(action) {
-            None => self.verdict(&[authorizer.is_authorized(request, &self.all, entities)]),
-            Some(split) => match split.by_principal.get(principal) {
-                None => self.verdict(&[authorizer.is_authorized(request, &split.common, entities)]),
-                Some((own, _)) => self.verdict(&[
-                    authorizer.is_authorized(request, &split.common, entities),
-                    authorizer.is_authorized(request, own, entities),
-                ]),
-            },
+        let run =
+            |set: &ast::PolicySet| authorizer.as_ref().is_authorized(request.as_ref().clone(), set, entities.as_ref());
+        match request.action().and_then(|action| self.parts(action, request.principal())) {
+            None => self.verdict(&[run(&self.all)]),
+            Some((split, None)) => self.verdict(&[run(&split.common)]),
+            Some((split, Some((own, _)))) => self.verdict(&[run(&split.common), run(&own.policies)]),
         }
     }
 
-    /// Combines answers over disjoint parts of the set: a satisfied forbid in any
-    /// part denies (Cedar then reports the satisfied forbids), otherwise a satisfied
-    /// permit in any part allows (reporting the satisfied permits).
+    /// Combines answers over parts of the set: a satisfied forbid in any part
+    /// denies (Cedar then reports the satisfied forbids), otherwise a satisfied
+    /// permit in any part allows (reporting the satisfied permits). The parts are
+    /// disjoint, so no policy is reported twice.
     fn verdict(&self, responses: &[Response]) -> Verdict {
         let mut forbids = Vec::new();
         let mut permits = Vec::new();
         let mut errors = Vec::new();
         let mut forbid_failed = false;
         for response in responses {
-            let reasons = response.diagnostics().reason().map(ToString::to_string);
-            match response.decision() {
+            let reasons = response.diagnostics.reason.iter().map(ToString::to_string);
+            match response.decision {
                 CedarDecision::Deny => forbids.extend(reasons),
                 CedarDecision::Allow => permits.extend(reasons),
             }
-            for error in response.diagnostics().errors() {
-                let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = error;
-                forbid_failed |= self.forbid_ids.contains(e.policy_id());
-                errors.push(format!("{}: {}", e.policy_id(), error_kind(e.inner())));
+            for AuthorizationError::PolicyEvaluationError { id, error } in &response.diagnostics.errors {
+                forbid_failed |= self.forbid_ids.contains(id);
+                errors.push(format!("{id}: {}", error_kind(error)));
             }
         }
         let allowed = forbids.is_empty() && !permits.is_empty();
@@ -192,8 +239,8 @@ fn error_kind(error: &impl std::fmt::Debug) -> String {
     kind
 }
 
-fn add(set: &mut PolicySet, policy: &Policy) -> Result<(), String> {
-    set.add(policy.clone()).map_err(|e| format!("indexing policy `{}`: {e}", policy.id()))
+fn add(set: &mut ast::PolicySet, policy: &Policy) -> Result<(), String> {
+    set.add(policy.as_ref().clone()).map_err(|e| format!("indexing policy `{}`: {e}", policy.id()))
 }
 
 #[cfg(test)]
@@ -247,7 +294,7 @@ mod tests {
                     let mut expected: Vec<String> = whole.diagnostics().reason().map(ToString::to_string).collect();
                     expected.sort();
                     let got = index.evaluate(&authorizer, &request, &entities);
-                    assert_eq!(got.allowed, whole.decision() == CedarDecision::Allow, "{request}");
+                    assert_eq!(got.allowed, whole.decision() == cedar_policy::Decision::Allow, "{request}");
                     assert_eq!(got.policies, expected, "{request}");
                 }
             }
@@ -255,6 +302,81 @@ mod tests {
         // alice's `get` is evaluated against her own policy and the common ones only.
         assert_eq!(index.candidates(&actions[1], &uid(r#"User::"alice""#)), 3);
         assert_eq!(index.candidates(&actions[2], &uid(r#"User::"dave""#)), 2);
+    }
+
+    fn policy_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let effect = prop_oneof![Just("permit"), Just("forbid")];
+        let principal = prop_oneof![
+            Just("principal"),
+            Just(r#"principal == User::"alice""#),
+            Just(r#"principal == User::"bob""#),
+            Just("principal is User"),
+        ];
+        let action = prop_oneof![
+            Just("action"),
+            Just(r#"action == Action::"get""#),
+            Just(r#"action == Action::"put""#),
+            Just(r#"action == Action::"read""#),
+            Just(r#"action in Action::"read""#),
+            Just(r#"action in [Action::"get", Action::"put"]"#),
+        ];
+        let resource = prop_oneof![Just("resource"), Just(r#"resource == Doc::"open""#)];
+        let condition = prop_oneof![
+            Just(""),
+            Just(r#" when { resource == Doc::"open" }"#),
+            Just(r#" unless { principal == User::"carol" }"#),
+            Just(" when { context.n + 9223372036854775807 > 0 }"),
+        ];
+        (effect, principal, action, resource, condition).prop_map(|(e, p, a, r, c)| format!("{e} ({p}, {a}, {r}){c};"))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 500, failure_persistence: None, ..Default::default() })]
+        /// For generated policy sets (scopes on principal, action and action
+        /// groups, conditions that hold, fail or error), every request gets from
+        /// the index exactly what Cedar gives over the whole set: the decision, the
+        /// determining policies and the policies in error.
+        #[test]
+        fn the_index_decides_generated_sets_as_cedar_does(texts in proptest::collection::vec(policy_text(), 0..8)) {
+            let (schema, _) = cedar_policy::Schema::from_cedarschema_str(SCHEMA).unwrap();
+            let policies = PolicySet::from_str(&texts.concat()).unwrap();
+            let actions = [uid(r#"Action::"read""#), uid(r#"Action::"get""#), uid(r#"Action::"put""#)];
+            // Indexed for get and put only: `read` requests go through the whole set.
+            let index = PolicyIndex::build(&policies, &actions[1..], &schema.action_entities().unwrap()).unwrap();
+            let authorizer = Authorizer::new();
+            let entities = Entities::empty();
+            for principal in ["alice", "bob", "carol"] {
+                for action in &actions {
+                    for resource in ["open", "other"] {
+                        let context = cedar_policy::Context::from_json_str(r#"{"n": 1}"#, None).unwrap();
+                        let request = Request::new(
+                            uid(&format!("User::\"{principal}\"")),
+                            action.clone(),
+                            uid(&format!("Doc::\"{resource}\"")),
+                            context,
+                            None,
+                        )
+                        .unwrap();
+                        let whole = authorizer.is_authorized(&request, &policies, &entities);
+                        let mut reasons: Vec<String> = whole.diagnostics().reason().map(ToString::to_string).collect();
+                        reasons.sort();
+                        let mut failed: Vec<String> = whole
+                            .diagnostics()
+                            .errors()
+                            .map(|e| { let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e; e.policy_id().to_string() })
+                            .collect();
+                        failed.sort();
+                        let got = index.evaluate(&authorizer, &request, &entities);
+                        let got_failed: Vec<String> =
+                            got.errors.iter().map(|e| e.split(':').next().unwrap_or_default().to_owned()).collect();
+                        proptest::prop_assert_eq!(got.allowed, whole.decision() == cedar_policy::Decision::Allow, "{}", request);
+                        proptest::prop_assert_eq!(&got.policies, &reasons, "{}", request);
+                        proptest::prop_assert_eq!(&got_failed, &failed, "{}", request);
+                    }
+                }
+            }
+        }
     }
 
     /// Evaluation errors name the policy and the kind of error, never the request

@@ -351,7 +351,7 @@ fn certificate_record(cert: &PeerCertificate) -> Result<Value, String> {
     Ok(values::record([
         ("serial", values::string(&cert.serial)),
         ("issuer", values::string(&cert.issuer)),
-        ("fingerprint", values::string(&cert.fingerprint())),
+        ("fingerprint", values::string(cert.fingerprint())),
         ("not_before", values::datetime(cert.not_before, 0)?),
         ("not_after", values::datetime(cert.not_after, 0)?),
         ("lifetime", values::duration_seconds(cert.lifetime_seconds())?),
@@ -538,6 +538,7 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
         .map_err(|e: crate::identity::spiffe::SpiffeIdError| sample(&e))?;
     let cert = PeerCertificate {
         sha256: [0; 32],
+        sha256_hex: hex::encode([0u8; 32]),
         serial: "01".into(),
         issuer: "O=contract".into(),
         not_before: 0,
@@ -546,7 +547,7 @@ pub fn check_schema_contract(snapshot: &PolicySnapshot, tokens: &TokenModel) -> 
         key_usage: None,
         uri_sans: vec![id.as_str().to_owned()],
     };
-    let peer = PeerIdentity { spiffe_id: id, certificate: Some(cert) };
+    let peer = PeerIdentity { spiffe_id: id, certificate: Some(std::sync::Arc::new(cert)) };
     if snapshot.actions_by_method.is_empty() {
         return Err(SchemaContractError::NoActions);
     }
