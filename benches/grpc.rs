@@ -1,7 +1,8 @@
 //! cedargate's Check cost, measured from outside: h2load (nghttp2's C load
 //! generator, on one core) drives the real `cedargate` binary over gRPC, side by
 //! side with a no-op Check server built from this repository (the floor of any
-//! ext_authz server), in interleaved rounds.
+//! ext_authz server), in rounds: each run of a scenario right after a run of the
+//! floor.
 //!
 //!     cargo bench --bench grpc -- [--duration 10] [--rounds 3] [--scenario NAME]... [--perf DIR]
 //!
@@ -9,8 +10,10 @@
 //! `linux-perf`) during one more run after the measured rounds.
 //!
 //! For each scenario it reports the median throughput, its median ratio to the
-//! floor of the same round, the server's CPU µs per Check (from /proc/<pid>/stat:
-//! stable where throughput is not), and p50/p99 latency at half the maximum rate.
+//! floor run just before, the server's CPU µs per Check (from /proc/<pid>/stat:
+//! stable where throughput is not) and its ratio to that floor run's, and p50/p99
+//! latency at half the maximum rate, beside the floor's p99 at its own half rate
+//! measured just before.
 //! Installs h2load (`apt-get install nghttp2-client`) when it is missing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -91,6 +94,7 @@ fn assert_allows(port: u16, cert_pem: &str, token: Option<&str>) {
     });
 }
 
+#[derive(Clone, Copy)]
 struct Run {
     per_second: f64,
     cpu_us: f64,
@@ -172,6 +176,7 @@ fn main() {
     let token = signer.sign(&jwt::claims(jwt::now(), "alice"));
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let many = support::policies_with(10_000);
+    let groups = support::entities_with(10_000);
     let audit = |name: &str| format!("[audit]\nsink = \"{}\"\n", d.join(format!("audit-{name}.jsonl")).display());
     let base = |policies: &Path| format!("[policies]\ndir = \"{}\"\nwatch = false\n", policies.display());
     let issuer = format!(
@@ -225,6 +230,12 @@ fn main() {
             format!("{}{}[cache]\ndecisions = false\n", base(many.path()), audit("many")),
             &plain_body,
         ),
+        (
+            "entities-10000",
+            "10,000 more groups in entities.json, decision cache off",
+            format!("{}{}[cache]\ndecisions = false\n", base(groups.path()), audit("groups")),
+            &plain_body,
+        ),
     ];
     let mut scenarios = vec![Scenario {
         name: "noop",
@@ -242,19 +253,34 @@ fn main() {
         scenarios.push(Scenario { name, what, server, body: body.to_path_buf() });
     }
     eprintln!(
-        "{} rounds of {} s per scenario, interleaved; {CLIENTS} connections × {STREAMS} streams",
+        "{} rounds of {} s per scenario, each after a run of the floor; {CLIENTS} connections × {STREAMS} streams",
         args.rounds, args.duration
     );
     let log = d.join("h2load.log");
+    // Each scenario's run is paired with a run of the floor just before it: the
+    // machine's speed drifts within a round too (by a fifth in a minute here),
+    // and a ratio to the floor of the same minute cancels it.
     let mut runs: Vec<Vec<Run>> = scenarios.iter().map(|_| Vec::new()).collect();
+    let mut floors: Vec<Vec<Run>> = scenarios.iter().map(|_| Vec::new()).collect();
+    let measure = |s: &Scenario| {
+        let _ = h2load(&s.server, &s.body, 1, None, &log); // warm-up
+        h2load(&s.server, &s.body, args.duration, None, &log)
+    };
     for round in 0..args.rounds {
-        for (i, s) in scenarios.iter().enumerate() {
-            let _ = h2load(&s.server, &s.body, 1, None, &log); // warm-up
-            let run = h2load(&s.server, &s.body, args.duration, None, &log);
-            eprintln!("round {round}: {:<20} {:>9.0} Check/s {:>7.1} µs CPU/Check", s.name, run.per_second, run.cpu_us);
+        for (i, s) in scenarios.iter().enumerate().skip(1) {
+            let floor = measure(&scenarios[0]);
+            let run = measure(s);
+            eprintln!(
+                "round {round}: {:<20} {:>9.0} Check/s {:>7.1} µs CPU/Check (floor just before: {:>9.0} Check/s {:>7.1} µs)",
+                s.name, run.per_second, run.cpu_us, floor.per_second, floor.cpu_us
+            );
             runs[i].push(run);
+            floors[i].push(floor);
         }
     }
+    // The floor's own row: every one of its runs.
+    runs[0] = floors.iter().flatten().copied().collect();
+    floors[0] = runs[0].clone();
     if let Some(out) = &args.perf {
         std::fs::create_dir_all(out).unwrap();
         for s in &scenarios {
@@ -273,19 +299,19 @@ fn main() {
             eprintln!("profile of {}: perf report -i {} --no-children", s.name, data.display());
         }
     }
-    println!("| server | what | Check/s (median) | × no-op (median of rounds) | server CPU µs/Check | CPU × no-op's | at half rate: p50 µs | p99 µs | RSS MiB |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
-    let floor: Vec<f64> = runs[0].iter().map(|r| r.per_second).collect();
-    // The machine's speed drifts between rounds; a round's own floor cancels it.
-    let floor_cpu: Vec<f64> = runs[0].iter().map(|r| r.cpu_us).collect();
+    println!("| server | what | Check/s (median) | × no-op (median of pairs) | server CPU µs/Check | CPU × no-op's | at half rate: p50 µs | p99 µs | the floor's p99 just before | RSS MiB |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let floor_rate = median(runs[0].iter().map(|r| r.per_second).collect());
     for (i, s) in scenarios.iter().enumerate() {
         let per_second = median(runs[i].iter().map(|r| r.per_second).collect());
-        let ratio = median(runs[i].iter().zip(&floor).map(|(r, f)| r.per_second / f).collect());
+        let ratio = median(runs[i].iter().zip(&floors[i]).map(|(r, f)| r.per_second / f.per_second).collect());
         let cpu = median(runs[i].iter().map(|r| r.cpu_us).collect());
-        let cpu_ratio = median(runs[i].iter().zip(&floor_cpu).map(|(r, f)| r.cpu_us / f).collect());
-        let half = h2load(&s.server, &s.body, args.duration, Some(per_second / 2.0), &log);
+        let cpu_ratio = median(runs[i].iter().zip(&floors[i]).map(|(r, f)| r.cpu_us / f.cpu_us).collect());
+        let floor_half = h2load(&scenarios[0].server, &scenarios[0].body, args.duration, Some(floor_rate / 2.0), &log);
+        let half =
+            if i == 0 { floor_half } else { h2load(&s.server, &s.body, args.duration, Some(per_second / 2.0), &log) };
         println!(
-            "| `{}` | {} | {:.0} | {:.2} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} |",
+            "| `{}` | {} | {:.0} | {:.2} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} |",
             s.name,
             s.what,
             per_second,
@@ -294,6 +320,7 @@ fn main() {
             cpu_ratio,
             half.p50_us,
             half.p99_us,
+            floor_half.p99_us,
             s.server.rss_mib()
         );
     }

@@ -121,6 +121,26 @@ pub fn rss_mib_of(pid: &str) -> f64 {
 
 /// A policy directory: the shipped schema, entities and policies, plus `n`
 /// generated permits, one per workload `svc-i` (`principal ==`).
+/// The shipped policy directory with `n` more groups in `entities.json` (the
+/// policies name none of them).
+pub fn entities_with(n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for entry in std::fs::read_dir(&shipped).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let path = dir.path().join("entities.json");
+    let mut entities: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    entities.extend(
+        (0..n).map(
+            |i| serde_json::json!({ "uid": { "type": "Group", "id": format!("g{i}") }, "attrs": {}, "parents": [] }),
+        ),
+    );
+    std::fs::write(&path, serde_json::to_string(&entities).unwrap()).unwrap();
+    dir
+}
+
 pub fn policies_with(n: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");

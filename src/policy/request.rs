@@ -226,8 +226,11 @@ impl RequestFacts<'_> {
         // resource types each action applies to, the context's type) is proven once
         // per load by `check_schema_contract`, for every action: it is not re-checked
         // on every request.
-        let entities =
-            self.snapshot.entities.with_request(parts.entities).map_err(|e| RequestError::Build(e.to_string()))?;
+        let entities = self
+            .snapshot
+            .entities
+            .with_request(parts.entities, Some(self.principal.as_ref()))
+            .map_err(|e| RequestError::Build(e.to_string()))?;
         let request = Request::new(self.principal.clone(), self.action.clone(), parts.resource, parts.context, None)
             .map_err(|e| RequestError::Build(e.to_string()))?;
         Ok(CedarInput { request, entities })

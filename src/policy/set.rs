@@ -270,7 +270,7 @@ pub fn parse_files(files: &PolicyFiles) -> Result<PolicySnapshot, Vec<Diagnostic
     let index = PolicyIndex::build(&policies, actions_by_method.values(), &action_entities).map_err(internal)?;
 
     let request_types = [&types.workload, &types.http_request, &types.headers, &types.query, &types.route, &types.user];
-    let entities = EntityStore::new(entities, &request_types);
+    let entities = EntityStore::for_policies(entities, &request_types, policies.as_ref());
     let snapshot = PolicySnapshot {
         version: version_of(files),
         schema,
