@@ -74,8 +74,7 @@ impl EntityStore {
                 .collect();
             literals.into_iter().chain(policy.env().values().cloned())
         });
-        store.reachable =
-            reach(stored, actions.chain(named), &HashSet::new()).and_then(|found| ast_entities(found).ok());
+        store.reachable = reach(stored, actions.chain(named), |_| false).and_then(|found| ast_entities(found).ok());
         store
     }
 
@@ -123,21 +122,21 @@ impl EntityStore {
         }
         let start = match &self.reachable {
             Some(reachable) => {
-                let known = |uid: &EntityUID| {
-                    added.iter().any(|e| e.uid() == uid) || !matches!(reachable.entity(uid), Dereference::NoSuchEntity)
-                };
-                let roots: Vec<EntityUID> = principal.filter(|uid| !known(uid)).into_iter().cloned().collect();
-                let skip: HashSet<&EntityUID> = reachable.iter().map(|e| e.uid()).collect();
-                match reach(self.base.as_ref(), roots.into_iter(), &skip) {
-                    Some(extra) => reachable.clone().add_entities(
-                        extra.into_iter().map(Arc::new),
-                        None::<&NoEntitiesSchema>,
-                        TCComputation::AssumeAlreadyComputed,
-                        Extensions::all_available(),
-                    ),
-                    None => Ok(self.base.as_ref().clone()),
+                let in_reach = |uid: &EntityUID| !matches!(reachable.entity(uid), Dereference::NoSuchEntity);
+                let stored_principal = principal.filter(|uid| !in_reach(uid) && !added.iter().any(|e| e.uid() == *uid));
+                match stored_principal.map(|uid| reach(self.base.as_ref(), std::iter::once(uid.clone()), in_reach)) {
+                    None => reachable.clone(),
+                    Some(Some(extra)) => reachable
+                        .clone()
+                        .add_entities(
+                            extra.into_iter().map(Arc::new),
+                            None::<&NoEntitiesSchema>,
+                            TCComputation::AssumeAlreadyComputed,
+                            Extensions::all_available(),
+                        )
+                        .map_err(|e| StoreError(e.to_string()))?,
+                    Some(None) => self.base.as_ref().clone(),
                 }
-                .map_err(|e| StoreError(e.to_string()))?
             }
             None => self.base.as_ref().clone(),
         };
@@ -163,18 +162,19 @@ impl EntityStore {
 }
 
 /// The entities of `stored` that `roots` name and that their attributes and tags
-/// name, transitively, less `skip`; `None` when a stored value is not one Cedar
-/// has evaluated (a residual), whose entities cannot be followed.
+/// name, transitively, less those `skip` says are had already; `None` when a
+/// stored value is not one Cedar has evaluated (a residual), whose entities
+/// cannot be followed.
 fn reach(
     stored: &cedar_policy_core::entities::Entities,
     roots: impl Iterator<Item = EntityUID>,
-    skip: &HashSet<&EntityUID>,
+    skip: impl Fn(&EntityUID) -> bool,
 ) -> Option<Vec<ast::Entity>> {
     let mut seen: HashSet<EntityUID> = HashSet::new();
     let mut todo: Vec<EntityUID> = roots.collect();
     let mut found = Vec::new();
     while let Some(uid) = todo.pop() {
-        if skip.contains(&uid) || !seen.insert(uid.clone()) {
+        if skip(&uid) || !seen.insert(uid.clone()) {
             continue;
         }
         let Dereference::Data(entity) = stored.entity(&uid) else { continue };
