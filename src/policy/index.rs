@@ -10,6 +10,7 @@
 //! a satisfied forbid denies, otherwise a satisfied permit allows.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::policy::reads::Relevance;
 use cedar_policy::{
@@ -43,19 +44,24 @@ struct ActionPolicies {
     relevance: Relevance,
 }
 
-/// The policies naming one principal (`principal == <uid>`), for every action.
+/// The policies naming one principal (`principal == <uid>`).
 #[derive(Debug)]
 struct PrincipalPolicies {
-    /// All of them, whatever their action: Cedar checks a policy's scope before
-    /// its condition, so one whose action cannot match is neither satisfied nor
-    /// in error, and keeping them together stores each policy once.
-    policies: ast::PolicySet,
-    /// By action slot: what the common policies of that action and this
-    /// principal's policies for it can read; `None` when none of this principal's
-    /// policies applies to that action.
-    relevance: Vec<Option<Relevance>>,
-    /// By action slot: how many of this principal's policies apply.
-    applying: Vec<usize>,
+    /// By action slot: those of them that apply to the action; `None` when none
+    /// does. Slots given the same policies share one set (a policy for
+    /// `action in Action::"read"` is kept once for GET, HEAD and OPTIONS), and a
+    /// request is evaluated against only the policies its action can match:
+    /// Cedar builds each policy's condition before it checks the scope.
+    by_slot: Vec<Option<Own>>,
+}
+
+/// A principal's own policies for one action.
+#[derive(Debug)]
+struct Own {
+    policies: Arc<ast::PolicySet>,
+    /// What these and the action's common policies can read.
+    relevance: Relevance,
+    count: usize,
 }
 
 /// The policy set split by action and principal.
@@ -103,7 +109,9 @@ impl PolicyIndex {
             .iter()
             .map(|_| ActionPolicies { common: ast::PolicySet::new(), relevance: Relevance::none() })
             .collect();
-        let mut by_principal: HashMap<EntityUid, PrincipalPolicies> = HashMap::new();
+        // Per principal and action slot, the indexes of its policies that apply.
+        let mut own: HashMap<EntityUid, Vec<Vec<usize>>> = HashMap::new();
+        let mut indexed: Vec<(&Policy, Relevance)> = Vec::new();
         for policy in policies.policies() {
             let applying = applies(policy);
             if !applying.contains(&true) {
@@ -113,17 +121,11 @@ impl PolicyIndex {
             let reads = Relevance::of(std::iter::once(policy));
             match policy.principal_constraint() {
                 PrincipalConstraint::Eq(uid) => {
-                    let own = by_principal.entry(uid).or_insert_with(|| PrincipalPolicies {
-                        policies: ast::PolicySet::new(),
-                        relevance: vec![None; actions.len()],
-                        applying: vec![0; actions.len()],
-                    });
-                    add(&mut own.policies, policy)?;
-                    let per_action = own.relevance.iter_mut().zip(own.applying.iter_mut()).zip(&applying);
-                    for ((relevance, count), _) in per_action.filter(|(_, applies)| **applies) {
-                        *relevance = Some(relevance.take().unwrap_or_else(Relevance::none).union(&reads));
-                        *count += 1;
+                    let slots = own.entry(uid).or_insert_with(|| vec![Vec::new(); actions.len()]);
+                    for (list, _) in slots.iter_mut().zip(&applying).filter(|(_, applies)| **applies) {
+                        list.push(indexed.len());
                     }
+                    indexed.push((policy, reads));
                 }
                 _ => {
                     for (split, _) in by_action.iter_mut().zip(&applying).filter(|(_, applies)| **applies) {
@@ -133,11 +135,32 @@ impl PolicyIndex {
                 }
             }
         }
-        // A principal's own relevance includes what the common policies read.
-        for own in by_principal.values_mut() {
-            for (relevance, split) in own.relevance.iter_mut().zip(&by_action) {
-                *relevance = relevance.take().map(|r| split.relevance.union(&r));
+        let mut by_principal: HashMap<EntityUid, PrincipalPolicies> = HashMap::new();
+        for (uid, slots) in own {
+            let mut shared: HashMap<Vec<usize>, Arc<ast::PolicySet>> = HashMap::new();
+            let mut by_slot = Vec::with_capacity(slots.len());
+            for (list, split) in slots.into_iter().zip(&by_action) {
+                if list.is_empty() {
+                    by_slot.push(None);
+                    continue;
+                }
+                let chosen = || list.iter().filter_map(|i| indexed.get(*i));
+                let relevance = chosen().fold(split.relevance.clone(), |acc, (_, reads)| acc.union(reads));
+                let set = match shared.get(&list) {
+                    Some(set) => Arc::clone(set),
+                    None => {
+                        let mut set = ast::PolicySet::new();
+                        for (policy, _) in chosen() {
+                            add(&mut set, policy)?;
+                        }
+                        let set = Arc::new(set);
+                        shared.insert(list.clone(), Arc::clone(&set));
+                        set
+                    }
+                };
+                by_slot.push(Some(Own { policies: set, relevance, count: list.len() }));
             }
+            by_principal.insert(uid, PrincipalPolicies { by_slot });
         }
         let all = policies.as_ref();
         let forbid_ids = all.policies().filter(|p| p.effect() == ast::Effect::Forbid).map(|p| p.id().clone()).collect();
@@ -146,26 +169,22 @@ impl PolicyIndex {
     }
 
     /// The policies a request for `action` by `principal` is evaluated against:
-    /// the action's common ones and, when any of them applies, the principal's own;
-    /// `None` for an action the index was not built for.
-    fn parts(
-        &self,
-        action: &EntityUid,
-        principal: Option<&EntityUid>,
-    ) -> Option<(&ActionPolicies, Option<(&PrincipalPolicies, usize)>)> {
+    /// the action's common ones and the principal's own that apply to it, with
+    /// what they can read and how many of its own there are; `None` for an action
+    /// the index was not built for.
+    fn parts(&self, action: &EntityUid, principal: Option<&EntityUid>) -> Option<(&ActionPolicies, Option<&Own>)> {
         let slot = *self.slots.get(action)?;
         let split = self.by_action.get(slot)?;
-        let own = principal.and_then(|p| self.by_principal.get(p)).map(|own| (own, slot));
-        Some((split, own.filter(|(own, slot)| own.applying.get(*slot).is_some_and(|n| *n > 0))))
+        let own = principal.and_then(|p| self.by_principal.get(p)).and_then(|own| own.by_slot.get(slot)?.as_ref());
+        Some((split, own))
     }
 
     /// What the policies that can apply to `action` by `principal` can read.
     pub fn relevance(&self, action: &EntityUid, principal: &EntityUid) -> &Relevance {
         match self.parts(action, Some(principal)) {
             None => &self.all_relevance,
-            Some((split, own)) => {
-                own.and_then(|(own, slot)| own.relevance.get(slot)?.as_ref()).unwrap_or(&split.relevance)
-            }
+            Some((_, Some(own))) => &own.relevance,
+            Some((split, None)) => &split.relevance,
         }
     }
 
@@ -173,10 +192,7 @@ impl PolicyIndex {
     pub fn candidates(&self, action: &EntityUid, principal: &EntityUid) -> usize {
         match self.parts(action, Some(principal)) {
             None => self.all.policies().count(),
-            Some((split, own)) => {
-                split.common.policies().count()
-                    + own.and_then(|(own, slot)| own.applying.get(slot).copied()).unwrap_or(0)
-            }
+            Some((split, own)) => split.common.policies().count() + own.map_or(0, |own| own.count),
         }
     }
 
@@ -187,7 +203,7 @@ impl PolicyIndex {
         match request.action().and_then(|action| self.parts(action, request.principal())) {
             None => self.verdict(&[run(&self.all)]),
             Some((split, None)) => self.verdict(&[run(&split.common)]),
-            Some((split, Some((own, _)))) => self.verdict(&[run(&split.common), run(&own.policies)]),
+            Some((split, Some(own))) => self.verdict(&[run(&split.common), run(&own.policies)]),
         }
     }
 
