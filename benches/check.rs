@@ -15,6 +15,8 @@ mod jwt;
 #[allow(dead_code)]
 mod request;
 
+mod support;
+
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
@@ -206,6 +208,17 @@ fn benches(c: &mut Criterion) {
         }
         group.finish();
     }
+
+    // Uncached evaluation as entities.json grows (groups no policy names): a Check
+    // is given only what of the store it can reach, so this stays flat.
+    let mut group = c.benchmark_group("check/entities_json");
+    for n in [0usize, 10_000, 50_000] {
+        let dir = support::entities_with(n);
+        let checker = checker(dir.path(), false);
+        assert!(checker.check(&input).is_allowed());
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| b.iter(|| checker.check(black_box(&input))));
+    }
+    group.finish();
 
     // Startup: reading, parsing, validating and indexing 10,000 policies.
     let dir = generated_policies(10_000, true);

@@ -1,4 +1,4 @@
-//! Shared by the load tool and the Envoy benchmark: the no-op Check server (the
+//! Shared by the benchmarks: the no-op Check server (the
 //! floor any ext_authz server is measured against), latency statistics, and a
 //! cedargate server on its own runtime.
 
