@@ -73,6 +73,15 @@ async fn metrics_and_status_follow_checks_and_reloads() {
     assert_eq!(value("cedargate_credential_remaining_seconds_count{credential=\"certificate\"}"), 4.0);
     assert!(scrape.lines().any(|l| l.starts_with("cedargate_policies_loaded{") && l.ends_with(" 9")), "{scrape}");
     assert!(scrape.contains("cedargate_policy_set_info{"), "{scrape}");
+    // entities.json's four and the schema's nine actions; a Check is given the
+    // actions and the stored entities the policies name, not the others.
+    let entities = |given: &str| {
+        let line = scrape.lines().find(|l| l.starts_with("cedargate_policy_entities{") && l.contains(given));
+        line.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or_else(|| panic!("{given}: {scrape}"))
+    };
+    assert_eq!(entities("given=\"stored\""), 13.0);
+    let given = entities("given=\"to_each_check\"");
+    assert!((9.0..13.0).contains(&given), "{given}");
 
     // A refused change shows up in the metrics and in /status; the set is kept.
     let version = running.sets.default_set().current().version.clone();

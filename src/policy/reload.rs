@@ -194,6 +194,18 @@ impl crate::ops::metrics::StateSource for PolicyReloader {
                 value: i64::try_from(set.policy_count()).unwrap_or(i64::MAX),
             },
             Sample::Gauge {
+                name: "policy_entities",
+                help: "Entities of entities.json and the schema's actions: stored, and those each Check is given",
+                labels: vec![("dir", dir.clone()), ("given", "stored".to_owned())],
+                value: i64::try_from(set.entities.base().len()).unwrap_or(i64::MAX),
+            },
+            Sample::Gauge {
+                name: "policy_entities",
+                help: "Entities of entities.json and the schema's actions: stored, and those each Check is given",
+                labels: vec![("dir", dir.clone()), ("given", "to_each_check".to_owned())],
+                value: i64::try_from(set.entities.given_to_each_check()).unwrap_or(i64::MAX),
+            },
+            Sample::Gauge {
                 name: "policy_set_info",
                 help: "The version (content hash) of the set being served",
                 labels: vec![("dir", dir), ("version", set.version.clone())],

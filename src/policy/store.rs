@@ -83,6 +83,16 @@ impl EntityStore {
         &self.base
     }
 
+    /// How many stored entities a Check starts from: what it can reach, or all of
+    /// them where that is not known or the closure is recomputed (for metrics:
+    /// a Check's cost grows with this number).
+    pub fn given_to_each_check(&self) -> usize {
+        match &self.reachable {
+            Some(reachable) if self.request_entities_are_leaves => reachable.iter().count(),
+            _ => self.base.len(),
+        }
+    }
+
     /// Whether a request's entities are added without recomputing the closure.
     pub fn adds_leaves(&self) -> bool {
         self.request_entities_are_leaves
