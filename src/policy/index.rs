@@ -20,7 +20,7 @@ use cedar_policy_core::ast;
 use cedar_policy_core::authorizer::{AuthorizationError, Decision as CedarDecision, Response};
 
 /// What Cedar said about one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Verdict {
     pub allowed: bool,
     /// Determining policies, sorted: the permits that allowed or the forbids that
