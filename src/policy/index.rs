@@ -112,13 +112,15 @@ impl PolicyIndex {
         // Per principal and action slot, the indexes of its policies that apply.
         let mut own: HashMap<EntityUid, Vec<Vec<usize>>> = HashMap::new();
         let mut indexed: Vec<(&Policy, Relevance)> = Vec::new();
+        let mut all_relevance = Relevance::none();
         for policy in policies.policies() {
+            // What the policy reads, computed once (it walks the policy's JSON form).
+            let reads = Relevance::of(std::iter::once(policy));
+            all_relevance = all_relevance.union(&reads);
             let applying = applies(policy);
             if !applying.contains(&true) {
                 continue;
             }
-            // What the policy reads, computed once (it walks the policy's JSON form).
-            let reads = Relevance::of(std::iter::once(policy));
             match policy.principal_constraint() {
                 PrincipalConstraint::Eq(uid) => {
                     let slots = own.entry(uid).or_insert_with(|| vec![Vec::new(); actions.len()]);
@@ -164,7 +166,6 @@ impl PolicyIndex {
         }
         let all = policies.as_ref();
         let forbid_ids = all.policies().filter(|p| p.effect() == ast::Effect::Forbid).map(|p| p.id().clone()).collect();
-        let all_relevance = Relevance::of(policies.policies());
         Ok(PolicyIndex { slots, by_action, by_principal, all: all.clone(), all_relevance, forbid_ids })
     }
 
