@@ -1,4 +1,5 @@
-//! Cedar policy sets: loaded from a directory and proven against the schema, what
+//! Cedar policy sets: loaded from a directory (each file parsed in batches of
+//! whole policies) and proven against the schema, what
 //! each policy can read, the Cedar request built for a Check and the entity store it is
 //! evaluated against, the evaluation index,
 //! the decision cache keyed by exactly that request, and hot reload.
@@ -13,5 +14,6 @@ pub mod reload;
 pub mod request;
 pub mod set;
 pub mod sets;
+pub mod statements;
 pub mod store;
 pub mod values;

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::identity::spiffe::SpiffeId;
 use crate::policy::index::PolicyIndex;
+use crate::policy::statements;
 use crate::policy::store::EntityStore;
 
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
@@ -118,10 +119,15 @@ impl Diagnostic {
 
     /// Builds a diagnostic from a Cedar (miette) error whose spans point into `text`.
     fn from_cedar(file: &str, text: &str, error: &dyn miette::Diagnostic) -> Self {
+        Diagnostic::from_cedar_at(file, text, 0, error)
+    }
+
+    /// The same, for an error whose spans point into `text[base..]`.
+    fn from_cedar_at(file: &str, text: &str, base: usize, error: &dyn miette::Diagnostic) -> Self {
         let offset = error.labels().and_then(|mut labels| labels.next()).map(|label| label.offset());
         let (line, column) = match offset {
             Some(offset) => {
-                let (l, c) = line_column(text, offset);
+                let (l, c) = line_column(text, base.saturating_add(offset));
                 (Some(l), Some(c))
             }
             None => (None, None),
@@ -211,10 +217,12 @@ pub fn parse_files(files: &PolicyFiles) -> Result<PolicySnapshot, Vec<Diagnostic
     let mut diagnostics = Vec::new();
     let mut policies = PolicySet::new();
     let mut policy_files = HashMap::new();
+    // Where each policy's batch starts in its file, for validation errors' positions.
+    let mut batch_starts = HashMap::new();
     for (file, text) in &files.policies {
         match parse_policy_file(file, text) {
             Ok(parsed) => {
-                for policy in parsed {
+                for (policy, batch_start) in parsed {
                     let id = policy.id().clone();
                     if let Some(first) = policy_files.get(&id) {
                         diagnostics.push(Diagnostic::file_level(
@@ -227,6 +235,7 @@ pub fn parse_files(files: &PolicyFiles) -> Result<PolicySnapshot, Vec<Diagnostic
                         diagnostics.push(Diagnostic::file_level(file.clone(), e.to_string()));
                         continue;
                     }
+                    batch_starts.insert(id.clone(), batch_start);
                     policy_files.insert(id, file.clone());
                 }
             }
@@ -241,7 +250,8 @@ pub fn parse_files(files: &PolicyFiles) -> Result<PolicySnapshot, Vec<Diagnostic
     for error in validation.validation_errors() {
         let file = policy_files.get(error.policy_id()).cloned().unwrap_or_default();
         let text = files.policies.get(&file).map(String::as_str).unwrap_or_default();
-        diagnostics.push(Diagnostic::from_cedar(&file, text, error));
+        let base = batch_starts.get(error.policy_id()).copied().unwrap_or_default();
+        diagnostics.push(Diagnostic::from_cedar_at(&file, text, base, error));
     }
     for warning in validation.validation_warnings() {
         tracing::warn!(policy = %warning.policy_id(), "policy validation warning: {warning}");
@@ -291,33 +301,45 @@ pub fn parse_files(files: &PolicyFiles) -> Result<PolicySnapshot, Vec<Diagnostic
 }
 
 /// Parses one `.cedar` file; each policy is named by its `@id("...")` annotation, or
-/// `file.cedar#N` for the N-th policy of the file (1-based).
-fn parse_policy_file(file: &str, text: &str) -> Result<Vec<Policy>, Vec<Diagnostic>> {
-    let parsed = PolicySet::from_str(text)
-        .map_err(|errors| errors.iter().map(|e| Diagnostic::from_cedar(file, text, e)).collect::<Vec<_>>())?;
-    if parsed.templates().next().is_some() {
-        return Err(vec![Diagnostic::file_level(
-            file,
-            "policy templates (`?principal`, `?resource`) are not supported",
-        )]);
-    }
-    // Cedar names a file's policies `policy0`, `policy1`, ... in the order written.
-    let mut numbered: Vec<(usize, &Policy)> = parsed
-        .policies()
-        .map(|p| (p.id().to_string().strip_prefix("policy").and_then(|n| n.parse().ok()).unwrap_or(usize::MAX), p))
-        .collect();
-    numbered.sort_by_key(|(n, _)| *n);
-    Ok(numbered
-        .into_iter()
-        .enumerate()
-        .map(|(i, (_, policy))| {
+/// `file.cedar#N` for the N-th policy of the file (1-based). Each comes with the
+/// offset in the file of the batch it was parsed in (`policy::statements`): the
+/// spans Cedar reports for it are relative to that.
+fn parse_policy_file(file: &str, text: &str) -> Result<Vec<(Policy, usize)>, Vec<Diagnostic>> {
+    let mut policies = Vec::new();
+    let mut diagnostics = Vec::new();
+    for batch in statements::batches(text, statements::BATCH_BYTES) {
+        let parsed = match PolicySet::from_str(batch.text) {
+            Ok(parsed) => parsed,
+            Err(errors) => {
+                diagnostics.extend(errors.iter().map(|e| Diagnostic::from_cedar_at(file, text, batch.start, e)));
+                continue;
+            }
+        };
+        if parsed.templates().next().is_some() {
+            return Err(vec![Diagnostic::file_level(
+                file,
+                "policy templates (`?principal`, `?resource`) are not supported",
+            )]);
+        }
+        // Cedar names a batch's policies `policy0`, `policy1`, ... in the order written.
+        let mut numbered: Vec<(usize, &Policy)> = parsed
+            .policies()
+            .map(|p| (p.id().to_string().strip_prefix("policy").and_then(|n| n.parse().ok()).unwrap_or(usize::MAX), p))
+            .collect();
+        numbered.sort_by_key(|(n, _)| *n);
+        for (_, policy) in numbered {
             let id = match policy.annotation("id") {
                 Some(id) => id.to_owned(),
-                None => format!("{file}#{}", i + 1),
+                None => format!("{file}#{}", policies.len() + 1),
             };
-            policy.new_id(PolicyId::new(id))
-        })
-        .collect())
+            policies.push((policy.new_id(PolicyId::new(id)), batch.start));
+        }
+    }
+    if diagnostics.is_empty() {
+        Ok(policies)
+    } else {
+        Err(diagnostics)
+    }
 }
 
 pub fn identity_parents(id: &SpiffeId, types: &CedarTypes) -> Vec<EntityUid> {
@@ -437,11 +459,53 @@ fn version_of(files: &PolicyFiles) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn line_and_column_are_one_based() {
         assert_eq!(line_column("ab\ncd", 0), (1, 1));
         assert_eq!(line_column("ab\ncd", 4), (2, 2));
         assert_eq!(line_column("ab", 99), (1, 3));
+    }
+
+    /// One-line policies filling about `batches` parse batches, and how many.
+    fn one_liners(batches: usize) -> (String, usize) {
+        let good = "permit (principal, action, resource);\n";
+        let n = statements::BATCH_BYTES / good.len() * batches;
+        (good.repeat(n), n)
+    }
+
+    /// A file of many batches: policies are numbered through the whole file, and
+    /// errors point at their line in the file, not in their batch.
+    #[test]
+    fn a_file_parsed_in_batches_is_named_and_located_as_one() {
+        let (mut text, n) = one_liners(3);
+        text.push_str("@id(\"named\") permit (principal, action, resource);\n");
+        let parsed = parse_policy_file("big.cedar", &text).unwrap_or_else(|e| unreachable!("{e:?}"));
+        assert!(parsed.iter().map(|(_, start)| start).collect::<HashSet<_>>().len() >= 3, "several batches");
+        let ids: Vec<String> = parsed.iter().map(|(p, _)| p.id().to_string()).collect();
+        let expected: Vec<String> = (1..=n).map(|i| format!("big.cedar#{i}")).chain(["named".to_owned()]).collect();
+        assert_eq!(ids, expected);
+
+        text.push_str("permit (principal, action, resource) when { 1 + };\n");
+        let errors = parse_policy_file("big.cedar", &text).err().unwrap_or_default();
+        assert!(!errors.is_empty());
+        assert!(errors.iter().all(|d| d.line == Some(n + 2)), "{errors:?}");
+    }
+
+    /// Validation errors, found after the whole set is parsed, point at their line
+    /// in the file too.
+    #[test]
+    fn validation_errors_in_a_late_batch_point_at_their_line() {
+        let (mut text, n) = one_liners(2);
+        text.push_str("permit (principal, action, resource) when {\n  resource.no_such_attribute == 1\n};\n");
+        let files = PolicyFiles {
+            schema: include_str!("../../policies/schema.cedarschema").to_owned(),
+            policies: BTreeMap::from([("big.cedar".to_owned(), text)]),
+            entities: None,
+        };
+        let errors = parse_files(&files).err().unwrap_or_default();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!((errors[0].file.as_str(), errors[0].line), ("big.cedar", Some(n + 2)), "{errors:?}");
     }
 }
