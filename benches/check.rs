@@ -102,7 +102,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("audit/record_to_json", |b| {
         b.iter(|| {
             let record = cedargate::ops::audit::AuditRecord::new(black_box(&decided), &input, false, SystemTime::now());
-            serde_json::to_string(&record).unwrap()
+            record.to_line().unwrap()
         })
     });
     let mut group = c.benchmark_group("check/shipped");

@@ -54,7 +54,7 @@ fn a_header_a_policy_reads_is_in_the_key_and_one_no_policy_reads_is_not() {
     assert_eq!(first.cache, CacheOutcome::Miss);
     let other = checker.check(&canary("no", "r2"));
     assert_eq!((other.code(), other.cache), ("policy_denied", CacheOutcome::Miss), "{other:?}");
-    assert_eq!(other.policies, vec!["canary-opt-in"]);
+    assert_eq!(*other.policies, ["canary-opt-in"]);
     // x-request-id differs on every request and no policy reads it: still a hit.
     for (opt_in, id, allowed) in [("yes", "r3", true), ("no", "r4", false), ("yes", "r5", true)] {
         let d = checker.check(&canary(opt_in, id));
@@ -102,7 +102,7 @@ fn policy_and_entity_changes_are_honoured_by_the_next_check() {
     reloader.reload().unwrap();
     let after = checker.check(&read);
     assert_eq!((after.code(), after.cache), ("policy_denied", CacheOutcome::Miss), "{after:?}");
-    assert_eq!(after.policies, vec!["frontend-reads-orders"]);
+    assert_eq!(*after.policies, ["frontend-reads-orders"]);
 
     // An entity change: a workload joins the order-readers group.
     let analytics = "spiffe://example.org/ns/data/sa/analytics";

@@ -87,7 +87,7 @@ fn a_trailing_slash_and_letter_case_do_not_dodge_a_policy() {
     let c = checker(test_config(dir.path().to_owned()));
     for path in ["/internal", "/internal/", "/INTERNAL", "/Internal/", "/internal?x=1"] {
         let d = c.check(&from(&pki, FRONTEND).path(path).input());
-        assert_eq!(d.policies, vec!["no-internal"], "{path}");
+        assert_eq!(*d.policies, ["no-internal"], "{path}");
     }
     // With case-sensitive paths, case is kept and the operator owns that choice.
     let mut config = test_config(dir.path().to_owned());

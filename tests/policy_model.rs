@@ -52,7 +52,7 @@ fn service_may_use_listed_methods_under_a_path_of_one_host() {
     let w = World::new();
     let allowed = w.decide(&w.from(FRONTEND).path("/api/orders"));
     assert!(allowed.is_allowed(), "{allowed:?}");
-    assert_eq!(allowed.policies, vec!["frontend-reads-orders"]);
+    assert_eq!(*allowed.policies, ["frontend-reads-orders"]);
     // Placing an order needs a user's token with scope orders:write (tests/tokens.rs).
     assert_eq!(code(&w.decide(&w.from(FRONTEND).method("POST").path("/api/orders"))), "policy_denied");
     assert!(w.decide(&w.from(FRONTEND).path("/api/orders/42/items?x=1")).is_allowed());
@@ -71,7 +71,7 @@ fn namespace_and_service_account_rule_for_payments() {
         |id: &str| w.from(id).method("POST").path("/api/charges").host("payments.example.org").destination(PAYMENTS);
     let d = w.decide(&charge(ORDERS));
     assert!(d.is_allowed(), "{d:?}");
-    assert_eq!(d.policies, vec!["orders-charges-payments"]);
+    assert_eq!(*d.policies, ["orders-charges-payments"]);
     // Same service account name in another namespace: not in Namespace default.
     assert!(!w.decide(&charge("spiffe://example.org/ns/staging/sa/orders")).is_allowed());
     // Right caller, but the request went to another destination.
@@ -94,7 +94,7 @@ fn route_settings_and_headers_gate_the_canary() {
     let canary = w.from(FRONTEND).route("release", "canary");
     let d = w.decide(&canary);
     assert_eq!(code(&d), "policy_denied");
-    assert_eq!(d.policies, vec!["canary-opt-in"]);
+    assert_eq!(*d.policies, ["canary-opt-in"]);
     assert!(w.decide(&canary.clone().header("x-canary", "yes")).is_allowed());
     assert!(w.decide(&w.from(FRONTEND).route("release", "stable")).is_allowed());
 }
@@ -125,7 +125,7 @@ fn long_lived_certificate_is_forbidden_even_with_a_permit() {
         w.pki.leaf(&LeafSpec::svid(FRONTEND).valid_for(now - time::Duration::days(1), now + time::Duration::days(29)));
     let d = w.decide(&Req::new(FRONTEND, Some(&thirty_days.cert_pem)));
     assert_eq!(code(&d), "policy_denied");
-    assert_eq!(d.policies, vec!["deny-long-lived-certificates"]);
+    assert_eq!(*d.policies, ["deny-long-lived-certificates"]);
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn path_tricks_cannot_slip_past_the_admin_forbid() {
     for path in ["/admin", "/admin/", "/ADMIN", "/Admin/users/", "/admin?x=/api"] {
         let d = w.decide(&w.from(FRONTEND).path(path));
         assert!(!d.is_allowed(), "{path}");
-        assert_eq!(d.policies, vec!["deny-admin"], "{path}");
+        assert_eq!(*d.policies, ["deny-admin"], "{path}");
     }
     // Every other one is refused before any policy is asked.
     for path in [

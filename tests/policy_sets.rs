@@ -35,7 +35,7 @@ async fn a_route_selects_its_teams_policy_set() {
     let on_route = ledger.clone().route("cedargate.policy_set", "payments-team");
     assert_eq!(outcome(&check(&running, on_route.build()).await), (200, "allow".into()));
     let d = running.checker.check(&on_route.input());
-    assert_eq!((d.policy_set.as_str(), d.policies.clone()), ("payments-team", vec!["ledger-readers".to_owned()]));
+    assert_eq!((d.policy_set.as_str(), d.policies.to_vec()), ("payments-team", vec!["ledger-readers".to_owned()]));
     assert_eq!(d.policy_version, running.sets.named("payments-team").unwrap().status().version);
 
     // Without the extension the default set decides, and it has no such permit.

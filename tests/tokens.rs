@@ -81,7 +81,7 @@ fn valid_rs256_es256_and_eddsa_tokens_are_accepted_and_reach_cedar() {
     for signer in [&rsa, &ec, &ed] {
         let d = w.decide(&w.place_order(&at_jwt(signer, &claims(now, "alice"))));
         assert!(d.is_allowed(), "{:?}: {d:?}", signer.alg);
-        assert_eq!(d.policies, vec!["frontend-places-orders-for-users"]);
+        assert_eq!(*d.policies, ["frontend-places-orders-for-users"]);
         let token = d.token.as_ref().unwrap();
         assert_eq!((token.iss.as_str(), token.sub.as_str()), (ISSUER, "alice"));
         assert_eq!(token.scope, vec!["orders:read", "orders:write"]);
@@ -300,7 +300,7 @@ when { context.peer == Workload::"spiffe://example.org/ns/default/sa/frontend" }
     let now = jwt::now();
     let d = w.decide(&w.place_order(&at_jwt(&ec, &claims(now, "alice"))));
     assert!(d.is_allowed(), "{d:?}");
-    assert_eq!(d.policies, vec!["buyers-via-frontend"]);
+    assert_eq!(*d.policies, ["buyers-via-frontend"]);
     // A user not in the group, and the right user through another workload.
     assert_eq!(w.decide(&w.place_order(&at_jwt(&ec, &claims(now, "carol")))).code(), "policy_denied");
     let via_orders = Req::new(ORDERS, Some(&w.pki.svid(ORDERS).cert_pem))

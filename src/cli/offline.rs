@@ -117,8 +117,8 @@ impl Report {
             decision: if decision.is_allowed() { "allow" } else { "deny" },
             reason: decision.code().to_owned(),
             status,
-            policies: decision.policies.clone(),
-            errors: decision.errors.clone(),
+            policies: decision.policies.to_vec(),
+            errors: decision.errors.to_vec(),
             detail,
             policy_version: decision.policy_version.clone(),
         }

@@ -134,6 +134,18 @@ impl<'a> AuditRecord<'a> {
     }
 }
 
+impl AuditRecord<'_> {
+    /// The record as written: one line of JSON and its newline.
+    pub fn to_line(&self) -> serde_json::Result<Vec<u8>> {
+        // serde_json starts at 128 bytes and doubles: three reallocations and
+        // copies per record (a third of the encoding's cost under load).
+        let mut line = Vec::with_capacity(RECORD_CAPACITY);
+        serde_json::to_writer(&mut line, self)?;
+        line.push(b'\n');
+        Ok(line)
+    }
+}
+
 fn rfc3339(t: SystemTime) -> String {
     let format =
         time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
@@ -161,11 +173,18 @@ pub struct AuditStats {
     queued: AtomicI64,
 }
 
+/// One encoded record: a JSON object and its newline (UTF-8, as serde_json writes).
+type Line = Vec<u8>;
+
+/// Room for a typical record in one allocation: about 600 bytes without a token,
+/// 850 with one; longer paths and deny details grow it.
+const RECORD_CAPACITY: usize = 1024;
+
 /// The handle Checks write through. Cloned into the gRPC service; the writer
 /// thread ends once every handle is gone and the queue is drained.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<String>,
+    tx: mpsc::Sender<Line>,
     when_full: WhenFull,
     include_query: bool,
     counters: Arc<AuditStats>,
@@ -199,12 +218,9 @@ impl AuditLog {
         }
     }
 
-    fn encode(&self, record: &AuditRecord<'_>) -> Option<String> {
-        match serde_json::to_string(record) {
-            Ok(mut line) => {
-                line.push('\n');
-                Some(line)
-            }
+    fn encode(&self, record: &AuditRecord<'_>) -> Option<Line> {
+        match record.to_line() {
+            Ok(line) => Some(line),
             Err(e) => {
                 tracing::error!("cannot serialize an audit record: {e}");
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -213,7 +229,7 @@ impl AuditLog {
         }
     }
 
-    fn try_queue(&self, line: String) -> bool {
+    fn try_queue(&self, line: Line) -> bool {
         match self.tx.try_send(line) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -302,7 +318,7 @@ impl Sink {
 /// Opens the sink and starts the writer thread.
 pub fn start(config: &AuditConfig) -> Result<(AuditLog, AuditWriter), AuditError> {
     let sink = Sink::open(&config.sink)?;
-    let (tx, rx) = mpsc::channel::<String>(config.queue);
+    let (tx, rx) = mpsc::channel::<Line>(config.queue);
     let counters = Arc::new(AuditStats::default());
     let reopen = Arc::new(AtomicBool::new(false));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(AuditError::Thread)?;
@@ -327,15 +343,15 @@ const BATCH_PAUSE: Duration = Duration::from_millis(1);
 /// The writer's loop: wait for a record, then drain the burst in batches; flush
 /// every `FLUSH_EVERY` while records arrive, when the server goes quiet, and at the
 /// end. Ends when every sender is gone and the queue is empty.
-async fn write_records(mut rx: mpsc::Receiver<String>, mut sink: Sink, counters: &AuditStats, reopen: &AtomicBool) {
+async fn write_records(mut rx: mpsc::Receiver<Line>, mut sink: Sink, counters: &AuditStats, reopen: &AtomicBool) {
     // Checked before every record, so a rotation takes effect at once even in
     // the middle of a burst.
-    let write = |sink: &mut Sink, line: String| {
+    let write = |sink: &mut Sink, line: Line| {
         if reopen.swap(false, Ordering::AcqRel) {
             sink.reopen();
         }
         counters.queued.fetch_sub(1, Ordering::Relaxed);
-        match sink.writer().write_all(line.as_bytes()) {
+        match sink.writer().write_all(&line) {
             Ok(()) => counters.written.fetch_add(1, Ordering::Relaxed),
             Err(_) => counters.failed.fetch_add(1, Ordering::Relaxed),
         };

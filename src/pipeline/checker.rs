@@ -234,7 +234,7 @@ impl Checker {
         let facts = &facts;
         let evaluate = || {
             let cedar = facts.build(now)?;
-            Ok(snapshot.index.evaluate(&snapshot.authorizer, &cedar.request, &cedar.entities))
+            Ok(snapshot.index.evaluate(&cedar.request, &cedar.entities))
         };
         let judged = |verdict, cache| Judged { verdict, cache, resource_path: facts.path.path.clone() };
         let Some(cache) = &self.parts.cache else { return Ok(judged(evaluate()?, CacheOutcome::Bypass)) };
@@ -267,12 +267,12 @@ impl Checker {
         let (enforced_code, shadow_code) = (code(enforced), code(&judged));
         let agrees = (enforced_code == "allow") == (shadow_code == "allow");
         let (policies, errors) = match judged {
-            Ok(Judged { verdict: v, .. }) => (v.policies, v.errors),
+            Ok(Judged { verdict: v, .. }) => (v.policies.to_vec(), v.errors.to_vec()),
             Err(_) => (Vec::new(), Vec::new()),
         };
         if !agrees {
             self.parts.metrics.record_shadow_disagreement();
-            let enforced_policies = enforced.as_ref().map(|j| j.verdict.policies.clone()).unwrap_or_default();
+            let enforced_policies = enforced.as_ref().map(|j| j.verdict.policies.to_vec()).unwrap_or_default();
             tracing::warn!(
                 principal = peer.spiffe_id.as_str(),
                 http.method = http.method.as_str(),

@@ -4,6 +4,7 @@
 //! wraps them and gives each exactly one reason code (the metric label, the audit
 //! field and the JSON body's `reason`) and one HTTP status.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::credentials::token::{TokenError, VerifiedToken};
@@ -22,9 +23,9 @@ pub struct Decision {
     pub token: Option<VerifiedToken>,
     /// Ids of the policies that determined the outcome (the permits that allowed, or
     /// the forbids that denied). Empty for a default deny.
-    pub policies: Vec<String>,
+    pub policies: Arc<[String]>,
     /// Policy evaluation errors (policy id and message). Never sent to the client.
-    pub errors: Vec<String>,
+    pub errors: Arc<[String]>,
     /// The policy set that decided: `default`, or the name a route selected.
     pub policy_set: String,
     /// Version (content hash) of the policy set that decided.
@@ -68,8 +69,8 @@ impl Decision {
             outcome: Outcome::Allow,
             peer: None,
             token: None,
-            policies: Vec::new(),
-            errors: Vec::new(),
+            policies: Arc::default(),
+            errors: Arc::default(),
             policy_set: policy_set.to_owned(),
             policy_version: policy_version.to_owned(),
             elapsed: Duration::ZERO,

@@ -9,7 +9,7 @@
 //!   revoked, expired or re-keyed credential never reaches a cached verdict; and an
 //!   entry still never outlives the certificate or token it was computed for.
 //! - A new policy set has a new version, so no entry of the old one can be found.
-//!   Concurrent misses for one key compute once (moka's `try_get_with`).
+//!   Concurrent misses for one key compute once (quick_cache's `get_or_insert_with`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -187,6 +187,8 @@ pub fn lifetime(ttl: Duration, peer: &PeerIdentity, token: Option<&VerifiedToken
     lifetime
 }
 
+/// An entry: the verdict and when it stops being usable.
+#[derive(Clone)]
 struct Entry {
     /// Shared by every entry with the same verdict (`DecisionCache::shared`).
     verdict: Arc<Verdict>,
@@ -198,17 +200,43 @@ struct Entry {
 /// this many an entry keeps its own.
 const SHARED_VERDICTS: usize = 4096;
 
-struct PerEntryExpiry;
+/// Weighs an entry for the cache's memory bound.
+#[derive(Clone)]
+struct Weight {
+    /// The least an entry weighs: `max_bytes / max_entries`, so the count of
+    /// entries stays under `max_entries` too.
+    slot: u64,
+}
 
-impl moka::Expiry<[u8; 32], Arc<Entry>> for PerEntryExpiry {
-    fn expire_after_create(&self, _key: &[u8; 32], entry: &Arc<Entry>, created_at: Instant) -> Option<Duration> {
-        Some(entry.expires_at.saturating_duration_since(created_at))
+impl quick_cache::Weighter<[u8; 32], Entry> for Weight {
+    fn weight(&self, _key: &[u8; 32], entry: &Entry) -> u64 {
+        entry_bytes(&entry.verdict).max(self.slot)
     }
 }
 
+/// Counts evictions (entries pushed out to make room) in the metrics.
+#[derive(Clone)]
+struct CountEvictions(Arc<Metrics>);
+
+impl quick_cache::Lifecycle<[u8; 32], Entry> for CountEvictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _state: &mut (), _key: [u8; 32], _entry: Entry) {
+        self.0.record_cache_eviction("decision");
+    }
+}
+
+type Entries = quick_cache::sync::Cache<[u8; 32], Entry, Weight, quick_cache::DefaultHashBuilder, CountEvictions>;
+
 /// Cached verdicts, bounded by entries, memory and time.
+///
+/// quick_cache rather than moka: an entry costs its key, its value and a few
+/// bytes of bookkeeping (moka's took about 430 bytes), and a hit takes a shard's
+/// read lock and no write. It has no expiry of its own: each entry carries its
+/// deadline, a lookup treats an entry past it as absent, and one that is never
+/// looked up again is evicted by the bounds like any other.
 pub struct DecisionCache {
-    cache: moka::sync::Cache<[u8; 32], Arc<Entry>>,
+    cache: Entries,
     ttl: Duration,
     /// The verdicts entries share, so 100,000 entries with the same answer hold
     /// one copy of its policy ids. Taken only when a miss fills an entry.
@@ -221,21 +249,14 @@ impl DecisionCache {
         if !config.decisions {
             return None;
         }
-        // Each entry weighs its estimated size, but at least one "slot" of
-        // max_bytes / max_entries: the total stays under both bounds.
         let slot = (config.max_bytes / config.max_entries.max(1)).max(1);
-        let cache = moka::sync::Cache::builder()
-            .max_capacity(config.max_bytes)
-            .weigher(move |_: &[u8; 32], entry: &Arc<Entry>| {
-                u32::try_from(entry_bytes(&entry.verdict).max(slot)).unwrap_or(u32::MAX)
-            })
-            .expire_after(PerEntryExpiry)
-            .eviction_listener(move |_, _, cause| {
-                if cause.was_evicted() {
-                    metrics.record_cache_eviction("decision");
-                }
-            })
-            .build();
+        let cache = Entries::with(
+            usize::try_from(config.max_entries).unwrap_or(usize::MAX),
+            config.max_bytes,
+            Weight { slot },
+            quick_cache::DefaultHashBuilder::default(),
+            CountEvictions(metrics),
+        );
         Some(DecisionCache { cache, ttl: config.ttl, shared: std::sync::Mutex::default() })
     }
 
@@ -244,7 +265,7 @@ impl DecisionCache {
     }
 
     /// The cached verdict for `key`, or `compute`'s, stored for `lifetime`.
-    /// Returns whether it was a hit.
+    /// Returns whether it was a hit. Concurrent misses for one key compute once.
     pub fn get_or_compute(
         &self,
         key: [u8; 32],
@@ -254,17 +275,29 @@ impl DecisionCache {
         if lifetime.is_zero() {
             return compute().map(|v| (v, false));
         }
-        let mut computed = false;
-        let entry = self
-            .cache
-            .try_get_with(key, || {
-                computed = true;
-                compute().map(|verdict| {
-                    Arc::new(Entry { verdict: self.share(verdict), expires_at: Instant::now() + lifetime })
-                })
-            })
-            .map_err(|e| (*e).clone())?;
-        Ok((Verdict::clone(&entry.verdict), !computed))
+        use quick_cache::sync::GuardResult;
+        let fresh = |entry: &Entry| Instant::now() < entry.expires_at;
+        let found = match self.cache.get_value_or_guard(&key, None) {
+            GuardResult::Value(entry) if fresh(&entry) => return Ok((Verdict::clone(&entry.verdict), true)),
+            GuardResult::Value(_expired) => {
+                self.cache.remove(&key);
+                self.cache.get_value_or_guard(&key, None)
+            }
+            other => other,
+        };
+        match found {
+            // This Check computes; concurrent ones for the same key wait for it
+            // (or compute themselves if it fails).
+            GuardResult::Guard(guard) => {
+                let verdict = self.share(compute()?);
+                let answer = Verdict::clone(&verdict);
+                let _ = guard.insert(Entry { verdict, expires_at: Instant::now() + lifetime });
+                Ok((answer, false))
+            }
+            // Filled by a concurrent miss for the same key just now.
+            GuardResult::Value(entry) if fresh(&entry) => Ok((Verdict::clone(&entry.verdict), true)),
+            GuardResult::Value(_) | GuardResult::Timeout => compute().map(|v| (v, false)),
+        }
     }
 
     /// The shared copy of `verdict`, made the shared one if there is none yet
@@ -281,20 +314,20 @@ impl DecisionCache {
         verdict
     }
 
-    /// Entries now (runs moka's pending bookkeeping first, so the count is exact).
+    /// Entries now (expired ones included until they are looked up or evicted).
     pub fn entries(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        u64::try_from(self.cache.len()).unwrap_or(u64::MAX)
     }
 }
 
 /// Estimated bytes of an entry: the verdict's strings (as if not shared: a
-/// bound, not a count) plus what an entry costs beyond them (key, `Arc`, moka's
-/// bookkeeping), as measured: 100,000 entries sharing one verdict took 42 MiB of
-/// live heap (glibc's `mallinfo2`, `cargo bench --bench memory`'s fill).
+/// bound, not a count) plus what an entry costs beyond them (key, deadline,
+/// `Arc`, the cache's bookkeeping), as measured: 100,000 entries sharing one
+/// verdict took 9.7 MiB of live heap (glibc's `mallinfo2` around
+/// `cargo bench --bench memory`'s fill; moka's had taken 42 MiB).
 fn entry_bytes(verdict: &Verdict) -> u64 {
-    let strings: usize = verdict.policies.iter().chain(&verdict.errors).map(|s| s.len() + 24).sum();
-    (450 + strings) as u64
+    let strings: usize = verdict.policies.iter().chain(verdict.errors.iter()).map(|s| s.len() + 24).sum();
+    (100 + strings) as u64
 }
 
 #[cfg(test)]
@@ -313,15 +346,15 @@ mod tests {
         let cache = DecisionCache::new(&config, Arc::new(Metrics::default())).unwrap_or_else(|| unreachable!());
         let verdict = |policy: &str| Verdict {
             allowed: true,
-            policies: vec![policy.to_owned()],
-            errors: Vec::new(),
+            policies: vec![policy.to_owned()].into(),
+            errors: Arc::default(),
             forbid_failed: false,
         };
         let fill = |key: u8, policy: &str| {
             let (got, hit) = cache.get_or_compute([key; 32], Duration::from_secs(60), || Ok(verdict(policy))).unwrap();
             assert!(!hit);
             assert_eq!(got, verdict(policy));
-            cache.cache.get(&[key; 32]).map(|entry| Arc::clone(&entry.verdict)).unwrap_or_else(|| unreachable!())
+            cache.cache.get(&[key; 32]).map(|entry| entry.verdict).unwrap_or_else(|| unreachable!())
         };
         let (a, b, other) = (fill(1, "p"), fill(2, "p"), fill(3, "q"));
         assert!(Arc::ptr_eq(&a, &b));

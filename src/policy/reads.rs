@@ -9,7 +9,7 @@ use cedar_policy::Policy;
 use serde_json::Value;
 
 /// What the loaded policies can read of a request beyond its fixed parts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Relevance {
     /// Some policy reads `context.time` (or the context as a whole): every request
     /// is then different and the cache is bypassed.
@@ -18,7 +18,7 @@ pub struct Relevance {
     pub tags: TagKeys,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TagKeys {
     /// A tag is read with a computed key: any tag may matter.
     All,
