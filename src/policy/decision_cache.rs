@@ -9,7 +9,7 @@
 //!   revoked, expired or re-keyed credential never reaches a cached verdict; and an
 //!   entry still never outlives the certificate or token it was computed for.
 //! - A new policy set has a new version, so no entry of the old one can be found.
-//!   Concurrent misses for one key compute once (quick_cache's `get_or_insert_with`).
+//!   Concurrent misses for one key compute once (quick_cache's placeholder guard).
 
 use std::net::IpAddr;
 use std::sync::Arc;

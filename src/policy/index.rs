@@ -87,10 +87,7 @@ impl PolicyIndex {
         policies: &PolicySet,
         actions: impl IntoIterator<Item = &'a EntityUid>,
         action_entities: &Entities,
-    ) -> Result<PolicyIndex, String> {
-        if let Some(template) = policies.templates().next() {
-            return Err(format!("policy template `{}` cannot be indexed", template.id()));
-        }
+    ) -> PolicyIndex {
         // Each action, with itself and the actions it is `in` (for `action in [...]`).
         let actions: Vec<(&EntityUid, HashSet<&EntityUid>)> = actions
             .into_iter()
@@ -176,7 +173,7 @@ impl PolicyIndex {
             }
             by_principal.insert(uid, PrincipalPolicies { by_slot });
         }
-        Ok(PolicyIndex { slots, by_action, by_principal, all, all_relevance })
+        PolicyIndex { slots, by_action, by_principal, all, all_relevance }
     }
 
     /// The policies a request for `action` by `principal` is evaluated against:
@@ -220,8 +217,6 @@ impl PolicyIndex {
         let mut errors = Vec::new();
         let mut forbid_failed = false;
         for policy in first.iter().chain(second) {
-            // A condition is an `&&` chain, which Cedar evaluates to a boolean or an
-            // error; anything else would be a type error, as Cedar reports it.
             match (evaluator.evaluate(policy), policy.effect()) {
                 (Ok(true), ast::Effect::Forbid) => forbids.push(policy.id().to_string()),
                 (Ok(true), ast::Effect::Permit) => permits.push(policy.id().to_string()),
@@ -294,7 +289,7 @@ mod tests {
         )
         .unwrap();
         let actions = [uid(r#"Action::"read""#), uid(r#"Action::"get""#), uid(r#"Action::"put""#)];
-        let index = PolicyIndex::build(&policies, &actions, &schema.action_entities().unwrap()).unwrap();
+        let index = PolicyIndex::build(&policies, &actions, &schema.action_entities().unwrap());
         let authorizer = Authorizer::new();
         let entities = Entities::empty();
         for principal in ["alice", "bob", "carol", "dave"] {
@@ -361,7 +356,7 @@ mod tests {
             let policies = PolicySet::from_str(&texts.concat()).unwrap();
             let actions = [uid(r#"Action::"read""#), uid(r#"Action::"get""#), uid(r#"Action::"put""#)];
             // Indexed for get and put only: `read` requests go through the whole set.
-            let index = PolicyIndex::build(&policies, &actions[1..], &schema.action_entities().unwrap()).unwrap();
+            let index = PolicyIndex::build(&policies, &actions[1..], &schema.action_entities().unwrap());
             let authorizer = Authorizer::new();
             let entities = Entities::empty();
             for principal in ["alice", "bob", "carol"] {
@@ -410,7 +405,7 @@ mod tests {
         )
         .unwrap();
         let actions = [uid(r#"Action::"get""#)];
-        let index = PolicyIndex::build(&policies, &actions, &schema.action_entities().unwrap()).unwrap();
+        let index = PolicyIndex::build(&policies, &actions, &schema.action_entities().unwrap());
         let context =
             cedar_policy::Context::from_json_str(r#"{"rec": {"secret": "hunter2"}, "n": 424242}"#, None).unwrap();
         let request =
@@ -439,7 +434,7 @@ mod tests {
         // `context.time` is not in this test schema's context: only parsing matters.
         let policies = policies.unwrap();
         let actions = [uid(r#"Action::"get""#), uid(r#"Action::"put""#)];
-        let index = PolicyIndex::build(&policies, &actions, &schema.action_entities().unwrap()).unwrap();
+        let index = PolicyIndex::build(&policies, &actions, &schema.action_entities().unwrap());
         assert!(index.relevance(&actions[0], &uid(r#"User::"bob""#)).time);
         assert!(!index.relevance(&actions[0], &uid(r#"User::"alice""#)).time);
         assert!(!index.relevance(&actions[1], &uid(r#"User::"alice""#)).time);

@@ -277,7 +277,7 @@ pub fn parse_files(files: &PolicyFiles) -> Result<PolicySnapshot, Vec<Diagnostic
         .collect();
     let internal = |e: String| vec![Diagnostic::file_level(SCHEMA_FILE, e)];
     let action_entities = schema.action_entities().map_err(|e| internal(e.to_string()))?;
-    let index = PolicyIndex::build(&policies, actions_by_method.values(), &action_entities).map_err(internal)?;
+    let index = PolicyIndex::build(&policies, actions_by_method.values(), &action_entities);
 
     let request_types = [&types.workload, &types.http_request, &types.headers, &types.query, &types.route, &types.user];
     let entities = EntityStore::for_policies(entities, &request_types, policies.as_ref());
