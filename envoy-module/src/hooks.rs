@@ -13,8 +13,12 @@ use std::ffi::c_void;
 use std::os::raw::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::abi::{ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr, Stream, HEADERS_CONTINUE};
+use crate::abi::{
+    ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr, Handshake, Stream, ValidationResult, ValidatorEnvoyPtr,
+    ALERT_BAD_CERTIFICATE, HEADERS_CONTINUE,
+};
 use crate::engine::Engine;
+use crate::handshake::Validator;
 use crate::request::PeerCertificates;
 
 /// What one `DynamicModuleFilter` configuration holds.
@@ -56,22 +60,29 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     config: EnvoyBuffer,
 ) -> *const c_void {
     let config = bytes(config);
-    let started = catch_unwind(|| Engine::start(config));
-    match started {
-        Ok(Ok(engine)) => {
+    boxed("filter", || {
+        Engine::start(config).map(|engine| {
             let identity = &engine.config().identity;
             let entries = engine.config().cache.certificate_entries.max(1024);
             let certificates = PeerCertificates::new(entries, identity.max_certificate_bytes);
-            Box::into_raw(Box::new(Config { engine, certificates })).cast::<c_void>()
-        }
+            Config { engine, certificates }
+        })
+    })
+}
+
+/// A configuration made by `start`, boxed for Envoy; null (Envoy then rejects the
+/// configuration) when it fails or panics.
+fn boxed<T, E: std::fmt::Display>(what: &str, start: impl FnOnce() -> Result<T, E>) -> *const c_void {
+    match catch_unwind(AssertUnwindSafe(start)) {
+        Ok(Ok(config)) => Box::into_raw(Box::new(config)).cast::<c_void>(),
         Ok(Err(e)) => {
             // Envoy's own error only says the module failed; this says why (on
             // stderr: the failure may come before logging is set up).
-            eprintln!("cedargate: the filter configuration is refused: {e}");
+            eprintln!("cedargate: the {what} configuration is refused: {e}");
             std::ptr::null()
         }
         Err(_) => {
-            eprintln!("cedargate: loading the filter configuration panicked");
+            eprintln!("cedargate: loading the {what} configuration panicked");
             std::ptr::null()
         }
     }
@@ -145,6 +156,77 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         tracing::error!("the in-process filter panicked; the request is denied");
         crate::respond::deny_internal(&stream)
     })
+}
+
+// The certificate validator (`DynamicModuleCertValidatorConfig`): its pointer is a
+// `Box<Validator>`, alive from `config_new` to `config_destroy`.
+
+/// Loads the cedargate configuration named by `validator_config` and its trust
+/// bundles. A null return makes Envoy reject the TLS context (and the listener).
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_cert_validator_config_new(
+    _config_envoy_ptr: ValidatorEnvoyPtr,
+    _name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    let config = bytes(config);
+    boxed("certificate validator", || Validator::start(config))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_cert_validator_config_destroy(config: *const c_void) {
+    if !config.is_null() {
+        // SAFETY: made by `Box::into_raw` in `cert_validator_config_new`; destroyed once.
+        let validator = Box::from_raw(config.cast_mut().cast::<Validator>());
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(validator)));
+    }
+}
+
+/// One handshake's peer chain (DER, leaf first). Anything but a verified X.509-SVID,
+/// a panic included, fails the handshake.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_cert_validator_do_verify_cert_chain(
+    envoy: ValidatorEnvoyPtr,
+    config: *const c_void,
+    certs: *const EnvoyBuffer,
+    count: usize,
+    _host_name: EnvoyBuffer,
+    is_server: bool,
+) -> ValidationResult {
+    // SAFETY: `config` is the `Validator` from `config_new`; `envoy`, `certs` and
+    // `count` are this verification's, valid until it returns.
+    let Some(validator) = config.cast::<Validator>().as_ref() else {
+        return ValidationResult::failed(ALERT_BAD_CERTIFICATE);
+    };
+    let handshake = Handshake::new(envoy);
+    let chain = crate::abi::certificate_chain(certs, count);
+    catch_unwind(AssertUnwindSafe(|| validator.verify(&handshake, &chain, is_server))).unwrap_or_else(|_| {
+        tracing::error!("the certificate validator panicked; the handshake fails");
+        ValidationResult::failed(ALERT_BAD_CERTIFICATE)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_cert_validator_get_ssl_verify_mode(
+    config: *const c_void,
+    _handshaker_provides_certificates: bool,
+) -> i32 {
+    // SAFETY: `config` is the `Validator` from `config_new`.
+    config.cast::<Validator>().as_ref().map_or(0x03, Validator::verify_mode)
+}
+
+/// What TLS session ids are tied to, so a session made under other bundles or
+/// another configuration is not resumed.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_cert_validator_update_digest(
+    config: *const c_void,
+    out: *mut crate::abi::ModuleBuffer,
+) {
+    // SAFETY: `config` is the `Validator` from `config_new`, whose bytes live as long
+    // as it does; `out` is Envoy's live out-parameter.
+    if let (Some(validator), Some(out)) = (config.cast::<Validator>().as_ref(), out.as_mut()) {
+        *out = crate::abi::ModuleBuffer::of(validator.session_context());
+    }
 }
 
 // What follows Envoy requires to exist; the decision is made on the request

@@ -8,9 +8,14 @@
 //! connection as the core's `CheckInput`) → `engine` (the core's `Authorizer`,
 //! never waiting) → `respond` (the core's `Reply` as Envoy calls). `abi` is the
 //! only place that touches Envoy's C interface.
+//!
+//! Before any request, at each TLS handshake: `hooks` → `handshake` (the peer's
+//! chain against its trust domain's bundle and the X.509-SVID rules, the verified
+//! leaf kept on the connection for `request`).
 
 mod abi;
 mod engine;
+mod handshake;
 mod hooks;
 mod request;
 mod respond;

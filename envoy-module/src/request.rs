@@ -3,8 +3,10 @@
 //!
 //! The peer certificate. The HTTP filter ABI exposes the peer's URI SAN and the
 //! SHA-256 digest of its certificate, not the certificate itself, and the core's
-//! X.509-SVID rules need all of it (key usage, validity, CA flag, every SAN). Envoy
-//! can put the certificate in `x-forwarded-client-cert` (`Cert=`, URL-encoded PEM,
+//! X.509-SVID rules need all of it (key usage, validity, CA flag, every SAN). With
+//! this module's certificate validator at the handshake (`handshake`), the
+//! verified leaf is on the connection's filter state, and that is what is used.
+//! Without it, Envoy can put the certificate in `x-forwarded-client-cert` (`Cert=`, URL-encoded PEM,
 //! with `forward_client_cert_details: SANITIZE_SET`). A client could send that
 //! header too, and Envoy keeps a client's copy under other settings, so a `Cert=` is
 //! used only when its own SHA-256 equals the digest Envoy read from the TLS
@@ -19,6 +21,7 @@ use cedargate::pipeline::input::{CheckInput, HttpInput, PeerInput};
 use cedargate::policy::sets::ROUTE_POLICY_SET_KEY;
 
 use crate::abi::{Attribute, Stream};
+use crate::handshake::PEER_CERTIFICATE_KEY;
 
 /// The header Envoy writes the peer certificate into.
 const XFCC: &str = "x-forwarded-client-cert";
@@ -40,6 +43,10 @@ impl PeerCertificates {
     /// there is none or none that Envoy's own digest vouches for.
     /// `xfcc`: the values of the request's `x-forwarded-client-cert` headers.
     fn of(&self, stream: &Stream, xfcc: &[&[u8]]) -> String {
+        // Verified at this connection's handshake by this module's validator.
+        if let Some(pem) = stream.filter_state(PEER_CERTIFICATE_KEY) {
+            return String::from_utf8_lossy(pem).into_owned();
+        }
         let Some(digest) = stream.attribute(Attribute::ConnectionSha256PeerCertificateDigest) else {
             return String::new();
         };

@@ -55,6 +55,10 @@ pub enum IdentityError {
     CertificateLongLived,
     #[error("peer certificate has been revoked")]
     CertificateRevoked,
+    #[error("peer certificate chain does not verify to the trust bundle of its trust domain: {0}")]
+    ChainUntrusted(String),
+    #[error("no trust bundle is configured for trust domain `{0}`")]
+    TrustBundleMissing(String),
 }
 
 impl IdentityError {
@@ -74,6 +78,8 @@ impl IdentityError {
             IdentityError::TrustDomainNotAllowed(_) => "trust_domain_not_allowed",
             IdentityError::CertificateLongLived => "certificate_long_lived",
             IdentityError::CertificateRevoked => "certificate_revoked",
+            IdentityError::ChainUntrusted(_) => "certificate_chain_untrusted",
+            IdentityError::TrustBundleMissing(_) => "trust_bundle_missing",
         }
     }
 
@@ -163,7 +169,7 @@ pub fn establish_with(
         if source.principal != id.as_str() {
             return Err(IdentityError::PrincipalMismatch);
         }
-        check_validity(&cert, now, config)?;
+        check_leaf(&cert, now, config)?;
         (id, Some(cert))
     };
     if !config.trust_domains.is_empty() && !config.trust_domains.iter().any(|td| td == spiffe_id.trust_domain()) {
@@ -173,14 +179,17 @@ pub fn establish_with(
 }
 
 /// The SPIFFE ID of an X.509-SVID leaf: its one URI SAN.
-fn svid_spiffe_id(cert: &PeerCertificate) -> Result<SpiffeId, IdentityError> {
+pub fn svid_spiffe_id(cert: &PeerCertificate) -> Result<SpiffeId, IdentityError> {
     match cert.uri_sans.as_slice() {
         [uri] => uri.parse().map_err(IdentityError::SanSpiffeId),
         other => Err(IdentityError::UriSanCount(other.len())),
     }
 }
 
-fn check_validity(cert: &PeerCertificate, now: SystemTime, config: &IdentityConfig) -> Result<(), IdentityError> {
+/// The X.509-SVID rules for a leaf that hold whatever its chain: a workload's key
+/// usage, not a CA, inside its validity window (with `clock_skew`), and no longer
+/// lived than `max_certificate_lifetime`.
+pub fn check_leaf(cert: &PeerCertificate, now: SystemTime, config: &IdentityConfig) -> Result<(), IdentityError> {
     if cert.is_ca {
         return Err(IdentityError::CertificateIsCa);
     }

@@ -33,6 +33,15 @@ pub fn mesh_pki(dir: &Path) -> (Pki, Leaf) {
     (pki, frontend)
 }
 
+/// Where the in-process filter gets the peer certificate from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerCertificateFrom {
+    /// The module's certificate validator at the handshake (the shipped file).
+    Handshake,
+    /// Envoy's `x-forwarded-client-cert`, vouched for by the session's digest.
+    ForwardedHeader,
+}
+
 /// An upstream that answers every request with the request's header block, counts
 /// the requests that reached it and records what each asked for.
 pub struct Upstream {
@@ -145,17 +154,26 @@ impl Envoy {
     /// The shipped `envoy-in-process.yaml`: cedargate inside Envoy, loaded from
     /// `module_dir`, configured by the cedargate file `config`. Envoy's stderr (where
     /// the module logs) goes to `dir/envoy.stderr`.
-    pub fn start_in_process(dir: &Path, module_dir: &Path, config: &Path, upstream_port: u16) -> Envoy {
+    pub fn start_in_process(
+        dir: &Path,
+        module_dir: &Path,
+        config: &Path,
+        upstream_port: u16,
+        peer_certificate: PeerCertificateFrom,
+    ) -> Envoy {
         let template = std::fs::read_to_string(super::repo_dir().join("envoy-config/envoy-in-process.yaml")).unwrap();
         let certs = format!("{}/", dir.display());
         let replacements = [
             ("port_value: 9901", "port_value: 0".to_owned(), 1),
             ("port_value: 10000", "port_value: 0".to_owned(), 1),
             ("port_value: 8080", format!("port_value: {upstream_port}"), 1),
-            ("/etc/cedargate/cedargate.toml", config.display().to_string(), 1),
-            ("/etc/cedargate/certs/", certs, 3),
+            ("/etc/cedargate/cedargate.toml", config.display().to_string(), 2),
+            ("/etc/cedargate/certs/", certs.clone(), 2),
         ];
-        let yaml = substitute("envoy-in-process.yaml", &template, template.clone(), &replacements);
+        let mut yaml = substitute("envoy-in-process.yaml", &template, template.clone(), &replacements);
+        if peer_certificate == PeerCertificateFrom::ForwardedHeader {
+            yaml = super::in_process_yaml::with_forwarded_certificate(&yaml, &format!("{certs}ca.pem"));
+        }
         Envoy::launch(dir, "envoy-in-process.yaml", &yaml, Some(module_dir))
     }
 
@@ -273,6 +291,9 @@ pub struct Reply {
 pub struct Client<'a> {
     pub envoy: &'a Envoy,
     pub dir: &'a Path,
+    /// cedargate's own validator checks certificates at the handshake, so a bad
+    /// SVID fails the handshake rather than getting a 401/403.
+    pub validates_handshake: bool,
 }
 
 impl Client<'_> {

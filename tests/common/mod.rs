@@ -5,6 +5,7 @@
 pub mod cases;
 pub mod envoy;
 pub mod envoy_binary;
+pub mod in_process_yaml;
 pub mod jwks_server;
 pub mod jwt;
 pub mod pki;

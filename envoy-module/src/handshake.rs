@@ -1,0 +1,189 @@
+//! The certificate validator at the TLS handshake (Envoy's
+//! `envoy.tls.cert_validator.dynamic_modules`, in place of its default validator):
+//! the peer's chain is verified against the bundle of its own trust domain and the
+//! X.509-SVID rules are applied once per connection (`identity::bundle`), so a bad
+//! SVID is refused before any request is read, with a TLS alert and its reason in
+//! Envoy's transport failure details.
+//!
+//! A verified leaf is kept on the connection (read-only filter state,
+//! `PEER_CERTIFICATE_KEY`) as PEM, for the HTTP filter: the ABI gives the filter no
+//! other way to the certificate, and Envoy then need not write it into
+//! `x-forwarded-client-cert` on every request. The core still applies the rules
+//! that depend on time or on reloadable state (expiry, revocation) to every request.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use cedargate::config::{Config, ConfigError, IdentityConfig};
+use cedargate::identity::bundle::{BundleError, TrustBundles};
+use cedargate::identity::svid::IdentityError;
+use cedargate::ops::watch::FileWatcher;
+use tokio::task::JoinHandle;
+
+use crate::abi::{
+    Handshake, ValidationResult, ALERT_ACCESS_DENIED, ALERT_BAD_CERTIFICATE, ALERT_CERTIFICATE_EXPIRED,
+    ALERT_UNKNOWN_CA,
+};
+
+/// The filter-state key under which a verified peer certificate travels from the
+/// handshake to the HTTP filter.
+pub const PEER_CERTIFICATE_KEY: &str = "cedargate.peer_certificate";
+
+/// `SSL_VERIFY_PEER` and `SSL_VERIFY_FAIL_IF_NO_PEER_CERT` (BoringSSL).
+const VERIFY_PEER: i32 = 0x01;
+const VERIFY_FAIL_IF_NO_PEER_CERT: i32 = 0x02;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ValidatorError {
+    #[error("the validator_config must be the path of a cedargate configuration file (a StringValue); got {0} bytes that are not UTF-8")]
+    NotUtf8(usize),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("cannot start the background runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// One `DynamicModuleCertValidatorConfig`.
+pub struct Validator {
+    identity: IdentityConfig,
+    bundles: std::sync::Arc<TrustBundles>,
+    /// What TLS sessions are tied to: the configuration file and the bundles at load.
+    session_context: Vec<u8>,
+    /// Re-reads the bundle files when they change (a CA rotation), off Envoy's threads.
+    runtime: Option<tokio::runtime::Runtime>,
+    reloads: JoinHandle<()>,
+    _watcher: FileWatcher,
+}
+
+impl Validator {
+    /// Reads the cedargate configuration file named by `validator_config` and the
+    /// trust bundles it names; either failing refuses, and Envoy rejects the listener.
+    pub fn start(validator_config: &[u8]) -> Result<Validator, ValidatorError> {
+        let path =
+            std::str::from_utf8(validator_config).map_err(|_| ValidatorError::NotUtf8(validator_config.len()))?;
+        let config = Config::from_file(Path::new(path.trim()))?;
+        let bundles = std::sync::Arc::new(TrustBundles::load(&config.identity)?);
+        let mut session_context = b"cedargate:".to_vec();
+        session_context.extend_from_slice(path.trim().as_bytes());
+        session_context.extend_from_slice(&bundles.digest());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("cedargate-bundles")
+            .enable_all()
+            .build()
+            .map_err(ValidatorError::Runtime)?;
+        let watcher = FileWatcher::new(config.policies.debounce);
+        let reloads = {
+            let _entered = runtime.enter();
+            let watched = std::sync::Arc::clone(&bundles);
+            let paths: Vec<std::path::PathBuf> = bundles.paths().into_iter().map(Path::to_owned).collect();
+            let paths: Vec<&Path> = paths.iter().map(std::path::PathBuf::as_path).collect();
+            watcher.spawn("trust bundles", &paths, move |_| match watched.reload() {
+                Ok(true) => tracing::info!("trust bundles reloaded"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "trust bundles not reloaded; the last good ones stay in use"),
+            })
+        };
+        tracing::info!(trust_domains = ?config.identity.trust_bundles.keys().collect::<Vec<_>>(), "cedargate certificate validator loaded in Envoy");
+        Ok(Validator {
+            identity: config.identity,
+            bundles,
+            session_context,
+            runtime: Some(runtime),
+            reloads,
+            _watcher: watcher,
+        })
+    }
+
+    /// BoringSSL's verify mode: a certificate is demanded unless the configuration
+    /// lets a request through on `source.principal` alone.
+    pub fn verify_mode(&self) -> i32 {
+        match self.identity.require_certificate {
+            true => VERIFY_PEER | VERIFY_FAIL_IF_NO_PEER_CERT,
+            false => VERIFY_PEER,
+        }
+    }
+
+    pub fn session_context(&self) -> &[u8] {
+        &self.session_context
+    }
+
+    /// Verifies one handshake's chain; on success the leaf is kept on the connection.
+    /// `is_server`: Envoy is the TLS server, verifying a client (a listener).
+    pub fn verify(&self, handshake: &Handshake, chain: &[&[u8]], is_server: bool) -> ValidationResult {
+        if !is_server {
+            // An upstream's certificate is a server's, for which none of the
+            // X.509-SVID client rules or the filter state make sense.
+            handshake.set_error_details("cedargate: the cedargate validator verifies clients on listeners only");
+            return ValidationResult::failed(ALERT_BAD_CERTIFICATE);
+        }
+        let verified = self.bundles.verify(chain, SystemTime::now(), &self.identity);
+        let refused = |e: &IdentityError| {
+            let details = format!("cedargate: {}: {e}", e.code());
+            tracing::warn!(reason = e.code(), error = %e, "peer certificate refused at the handshake");
+            handshake.set_error_details(&details);
+            ValidationResult::failed(alert(e))
+        };
+        let verified = match verified {
+            Ok(verified) => verified,
+            Err(e) => return refused(&e),
+        };
+        let Some(leaf) = chain.first() else { return refused(&IdentityError::Missing) };
+        if !handshake.set_filter_state(PEER_CERTIFICATE_KEY, pem(leaf).as_bytes()) {
+            // Without it no request on this connection could be decided.
+            return refused(&IdentityError::CertificateMissing);
+        }
+        tracing::debug!(peer = verified.spiffe_id.as_str(), "peer certificate verified at the handshake");
+        ValidationResult::VALIDATED
+    }
+}
+
+impl Drop for Validator {
+    fn drop(&mut self) {
+        self.reloads.abort();
+        // Without waiting on Envoy's main thread for a reload in progress.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The TLS alert for a refusal: what a client's TLS library reports.
+fn alert(e: &IdentityError) -> u8 {
+    match e {
+        IdentityError::CertificateExpired | IdentityError::CertificateNotYetValid => ALERT_CERTIFICATE_EXPIRED,
+        IdentityError::ChainUntrusted(_) | IdentityError::TrustBundleMissing(_) => ALERT_UNKNOWN_CA,
+        IdentityError::TrustDomainNotAllowed(_) => ALERT_ACCESS_DENIED,
+        _ => ALERT_BAD_CERTIFICATE,
+    }
+}
+
+/// DER as a PEM `CERTIFICATE` block: the form the core reads a certificate in.
+fn pem(der: &[u8]) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut text = String::with_capacity(encoded.len() + encoded.len() / 64 + 64);
+    text.push_str("-----BEGIN CERTIFICATE-----\n");
+    for line in encoded.as_bytes().chunks(64) {
+        text.push_str(std::str::from_utf8(line).unwrap_or_default());
+        text.push('\n');
+    }
+    text.push_str("-----END CERTIFICATE-----\n");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leaf_as_pem_parses_back_to_the_same_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["x.example.org".to_owned()]).unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        let parsed = cedargate::identity::certificate::parse_url_encoded_pem(&pem(&der), 16 * 1024).unwrap();
+        assert_eq!(parsed, cedargate::identity::certificate::parse_der(&der).unwrap());
+    }
+}
