@@ -159,6 +159,14 @@ fn cedargate_inside_envoy_answers_as_the_server_does() {
     assert_eq!(status, 200);
     let denied = common::metric(&metrics, "cedargate_decisions_total{decision=\"deny\",reason=\"policy_denied\"}");
     assert!(denied.is_some_and(|n| n >= 5.0), "{metrics}");
+    // Handshakes: the frontend's and payments' verified; evil's, the expired and the
+    // stranger's refused, each for its reason.
+    let verified = common::metric(&metrics, "cedargate_handshakes_total{outcome=\"verified\",reason=\"verified\"}");
+    assert!(verified.is_some_and(|n| n >= 10.0), "{metrics}");
+    for reason in ["trust_domain_not_allowed", "certificate_expired", "certificate_chain_untrusted"] {
+        let refused = format!("cedargate_handshakes_total{{outcome=\"refused\",reason=\"{reason}\"}}");
+        assert_eq!(common::metric(&metrics, &refused), Some(1.0), "{reason}: {metrics}");
+    }
     let (status, body) = common::admin_request(admin, "GET", "/status", "");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"admin\""), "the named set is reported: {body}");

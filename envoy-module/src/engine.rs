@@ -80,6 +80,7 @@ impl Engine {
             parts.watch(&watcher)
         };
         checker.report_to_metrics();
+        parts.metrics.add_source(Arc::new(crate::handshake::HandshakeMetrics));
         let (audit, audit_writer) = match parts.config.audit.enabled {
             true => {
                 let (log, writer) = cedargate::ops::audit::start(&parts.config.audit)?;

@@ -11,13 +11,17 @@
 //! `x-forwarded-client-cert` on every request. The core still applies the rules
 //! that depend on time or on reloadable state (expiry, revocation) to every request.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use base64::Engine as _;
 use cedargate::config::{Config, ConfigError, IdentityConfig};
 use cedargate::identity::bundle::{BundleError, TrustBundles};
 use cedargate::identity::svid::IdentityError;
+use cedargate::ops::metrics::{Sample, StateSource};
 use cedargate::ops::watch::FileWatcher;
 use tokio::task::JoinHandle;
 
@@ -29,6 +33,50 @@ use crate::abi::{
 /// The filter-state key under which a verified peer certificate travels from the
 /// handshake to the HTTP filter.
 pub const PEER_CERTIFICATE_KEY: &str = "cedargate.peer_certificate";
+
+/// Handshakes verified and refused in this process, by every validator
+/// configuration: the filter's `/metrics` reports them (`HandshakeMetrics`), as a
+/// validator has no metrics of its own to serve.
+static HANDSHAKES: Handshakes = Handshakes { verified: AtomicU64::new(0), refused: Mutex::new(BTreeMap::new()) };
+
+struct Handshakes {
+    verified: AtomicU64,
+    /// By reason code: refusals are rare, and their reasons few.
+    refused: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Handshakes {
+    fn refused(&self, reason: &'static str) {
+        let mut refused = self.refused.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *refused.entry(reason).or_default() += 1;
+    }
+}
+
+/// `cedargate_handshakes_total`, for a filter engine's metrics.
+#[derive(Debug)]
+pub struct HandshakeMetrics;
+
+impl StateSource for HandshakeMetrics {
+    fn samples(&self) -> Vec<Sample> {
+        const NAME: &str = "handshakes";
+        const HELP: &str = "Peer certificates verified or refused at the TLS handshake, by the in-process validator";
+        let verified = HANDSHAKES.verified.load(Ordering::Relaxed);
+        let mut samples = vec![Sample::Counter {
+            name: NAME,
+            help: HELP,
+            labels: vec![("outcome", "verified".to_owned()), ("reason", "verified".to_owned())],
+            value: verified,
+        }];
+        let refused = HANDSHAKES.refused.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        samples.extend(refused.iter().map(|(reason, count)| Sample::Counter {
+            name: NAME,
+            help: HELP,
+            labels: vec![("outcome", "refused".to_owned()), ("reason", (*reason).to_owned())],
+            value: *count,
+        }));
+        samples
+    }
+}
 
 /// `SSL_VERIFY_PEER` and `SSL_VERIFY_FAIL_IF_NO_PEER_CERT` (BoringSSL).
 const VERIFY_PEER: i32 = 0x01;
@@ -118,12 +166,14 @@ impl Validator {
             // An upstream's certificate is a server's, for which none of the
             // X.509-SVID client rules or the filter state make sense.
             handshake.set_error_details("cedargate: the cedargate validator verifies clients on listeners only");
+            HANDSHAKES.refused("not_a_listener");
             return ValidationResult::failed(ALERT_BAD_CERTIFICATE);
         }
         let verified = self.bundles.verify(chain, SystemTime::now(), &self.identity);
         let refused = |e: &IdentityError| {
             let details = format!("cedargate: {}: {e}", e.code());
             tracing::warn!(reason = e.code(), error = %e, "peer certificate refused at the handshake");
+            HANDSHAKES.refused(e.code());
             handshake.set_error_details(&details);
             ValidationResult::failed(alert(e))
         };
@@ -137,6 +187,7 @@ impl Validator {
             return refused(&IdentityError::CertificateMissing);
         }
         tracing::debug!(peer = verified.spiffe_id.as_str(), "peer certificate verified at the handshake");
+        HANDSHAKES.verified.fetch_add(1, Ordering::Relaxed);
         ValidationResult::VALIDATED
     }
 }

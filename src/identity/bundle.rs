@@ -138,22 +138,21 @@ impl TrustBundles {
         }
         let parsed = certificate::parse_der(leaf).map_err(IdentityError::Certificate)?;
         // The SAN picks the bundle; nothing in the leaf is believed until its chain
-        // to that bundle verifies, right after.
+        // to that bundle verifies. Its rules are applied first all the same: a
+        // refusal on unverified claims allows nothing, names the reason (an expired
+        // leaf is `certificate_expired`, not an untrusted chain) and spares the
+        // signatures.
         let spiffe_id = svid::svid_spiffe_id(&parsed)?;
+        check_domain(&spiffe_id, config)?;
+        svid::check_leaf(&parsed, now, config)?;
         let domain = spiffe_id.trust_domain();
-        if !config.trust_domains.is_empty() && !config.trust_domains.iter().any(|td| td == domain) {
-            return Err(IdentityError::TrustDomainNotAllowed(domain.to_owned()));
-        }
-        let loaded = self.loaded.load();
         let verifier =
             loaded.verifiers.get(domain).ok_or_else(|| IdentityError::TrustBundleMissing(domain.to_owned()))?;
-        let intermediates: Vec<CertificateDer<'_>> =
-            intermediates.iter().map(|der| CertificateDer::from(*der)).collect();
+        let presented: Vec<CertificateDer<'_>> = intermediates.iter().map(|der| CertificateDer::from(*der)).collect();
         let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
         verifier
-            .verify_client_cert(&CertificateDer::from(*leaf), &intermediates, UnixTime::since_unix_epoch(since_epoch))
+            .verify_client_cert(&CertificateDer::from(*leaf), &presented, UnixTime::since_unix_epoch(since_epoch))
             .map_err(|e| IdentityError::ChainUntrusted(e.to_string()))?;
-        svid::check_leaf(&parsed, now, config)?;
         // The chain verified, so every certificate in it parses; one that does not
         // only means the chain is not remembered.
         let until = intermediates.iter().try_fold(parsed.not_after, |earliest, der| {
@@ -308,7 +307,7 @@ mod tests {
         assert_eq!(reason(&[&day], &config), "certificate_long_lived");
         config.max_certificate_lifetime = None;
         let later = now + std::time::Duration::from_secs(48 * 3600);
-        assert_eq!(bundles.verify(&[&day], later, &config).unwrap_err().code(), "certificate_chain_untrusted");
+        assert_eq!(bundles.verify(&[&day], later, &config).unwrap_err().code(), "certificate_expired");
         config.trust_domains = vec!["other.org".into()];
         assert_eq!(reason(&[&day], &config), "trust_domain_not_allowed");
     }
@@ -353,7 +352,7 @@ mod tests {
         config.trust_domains = Vec::new();
         // Past the chain's earliest expiry it is verified again, and refused.
         let later = now + std::time::Duration::from_secs(48 * 3600);
-        assert_eq!(bundles.verify(&[&leaf], later, &config).unwrap_err().code(), "certificate_chain_untrusted");
+        assert_eq!(bundles.verify(&[&leaf], later, &config).unwrap_err().code(), "certificate_expired");
         // A CA taken out of the bundle no longer vouches for what it signed.
         assert!(bundles.verify(&[&leaf], now, &config).is_ok());
         std::fs::write(&config.trust_bundles["example.org"], new.0.pem()).unwrap();
