@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use cedargate::config::IssuerConfig;
 use cedargate::config::TokenModel;
 use cedargate::credentials::revocation::Denylist;
+use cedargate::identity::bundle::TrustBundles;
 use cedargate::identity::certificate;
 use cedargate::identity::spiffe::SpiffeId;
 use cedargate::pipeline::checker::{Checker, SystemClock};
@@ -111,6 +112,31 @@ proptest! {
         }
         let _ = certificate::parse_der(&der);
         let _ = certificate::parse_der(&der[..cut.index(der.len())]);
+    }
+
+    #[test]
+    fn no_damaged_chain_passes_the_handshake_validator(
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+        cut in any::<prop::sample::Index>(),
+        extra in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 0..3),
+    ) {
+        let HandshakeWorld { bundles, config, der, .. } = handshake_world();
+        let mut leaf = der.clone();
+        for (at, byte) in &flips {
+            let i = at.index(leaf.len());
+            leaf[i] ^= byte;
+        }
+        let leaf = if cut.index(8) == 0 { &leaf[..cut.index(leaf.len())] } else { &leaf[..] };
+        let mut chain: Vec<&[u8]> = vec![leaf];
+        chain.extend(extra.iter().map(Vec::as_slice));
+        let verified = bundles.verify(&chain, std::time::SystemTime::now(), config);
+        // Everything in a certificate is signed: only the very bytes issued verify.
+        if verified.is_ok() {
+            prop_assert_eq!(leaf, der.as_slice());
+        }
+        if leaf == der.as_slice() && extra.is_empty() {
+            prop_assert!(verified.is_ok(), "the issued certificate itself was refused: {:?}", verified.err());
+        }
     }
 
     #[test]
@@ -416,6 +442,27 @@ fn world() -> &'static World {
         }];
         let checker = Checker::load(config, Arc::new(SystemClock)).unwrap();
         World { checker, frontend_pem: Pki::new().svid(FRONTEND).cert_pem, _jwks: dir }
+    })
+}
+
+/// Trust bundles for example.org, the configuration naming them, and a leaf its CA issued.
+struct HandshakeWorld {
+    bundles: TrustBundles,
+    config: cedargate::config::IdentityConfig,
+    der: Vec<u8>,
+    _dir: tempfile::TempDir,
+}
+
+fn handshake_world() -> &'static HandshakeWorld {
+    static WORLD: OnceLock<HandshakeWorld> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new();
+        std::fs::write(dir.path().join("ca.pem"), pki.ca_pem()).unwrap();
+        let mut config = cedargate::config::IdentityConfig::default();
+        config.trust_bundles.insert("example.org".into(), dir.path().join("ca.pem"));
+        let bundles = TrustBundles::load(&config).unwrap();
+        HandshakeWorld { bundles, config, der: pki.svid(FRONTEND).der, _dir: dir }
     })
 }
 
