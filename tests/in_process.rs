@@ -110,6 +110,7 @@ fn cedargate_inside_envoy_answers_as_the_server_does() {
     for code in ["trust_domain_not_allowed", "certificate_chain_untrusted"] {
         assert!(stderr.contains(code), "no refusal with {code} logged: {stderr}");
     }
+    assert!(stderr.contains("cedargate certificate validator loaded in Envoy"), "{stderr}");
 
     // Per-route policy set: /console/ is decided by the `admin` set alone, where
     // payments may read and the frontend (allowed /api/ by the default set) not.

@@ -63,15 +63,7 @@ impl Engine {
             .enable_all()
             .build()
             .map_err(EngineError::Runtime)?;
-        // Logging is process-wide: the first configuration installs it, and later
-        // ones (another listener, an LDS update) find it in place.
-        {
-            let _entered = runtime.enter();
-            if let Ok(telemetry) = cedargate::ops::telemetry::init(&config) {
-                // Spans are flushed when the process ends; nothing to keep.
-                std::mem::forget(telemetry);
-            }
-        }
+        install_telemetry(&config, &runtime);
         let checker = Arc::new(Checker::new(Parts::load(config)?, Arc::new(SystemClock)));
         let parts = checker.parts();
         let watcher = FileWatcher::new(parts.config.policies.debounce);
@@ -131,6 +123,17 @@ impl Engine {
     /// anything.
     pub fn decide(&self, input: &CheckInput) -> Decision {
         self.authorizer.authorize_now(input, self.runtime.handle())
+    }
+}
+
+/// Logging is process-wide: the first configuration (a filter's or a certificate
+/// validator's) installs it, and later ones (another listener, an LDS update) find
+/// it in place.
+pub fn install_telemetry(config: &Config, runtime: &tokio::runtime::Runtime) {
+    let _entered = runtime.enter();
+    if let Ok(telemetry) = cedargate::ops::telemetry::init(config) {
+        // Spans are flushed when the process ends; nothing to keep.
+        std::mem::forget(telemetry);
     }
 }
 

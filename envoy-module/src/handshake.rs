@@ -123,6 +123,7 @@ impl Validator {
             .enable_all()
             .build()
             .map_err(ValidatorError::Runtime)?;
+        crate::engine::install_telemetry(&config, &runtime);
         let watcher = FileWatcher::new(config.policies.debounce);
         let reloads = {
             let _entered = runtime.enter();
