@@ -128,9 +128,7 @@ impl Validator {
         let reloads = {
             let _entered = runtime.enter();
             let watched = std::sync::Arc::clone(&bundles);
-            let paths: Vec<std::path::PathBuf> = bundles.paths().into_iter().map(Path::to_owned).collect();
-            let paths: Vec<&Path> = paths.iter().map(std::path::PathBuf::as_path).collect();
-            watcher.spawn("trust bundles", &paths, move |_| match watched.reload() {
+            watcher.spawn("trust bundles", &bundles.paths(), move |_| match watched.reload() {
                 Ok(true) => tracing::info!("trust bundles reloaded"),
                 Ok(false) => {}
                 Err(e) => tracing::error!(error = %e, "trust bundles not reloaded; the last good ones stay in use"),
