@@ -6,8 +6,8 @@
 //! X.509-SVID rules need all of it (key usage, validity, CA flag, every SAN). With
 //! this module's certificate validator at the handshake (`handshake`), the
 //! verified leaf is on the connection's filter state, and that is what is used.
-//! Without it, Envoy can put the certificate in `x-forwarded-client-cert` (`Cert=`, URL-encoded PEM,
-//! with `forward_client_cert_details: SANITIZE_SET`). A client could send that
+//! Without it, Envoy can put the certificate in `x-forwarded-client-cert` (`Cert=`,
+//! URL-encoded PEM, with `forward_client_cert_details: SANITIZE_SET`). A client could send that
 //! header too, and Envoy keeps a client's copy under other settings, so a `Cert=` is
 //! used only when its own SHA-256 equals the digest Envoy read from the TLS
 //! session. Anything else leaves the certificate out, and the core denies. The

@@ -131,7 +131,7 @@ impl TrustBundles {
         if let Some(known) = self.verified.get(&key) {
             if known.bundles == loaded.digest && svid::unix_seconds(now) <= known.until {
                 let svid = Arc::clone(&known.svid);
-                check_domain(&svid.spiffe_id, config)?;
+                svid::check_trust_domain(&svid.spiffe_id, config)?;
                 svid::check_leaf(&svid.certificate, now, config)?;
                 return Ok(svid);
             }
@@ -143,7 +143,7 @@ impl TrustBundles {
         // leaf is `certificate_expired`, not an untrusted chain) and spares the
         // signatures.
         let spiffe_id = svid::svid_spiffe_id(&parsed)?;
-        check_domain(&spiffe_id, config)?;
+        svid::check_trust_domain(&spiffe_id, config)?;
         svid::check_leaf(&parsed, now, config)?;
         let domain = spiffe_id.trust_domain();
         let verifier =
@@ -180,15 +180,6 @@ fn chain_digest(chain: &[&[u8]]) -> [u8; 32] {
         digest.update(der);
     }
     digest.finalize().into()
-}
-
-/// `identity.trust_domains`, when set, names every trust domain that may call.
-fn check_domain(spiffe_id: &SpiffeId, config: &IdentityConfig) -> Result<(), IdentityError> {
-    let domain = spiffe_id.trust_domain();
-    if !config.trust_domains.is_empty() && !config.trust_domains.iter().any(|td| td == domain) {
-        return Err(IdentityError::TrustDomainNotAllowed(domain.to_owned()));
-    }
-    Ok(())
 }
 
 fn read(paths: &BTreeMap<String, PathBuf>) -> Result<Loaded, BundleError> {

@@ -172,10 +172,17 @@ pub fn establish_with(
         check_leaf(&cert, now, config)?;
         (id, Some(cert))
     };
-    if !config.trust_domains.is_empty() && !config.trust_domains.iter().any(|td| td == spiffe_id.trust_domain()) {
-        return Err(IdentityError::TrustDomainNotAllowed(spiffe_id.trust_domain().to_owned()));
-    }
+    check_trust_domain(&spiffe_id, config)?;
     Ok(PeerIdentity { spiffe_id, certificate })
+}
+
+/// `identity.trust_domains`, when set, names every trust domain that may call.
+pub fn check_trust_domain(spiffe_id: &SpiffeId, config: &IdentityConfig) -> Result<(), IdentityError> {
+    let domain = spiffe_id.trust_domain();
+    if !config.trust_domains.is_empty() && !config.trust_domains.iter().any(|td| td == domain) {
+        return Err(IdentityError::TrustDomainNotAllowed(domain.to_owned()));
+    }
+    Ok(())
 }
 
 /// The SPIFFE ID of an X.509-SVID leaf: its one URI SAN.
