@@ -71,8 +71,10 @@ sink = "{audit}"
         audience = common::jwt::AUDIENCE,
         jwks = d.join("jwks.json").display(),
         audit = d.join("audit.jsonl").display(),
-        ca = d.join("ca.pem").display(),
+        ca = d.join("bundle.pem").display(),
     );
+    // The validator's own copy of the mesh CA, apart from the one clients trust.
+    std::fs::copy(d.join("ca.pem"), d.join("bundle.pem")).unwrap();
     let path = d.join("cedargate.toml");
     std::fs::write(&path, config).unwrap();
     path
@@ -168,6 +170,24 @@ fn cedargate_inside_envoy_answers_as_the_server_does() {
         let refused = format!("cedargate_handshakes_total{{outcome=\"refused\",reason=\"{reason}\"}}");
         assert_eq!(common::metric(&metrics, &refused), Some(1.0), "{reason}: {metrics}");
     }
+    // A trust bundle that does not load is refused, visibly, and the last good one
+    // keeps verifying new connections.
+    let bundle = std::fs::read_to_string(d.join("bundle.pem")).unwrap();
+    std::fs::write(d.join("bundle.pem"), "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, metrics) = common::admin_request(admin, "GET", "/metrics", "");
+        if common::metric(&metrics, "cedargate_trust_bundle_reload_failing") == Some(1.0) {
+            assert_eq!(common::metric(&metrics, "cedargate_trust_bundle_reloads_total{result=\"failure\"}"), Some(1.0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the broken bundle was never refused: {metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reply = client.get(Some("payments"), "/api/orders/1", &[]);
+    assert_eq!(reply.status, 200, "a broken bundle replaced the last good one: {reply:?}");
+    std::fs::write(d.join("bundle.pem"), bundle).unwrap();
     let (status, body) = common::admin_request(admin, "GET", "/status", "");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"admin\""), "the named set is reported: {body}");
@@ -233,12 +253,12 @@ fn envoy_refuses_a_configuration_cedargate_cannot_load() {
 
     // Nor without the trust bundle its certificate validator names.
     std::fs::remove_file(policies.join("broken.cedar")).unwrap();
-    std::fs::remove_file(d.join("ca.pem")).unwrap();
+    std::fs::remove_file(d.join("bundle.pem")).unwrap();
     let started = std::panic::catch_unwind(|| {
         Envoy::start_in_process(d, &module_dir(), &config, upstream.port, PeerCertificateFrom::Handshake)
     });
     assert!(started.is_err(), "Envoy started without the trust bundle");
     let stderr = std::fs::read_to_string(d.join("envoy.stderr")).unwrap_or_default();
     assert!(stderr.contains("cedargate: the certificate validator configuration is refused"), "{stderr}");
-    assert!(stderr.contains("ca.pem"), "the missing file is named: {stderr}");
+    assert!(stderr.contains("bundle.pem"), "the missing file is named: {stderr}");
 }

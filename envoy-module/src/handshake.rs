@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -37,12 +37,22 @@ pub const PEER_CERTIFICATE_KEY: &str = "cedargate.peer_certificate";
 /// Handshakes verified and refused in this process, by every validator
 /// configuration: the filter's `/metrics` reports them (`HandshakeMetrics`), as a
 /// validator has no metrics of its own to serve.
-static HANDSHAKES: Handshakes = Handshakes { verified: AtomicU64::new(0), refused: Mutex::new(BTreeMap::new()) };
+static HANDSHAKES: Handshakes = Handshakes {
+    verified: AtomicU64::new(0),
+    refused: Mutex::new(BTreeMap::new()),
+    reloads: [AtomicU64::new(0), AtomicU64::new(0)],
+    reload_failing: AtomicBool::new(false),
+};
 
 struct Handshakes {
     verified: AtomicU64,
     /// By reason code: refusals are rare, and their reasons few.
     refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Bundle reloads that swapped new bundles in, and that were refused.
+    reloads: [AtomicU64; 2],
+    /// The last look at the bundle files found one that does not load (the bundles
+    /// in use are older than what is on disk).
+    reload_failing: AtomicBool,
 }
 
 impl Handshakes {
@@ -74,6 +84,21 @@ impl StateSource for HandshakeMetrics {
             labels: vec![("outcome", "refused".to_owned()), ("reason", (*reason).to_owned())],
             value: *count,
         }));
+        for (result, count) in ["success", "failure"].iter().zip(&HANDSHAKES.reloads) {
+            samples.push(Sample::Counter {
+                name: "trust_bundle_reloads",
+                help:
+                    "Trust bundle files read again after a change: swapped in, or refused (the last good bundles stay)",
+                labels: vec![("result", (*result).to_owned())],
+                value: count.load(Ordering::Relaxed),
+            });
+        }
+        samples.push(Sample::Gauge {
+            name: "trust_bundle_reload_failing",
+            help: "1 while a trust bundle file on disk is refused and older bundles are in use",
+            labels: vec![],
+            value: i64::from(HANDSHAKES.reload_failing.load(Ordering::Relaxed)),
+        });
         samples
     }
 }
@@ -129,9 +154,19 @@ impl Validator {
             let _entered = runtime.enter();
             let watched = std::sync::Arc::clone(&bundles);
             watcher.spawn("trust bundles", &bundles.paths(), move |_| match watched.reload() {
-                Ok(true) => tracing::info!("trust bundles reloaded"),
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "trust bundles not reloaded; the last good ones stay in use"),
+                Ok(changed) => {
+                    HANDSHAKES.reload_failing.store(false, Ordering::Relaxed);
+                    if changed {
+                        HANDSHAKES.reloads[0].fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("trust bundles reloaded");
+                    }
+                }
+                Err(e) => {
+                    if !HANDSHAKES.reload_failing.swap(true, Ordering::Relaxed) {
+                        HANDSHAKES.reloads[1].fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::error!(error = %e, "trust bundles not reloaded; the last good ones stay in use");
+                }
             })
         };
         tracing::info!(trust_domains = ?config.identity.trust_bundles.keys().collect::<Vec<_>>(), "cedargate certificate validator loaded in Envoy");
