@@ -360,8 +360,8 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// While records arrive, the writer takes what queued every `TICK` (or sooner,
 /// when the queue is half full), rather than being woken for each record: a
 /// wake-up costs the Check that sends it a system call, and the writer a switch
-/// in and out, which at a few thousand Checks a second was a third of a Check's
-/// CPU. A tick with nothing queued means quiet: the writer flushes and parks.
+/// in and out, which at a few thousand requests a second in Envoy was a fifth of a
+/// request's CPU. A tick with nothing queued means quiet: the writer flushes and parks.
 const TICK: Duration = Duration::from_millis(20);
 
 /// The writer's loop: park until a record arrives, then take the queue every
