@@ -23,10 +23,8 @@ use tokio::task::JoinHandle;
 /// (at startup: Envoy does not start), so no request is ever served without it.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("the filter_config must be the path of a cedargate configuration file (a StringValue); got {0} bytes that are not UTF-8")]
-    NotUtf8(usize),
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    File(#[from] ConfigFileError),
     #[error(transparent)]
     Setup(#[from] SetupError),
     #[error("cannot start the background runtime: {0}")]
@@ -55,15 +53,8 @@ impl Engine {
     /// everything it names, as `cedargate serve` would: an invalid policy set,
     /// JWKS file or revocation file refuses.
     pub fn start(filter_config: &[u8]) -> Result<Engine, EngineError> {
-        let path = std::str::from_utf8(filter_config).map_err(|_| EngineError::NotUtf8(filter_config.len()))?;
-        let config = Config::from_file(Path::new(path.trim()))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("cedargate-background")
-            .enable_all()
-            .build()
-            .map_err(EngineError::Runtime)?;
-        install_telemetry(&config, &runtime);
+        let (_, config) = read_config("filter_config", filter_config)?;
+        let runtime = background_runtime("cedargate-background", &config).map_err(EngineError::Runtime)?;
         let checker = Arc::new(Checker::new(Parts::load(config)?, Arc::new(SystemClock)));
         let parts = checker.parts();
         let watcher = FileWatcher::new(parts.config.policies.debounce);
@@ -126,15 +117,37 @@ impl Engine {
     }
 }
 
-/// Logging is process-wide: the first configuration (a filter's or a certificate
-/// validator's) installs it, and later ones (another listener, an LDS update) find
-/// it in place.
-pub fn install_telemetry(config: &Config, runtime: &tokio::runtime::Runtime) {
-    let _entered = runtime.enter();
-    if let Ok(telemetry) = cedargate::ops::telemetry::init(config) {
-        // Spans are flushed when the process ends; nothing to keep.
-        std::mem::forget(telemetry);
+/// Why the cedargate configuration file Envoy's configuration names could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("the {key} must be the path of a cedargate configuration file (a StringValue); got {len} bytes that are not UTF-8")]
+    NotUtf8 { key: &'static str, len: usize },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// The cedargate configuration file whose path is Envoy's `key` (a `StringValue`,
+/// the filter's or the certificate validator's), read and validated; with the path.
+pub fn read_config<'a>(key: &'static str, value: &'a [u8]) -> Result<(&'a str, Config), ConfigFileError> {
+    let path = std::str::from_utf8(value).map_err(|_| ConfigFileError::NotUtf8 { key, len: value.len() })?.trim();
+    Ok((path, Config::from_file(Path::new(path))?))
+}
+
+/// One thread for a configuration's background work (reloads, fetches), off
+/// Envoy's threads, with logging installed. Logging is process-wide: the first
+/// configuration (a filter's or a certificate validator's) installs it, and later
+/// ones (another listener, an LDS update) find it in place.
+pub fn background_runtime(name: &str, config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name(name).enable_all().build()?;
+    {
+        let _entered = runtime.enter();
+        if let Ok(telemetry) = cedargate::ops::telemetry::init(config) {
+            // Spans are flushed when the process ends; nothing to keep.
+            std::mem::forget(telemetry);
+        }
     }
+    Ok(runtime)
 }
 
 impl Drop for Engine {

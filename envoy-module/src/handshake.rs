@@ -12,13 +12,12 @@
 //! that depend on time or on reloadable state (expiry, revocation) to every request.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 use base64::Engine as _;
-use cedargate::config::{Config, ConfigError, IdentityConfig};
+use cedargate::config::IdentityConfig;
 use cedargate::identity::bundle::{BundleError, TrustBundles};
 use cedargate::identity::svid::IdentityError;
 use cedargate::ops::metrics::{Sample, StateSource};
@@ -29,6 +28,7 @@ use crate::abi::{
     Handshake, ValidationResult, ALERT_ACCESS_DENIED, ALERT_BAD_CERTIFICATE, ALERT_CERTIFICATE_EXPIRED,
     ALERT_UNKNOWN_CA,
 };
+use crate::engine::{background_runtime, read_config, ConfigFileError};
 
 /// The filter-state key under which a verified peer certificate travels from the
 /// handshake to the HTTP filter.
@@ -109,10 +109,8 @@ const VERIFY_FAIL_IF_NO_PEER_CERT: i32 = 0x02;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ValidatorError {
-    #[error("the validator_config must be the path of a cedargate configuration file (a StringValue); got {0} bytes that are not UTF-8")]
-    NotUtf8(usize),
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    File(#[from] ConfigFileError),
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error("cannot start the background runtime: {0}")]
@@ -135,20 +133,12 @@ impl Validator {
     /// Reads the cedargate configuration file named by `validator_config` and the
     /// trust bundles it names; either failing refuses, and Envoy rejects the listener.
     pub fn start(validator_config: &[u8]) -> Result<Validator, ValidatorError> {
-        let path =
-            std::str::from_utf8(validator_config).map_err(|_| ValidatorError::NotUtf8(validator_config.len()))?;
-        let config = Config::from_file(Path::new(path.trim()))?;
+        let (path, config) = read_config("validator_config", validator_config)?;
         let bundles = std::sync::Arc::new(TrustBundles::load(&config.identity)?);
         let mut session_context = b"cedargate:".to_vec();
-        session_context.extend_from_slice(path.trim().as_bytes());
+        session_context.extend_from_slice(path.as_bytes());
         session_context.extend_from_slice(&bundles.digest());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("cedargate-bundles")
-            .enable_all()
-            .build()
-            .map_err(ValidatorError::Runtime)?;
-        crate::engine::install_telemetry(&config, &runtime);
+        let runtime = background_runtime("cedargate-bundles", &config).map_err(ValidatorError::Runtime)?;
         let watcher = FileWatcher::new(config.policies.debounce);
         let reloads = {
             let _entered = runtime.enter();
@@ -203,7 +193,6 @@ impl Validator {
             HANDSHAKES.refused("not_a_listener");
             return ValidationResult::failed(ALERT_BAD_CERTIFICATE);
         }
-        let verified = self.bundles.verify(chain, SystemTime::now(), &self.identity);
         let refused = |e: &IdentityError| {
             let details = format!("cedargate: {}: {e}", e.code());
             tracing::warn!(reason = e.code(), error = %e, "peer certificate refused at the handshake");
@@ -211,11 +200,11 @@ impl Validator {
             handshake.set_error_details(&details);
             ValidationResult::failed(alert(e))
         };
-        let verified = match verified {
+        let Some(leaf) = chain.first() else { return refused(&IdentityError::Missing) };
+        let verified = match self.bundles.verify(chain, SystemTime::now(), &self.identity) {
             Ok(verified) => verified,
             Err(e) => return refused(&e),
         };
-        let Some(leaf) = chain.first() else { return refused(&IdentityError::Missing) };
         if !handshake.set_filter_state(PEER_CERTIFICATE_KEY, pem(leaf).as_bytes()) {
             // Without it no request on this connection could be decided.
             return refused(&IdentityError::CertificateMissing);

@@ -88,13 +88,21 @@ fn boxed<T, E: std::fmt::Display>(what: &str, start: impl FnOnce() -> Result<T, 
     }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *const c_void) {
+/// Drops what `boxed` (or `Box::into_raw`) made; a panic in a destructor stops here.
+///
+/// # Safety
+/// `config` is null or a `Box<T>` turned into a pointer, not dropped before.
+unsafe fn drop_boxed<T>(config: *const c_void) {
     if !config.is_null() {
-        // SAFETY: made by `Box::into_raw` in `config_new`; Envoy destroys it once.
-        let config = Box::from_raw(config.cast_mut().cast::<Config>());
+        let config = Box::from_raw(config.cast_mut().cast::<T>());
         let _ = catch_unwind(AssertUnwindSafe(move || drop(config)));
     }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *const c_void) {
+    // SAFETY: made by `boxed` in `config_new` as a `Config`; Envoy destroys it once.
+    drop_boxed::<Config>(config);
 }
 
 /// The route's policy set, from a `StringValue`. Empty or non-UTF-8 refuses.
@@ -116,10 +124,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_ne
 
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(config: *const c_void) {
-    if !config.is_null() {
-        // SAFETY: made by `Box::into_raw` in `per_route_config_new`; destroyed once.
-        drop(Box::from_raw(config.cast_mut().cast::<RouteConfig>()));
-    }
+    // SAFETY: made by `Box::into_raw` in `per_route_config_new`; destroyed once.
+    drop_boxed::<RouteConfig>(config);
 }
 
 #[no_mangle]
@@ -175,11 +181,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_cert_validator_config_new(
 
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_cert_validator_config_destroy(config: *const c_void) {
-    if !config.is_null() {
-        // SAFETY: made by `Box::into_raw` in `cert_validator_config_new`; destroyed once.
-        let validator = Box::from_raw(config.cast_mut().cast::<Validator>());
-        let _ = catch_unwind(AssertUnwindSafe(move || drop(validator)));
-    }
+    // SAFETY: made by `boxed` in `cert_validator_config_new` as a `Validator`;
+    // destroyed once.
+    drop_boxed::<Validator>(config);
 }
 
 /// One handshake's peer chain (DER, leaf first). Anything but a verified X.509-SVID,
