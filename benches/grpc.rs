@@ -204,7 +204,7 @@ fn main() {
         ),
         (
             "evaluated",
-            "decision cache off: Cedar evaluates every Check",
+            "decision cache off: the policies are evaluated for every Check",
             format!("{}{}[cache]\ndecisions = false\n", base(&shipped), audit("eval")),
             &plain_body,
         ),

@@ -68,6 +68,9 @@ async fn metrics_and_status_follow_checks_and_reloads() {
     assert_eq!(value("cedargate_check_duration_seconds_count{decision=\"deny\",cache=\"bypass\"}"), 1.0);
     assert_eq!(value("cedargate_cache_lookups_total{cache=\"decision\",result=\"hit\"}"), 2.0);
     assert_eq!(value("cedargate_cache_entries{cache=\"decision\"}"), 2.0);
+    // The first read and the payments call were evaluated, both directly.
+    assert_eq!(value("cedargate_policy_evaluations_total{evaluator=\"direct\"}"), 2.0);
+    assert_eq!(value("cedargate_policy_evaluations_total{evaluator=\"cedar\"}"), 0.0);
     assert!(value("cedargate_stage_duration_seconds_count{stage=\"identity\"}") >= 4.0);
     assert!(value("cedargate_stage_duration_seconds_count{stage=\"cedar\"}") >= 4.0);
     assert_eq!(value("cedargate_credential_remaining_seconds_count{credential=\"certificate\"}"), 4.0);

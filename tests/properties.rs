@@ -258,41 +258,19 @@ proptest! {
         seconds in 0u64..2_000_000_000,
         millis in 0u64..1000,
     ) {
-        use cedargate::config::PrincipalFrom;
-        use cedargate::credentials::token::{ClaimValue, VerifiedToken};
-        use cedargate::identity::certificate::{KeyUsage, PeerCertificate};
+        use cedargate::credentials::token::ClaimValue;
         use cedargate::policy::request::prepare;
         let snapshot = tag_reading_snapshot();
         let mut input = tagged_input(&principal, &method, &path, &query, &headers, &route);
         input.source.ip = source_ip;
         let http = input.http.clone().unwrap();
-        let certificate = certificate.map(|(sha256, serial, not_before, lifetime)| PeerCertificate {
-            sha256,
-            sha256_hex: sha256.iter().map(|b| format!("{b:02x}")).collect(),
-            serial,
-            issuer: "O=test".into(),
-            not_before,
-            not_after: not_before + lifetime,
-            is_ca: false,
-            key_usage: Some(KeyUsage { digital_signature: true, key_cert_sign: false, crl_sign: false }),
-            uri_sans: vec![principal.clone()],
-        });
+        let certificate = certificate
+            .map(|(sha256, serial, not_before, lifetime)| common::peer_certificate(&principal, sha256, &serial, not_before, lifetime));
         let certificate = certificate.map(Arc::new);
         let peer = cedargate::identity::svid::PeerIdentity { spiffe_id: principal.parse().unwrap(), certificate };
-        let token = token.map(|(as_subject, sub, scope, exp, iat, bound)| VerifiedToken {
-            iss: "https://issuer.example".into(),
-            sub,
-            aud: vec!["orders".into()],
-            scope,
-            jti: iat.map(|i| format!("j{i}")),
-            client_id: None,
-            iat,
-            exp,
-            bound,
-            claims: vec![("tier".into(), ClaimValue::String("gold".into())), ("n".into(), ClaimValue::Long(exp % 7))],
-            fingerprint: String::new(),
-            principal: if as_subject { PrincipalFrom::Subject } else { PrincipalFrom::Peer },
-            forward: Vec::new(),
+        let token = token.map(|(as_subject, sub, scope, exp, iat, bound)| {
+            let claims = vec![("tier".into(), ClaimValue::String("gold".into())), ("n".into(), ClaimValue::Long(exp % 7))];
+            common::verified_token(common::TokenFacts { as_subject, sub, scope, exp, iat, bound, claims })
         });
         let Ok(facts) = prepare(snapshot, &input, &http, &peer, token.as_ref(), &RULES) else { return Ok(()) };
         let now = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(seconds * 1000 + millis);
@@ -405,16 +383,7 @@ when { context.route.hasTag("team") && context.route.getTag("team") == "payments
 permit (principal in Group::"all-services", action == Action::"GET", resource in Path::"/protected");
 "#;
         files.policies.insert("nested.cedar".to_owned(), nested.to_owned());
-        let shipped = std::fs::read_to_string(shipped_policies().join("entities.json")).unwrap();
-        let mut entities: serde_json::Value = serde_json::from_str(&shipped).unwrap();
-        let list = entities.as_array_mut().unwrap();
-        for entry in list.iter_mut() {
-            if entry["uid"]["id"] == "storefront" {
-                entry["parents"] = serde_json::json!([{ "type": "Group", "id": "all-services" }]);
-            }
-        }
-        list.push(serde_json::json!({ "uid": { "type": "Group", "id": "all-services" }, "attrs": {}, "parents": [] }));
-        list.push(serde_json::json!({ "uid": { "type": "Path", "id": "/api/orders" }, "attrs": {}, "parents": [{ "type": "Path", "id": "/protected" }] }));
+        let entities = common::nested_entities();
         files.entities = Some(entities.to_string());
         cedargate::policy::load::load_files(&files, &TokenModel::default()).unwrap()
     })

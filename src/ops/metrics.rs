@@ -70,6 +70,11 @@ struct CacheLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EvaluatorLabels {
+    evaluator: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheNameLabels {
     cache: &'static str,
 }
@@ -131,6 +136,11 @@ pub struct Metrics {
     token_failures: Family<ReasonLabels, Counter>,
     remaining_lifetime: Family<CredentialLabels, Histogram, fn() -> Histogram>,
     shadow_disagreements: Counter,
+    /// Policy evaluations by evaluator; the two series are kept here, so
+    /// counting one costs an atomic add and no label lookup.
+    evaluations: Family<EvaluatorLabels, Counter>,
+    evaluated_directly: Counter,
+    evaluated_by_cedar: Counter,
     /// Sources read at scrape time; registered once at startup.
     sources: Mutex<Vec<Arc<dyn StateSource>>>,
 }
@@ -146,8 +156,14 @@ impl Default for Metrics {
             token_failures: Family::default(),
             remaining_lifetime: Family::new_with_constructor(remaining_histogram),
             shadow_disagreements: Counter::default(),
+            evaluations: Family::default(),
+            evaluated_directly: Counter::default(),
+            evaluated_by_cedar: Counter::default(),
             sources: Mutex::new(Vec::new()),
         };
+        let evaluator = |evaluator| metrics.evaluations.get_or_create(&EvaluatorLabels { evaluator }).clone();
+        let (direct, cedar) = (evaluator("direct"), evaluator("cedar"));
+        let metrics = Metrics { evaluated_directly: direct, evaluated_by_cedar: cedar, ..metrics };
         // Series that exist from the start read as 0 rather than missing, so rates
         // and ratios over them work before the first event.
         for cache in ["decision", "token"] {
@@ -198,6 +214,12 @@ impl Metrics {
         self.cache_evictions.get_or_create(&CacheNameLabels { cache }).inc();
     }
 
+    /// A Check's policies were evaluated: `directly` on its facts
+    /// (`policy::direct`), or by Cedar's evaluator on the built request.
+    pub fn record_evaluation(&self, directly: bool) {
+        if directly { &self.evaluated_directly } else { &self.evaluated_by_cedar }.inc();
+    }
+
     pub fn record_shadow_disagreement(&self) {
         self.shadow_disagreements.inc();
     }
@@ -240,6 +262,12 @@ impl Metrics {
             "shadow_disagreements",
             "Checks on which the shadow policy set decided differently",
             self.shadow_disagreements.clone(),
+        );
+        registry.register(
+            "policy_evaluations",
+            "Checks whose policies were evaluated, by evaluator: directly on the request's facts, or by Cedar on the \
+             built request (where a policy could raise an error, or is beyond the direct evaluator)",
+            self.evaluations.clone(),
         );
         registry.register_collector(Box::new(Sources(self.sources.lock().map(|s| s.clone()).unwrap_or_default())));
         let mut text = String::new();

@@ -16,6 +16,7 @@ use crate::ops::watch::{FileWatcher, Trigger};
 use crate::pipeline::decision::{CacheOutcome, Decision, DenyReason, Outcome, ShadowVerdict};
 use crate::pipeline::input::{CheckInput, HttpInput};
 use crate::policy::decision_cache::{self, DecisionCache};
+use crate::policy::direct;
 use crate::policy::http_path::PathRules;
 use crate::policy::index::Verdict;
 use crate::policy::request;
@@ -233,6 +234,11 @@ impl Checker {
         let facts = request::prepare(snapshot, input, http, peer, token, &self.path_rules)?;
         let facts = &facts;
         let evaluate = || {
+            if let Some(verdict) = direct::decide(facts, now) {
+                self.parts.metrics.record_evaluation(true);
+                return Ok(verdict);
+            }
+            self.parts.metrics.record_evaluation(false);
             let cedar = facts.build(now)?;
             Ok(snapshot.index.evaluate(&cedar.request, &cedar.entities))
         };

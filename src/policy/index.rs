@@ -19,6 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::policy::interpret;
 use crate::policy::reads::Relevance;
 use cedar_policy::{ActionConstraint, Entities, EntityUid, Policy, PolicySet, PrincipalConstraint, Request};
 use cedar_policy_core::ast;
@@ -45,6 +46,8 @@ struct ActionPolicies {
     common: Vec<Arc<ast::Policy>>,
     /// What the common policies can read.
     relevance: Relevance,
+    /// Every common policy can be put to `interpret`.
+    interpretable: bool,
 }
 
 /// The policies naming one principal (`principal == <uid>`).
@@ -66,6 +69,8 @@ struct Own {
     /// 10,000 principals times their action slots each holding a set of tag
     /// names had been a tenth of the index's memory.
     relevance: Arc<Relevance>,
+    /// Every one of these policies can be put to `interpret`.
+    interpretable: bool,
 }
 
 /// The policy set split by action and principal.
@@ -108,8 +113,10 @@ impl PolicyIndex {
             actions.iter().map(applies_to).collect()
         };
 
-        let mut by_action: Vec<ActionPolicies> =
-            actions.iter().map(|_| ActionPolicies { common: Vec::new(), relevance: Relevance::none() }).collect();
+        let mut by_action: Vec<ActionPolicies> = actions
+            .iter()
+            .map(|_| ActionPolicies { common: Vec::new(), relevance: Relevance::none(), interpretable: true })
+            .collect();
         // Per principal and action slot, the indexes of its policies that apply.
         let mut own: HashMap<EntityUid, Vec<Vec<usize>>> = HashMap::new();
         let mut indexed: Vec<(Arc<ast::Policy>, Relevance)> = Vec::new();
@@ -122,6 +129,7 @@ impl PolicyIndex {
             let reads = Relevance::of(std::iter::once(policy));
             all_relevance = all_relevance.union(&reads);
             let applying = applies(policy);
+            let interpretable = interpret::interpretable(policy.as_ref());
             if !applying.contains(&true) {
                 continue;
             }
@@ -137,6 +145,7 @@ impl PolicyIndex {
                     for (split, _) in by_action.iter_mut().zip(&applying).filter(|(_, applies)| **applies) {
                         split.common.push(Arc::clone(&shared));
                         split.relevance = split.relevance.union(&reads);
+                        split.interpretable &= interpretable;
                     }
                 }
             }
@@ -169,7 +178,8 @@ impl PolicyIndex {
                         policies
                     }
                 };
-                by_slot.push(Some(Own { policies, relevance }));
+                let interpretable = policies.iter().all(|policy| interpret::interpretable(policy));
+                by_slot.push(Some(Own { policies, relevance, interpretable }));
             }
             by_principal.insert(uid, PrincipalPolicies { by_slot });
         }
@@ -212,21 +222,67 @@ impl PolicyIndex {
                 Some((split, Some(own))) => (&split.common, &own.policies),
             };
         let evaluator = Evaluator::new(request.as_ref().clone(), entities.as_ref(), Extensions::all_available());
-        let mut forbids = Vec::new();
-        let mut permits = Vec::new();
-        let mut errors = Vec::new();
-        let mut forbid_failed = false;
+        let mut tally = Tally::default();
         for policy in first.iter().chain(second) {
-            match (evaluator.evaluate(policy), policy.effect()) {
-                (Ok(true), ast::Effect::Forbid) => forbids.push(policy.id().to_string()),
-                (Ok(true), ast::Effect::Permit) => permits.push(policy.id().to_string()),
-                (Ok(false), _) => {}
-                (Err(error), effect) => {
-                    forbid_failed |= effect == ast::Effect::Forbid;
-                    errors.push(format!("{}: {}", policy.id(), error_kind(&error)));
-                }
+            match evaluator.evaluate(policy) {
+                Ok(satisfied) => tally.decided(policy, satisfied),
+                Err(error) => tally.failed(policy, &error),
             }
         }
+        tally.verdict()
+    }
+
+    /// Decides as `evaluate` does, each policy put to `interpret` on the
+    /// request's `facts` instead of Cedar's evaluator on a built request. `None`
+    /// where Cedar must decide: an action the index was not built for, a policy
+    /// `interpret` cannot take, or one it leaves undecided (Cedar would raise an
+    /// error there, which only its evaluator reports as it does).
+    pub fn evaluate_interpreted(
+        &self,
+        action: &EntityUid,
+        principal: &EntityUid,
+        facts: &impl interpret::Facts,
+    ) -> Option<Verdict> {
+        let (split, own) = self.parts(action, Some(principal))?;
+        if !split.interpretable || own.is_some_and(|own| !own.interpretable) {
+            return None;
+        }
+        let own: &[Arc<ast::Policy>] = own.map_or(&[], |own| &own.policies);
+        let mut tally = Tally::default();
+        for policy in split.common.iter().chain(own) {
+            tally.decided(policy, interpret::satisfied(policy, facts).ok()?);
+        }
+        Some(tally.verdict())
+    }
+}
+
+/// The answers of a request's policies, combined as Cedar's authorizer combines
+/// them: a satisfied forbid denies, otherwise a satisfied permit allows; a policy
+/// that errors is skipped and reported.
+#[derive(Default)]
+struct Tally {
+    forbids: Vec<String>,
+    permits: Vec<String>,
+    errors: Vec<String>,
+    forbid_failed: bool,
+}
+
+impl Tally {
+    fn decided(&mut self, policy: &ast::Policy, satisfied: bool) {
+        match (satisfied, policy.effect()) {
+            (true, ast::Effect::Forbid) => self.forbids.push(policy.id().to_string()),
+            (true, ast::Effect::Permit) => self.permits.push(policy.id().to_string()),
+            (false, _) => {}
+        }
+    }
+
+    fn failed(&mut self, policy: &ast::Policy, error: &impl std::fmt::Debug) {
+        self.forbid_failed |= policy.effect() == ast::Effect::Forbid;
+        self.errors.push(format!("{}: {}", policy.id(), error_kind(error)));
+    }
+
+    fn verdict(self) -> Verdict {
+        let Tally { forbids, permits, mut errors, forbid_failed } = self;
         let allowed = forbids.is_empty() && !permits.is_empty();
         let mut policies = if forbids.is_empty() { permits } else { forbids };
         policies.sort_unstable();

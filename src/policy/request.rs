@@ -243,16 +243,16 @@ impl RequestFacts<'_> {
             snapshot,
             principal,
             action: _, // `build` puts it, with the principal, into the request
-            host,
+            host: _,   // these five are the resource's attributes (`resource_attribute`)
             path,
-            method,
-            scheme,
+            method: _,
+            scheme: _,
             headers,
             route,
-            destination,
-            source_ip,
+            destination: _, // these three are the context's (`context_attribute`)
+            source_ip: _,
+            token: _,
             peer,
-            token,
             relevance,
         } = self;
         let types = &snapshot.types;
@@ -263,23 +263,131 @@ impl RequestFacts<'_> {
         // `policy::reads`), and each one left out is one value less to build per
         // Check. Envoy sends a dozen headers; the shipped policies read one.
         let tags = |type_name, pairs: &[(String, String)]| tag_entity(type_name, read_tags(pairs, &relevance.tags));
-        let (headers_uid, headers) = tags(&types.headers, headers);
-        let (query_uid, query) = tags(&types.query, &path.query);
-        let (route_uid, route) = tags(&types.route, route);
-        let (resource_uid, resource) = request_entity(types, host, path, method, scheme, &headers_uid, &query_uid);
-        // `context.time` only when a policy that can apply reads it (`policy::reads`
-        // counts `context has time` and the context as a whole): otherwise no
-        // verdict can depend on it, and Cedar parses a datetime per Check.
-        let now = relevance.time.then_some(now);
-        let context =
-            context(destination, *source_ip, workload.uid(), *token, &route_uid, now).map_err(RequestError::Build)?;
-        let mut entities = vec![workload, store.close(resource), store.close(headers), store.close(query)];
-        entities.push(store.close(route));
+        let uids = RequestUids::new(types);
+        let resource = entity(
+            &uids.resource,
+            RESOURCE_ATTRIBUTES
+                .iter()
+                .filter_map(|name| Some((*name, self.resource_attribute(name, &uids)?)))
+                .collect(),
+            path.prefixes().map(|p| core_uid(&uid(&types.path, p))).collect(),
+            Vec::new(),
+        );
+        let mut context = BTreeMap::new();
+        for name in CONTEXT_ATTRIBUTES {
+            if let Some(value) =
+                self.context_attribute(name, workload.uid(), &uids, now).map_err(RequestError::Build)?
+            {
+                context.insert(name.into(), value);
+            }
+        }
+        let context = ast::Context::Value(Arc::new(context)).into();
+        let mut entities = vec![
+            workload,
+            store.close(resource),
+            store.close(tags(&uids.headers, headers)),
+            store.close(tags(&uids.query, &path.query)),
+        ];
+        entities.push(store.close(tags(&uids.route, route)));
         // A user listed in entities.json keeps its attributes and groups from there.
         if principal.type_name() == &types.user && store.base().get(principal).is_none() {
             entities.push(store.close(entity(principal, Vec::new(), HashSet::new(), Vec::new())));
         }
-        Ok(RequestParts { entities, resource: resource_uid, context })
+        Ok(RequestParts { entities, resource: uids.resource, context })
+    }
+
+    /// `resource.<name>`, one of `RESOURCE_ATTRIBUTES`: what the Cedar request's
+    /// resource holds and what `policy::direct` reads, made by this one function.
+    pub fn resource_attribute(&self, name: &str, uids: &RequestUids) -> Option<Value> {
+        let path = &self.path;
+        Some(match name {
+            "host" => values::string(&self.host),
+            "path" => values::string(&path.path),
+            "segments" => values::set(path.segments.iter().enumerate().map(|(index, value)| {
+                values::record([
+                    ("index", values::long(i64::try_from(index).unwrap_or(i64::MAX))),
+                    ("value", values::string(value)),
+                ])
+            })),
+            "method" => values::string(self.method),
+            "scheme" => values::string(self.scheme),
+            "headers" => values::entity(uids.headers.as_ref()),
+            "query" => values::entity(uids.query.as_ref()),
+            _ => return None,
+        })
+    }
+
+    /// `context.<name>`, one of `CONTEXT_ATTRIBUTES`, or `None` when the context
+    /// has no such attribute; like `resource_attribute`, the one maker of each.
+    pub fn context_attribute(
+        &self,
+        name: &str,
+        peer: &ast::EntityUID,
+        uids: &RequestUids,
+        now: SystemTime,
+    ) -> Result<Option<Value>, String> {
+        Ok(Some(match name {
+            "peer" => values::entity(peer),
+            "destination" => values::record([("principal", values::string(self.destination))]),
+            "route" => values::entity(uids.route.as_ref()),
+            // Only when a policy that can apply reads it (`policy::reads` counts
+            // `context has time` and the context as a whole): otherwise no verdict
+            // can depend on it, and it costs a datetime per Check.
+            "time" if self.relevance.time => {
+                let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+                values::datetime(unix_seconds(now), since.subsec_millis())?
+            }
+            "source_ip" => match self.source_ip {
+                Some(ip) => values::ip(ip)?,
+                None => return Ok(None),
+            },
+            "token" => match self.token {
+                Some(token) => token_record(token)?,
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        }))
+    }
+
+    /// The tag `key` of the request's headers, query or route entity (`uid` names
+    /// which), as the Cedar request's entity holds it: only a key a policy that can
+    /// apply reads (`read_tags`). `None` for another entity.
+    pub fn tag(&self, uids: &RequestUids, uid: &ast::EntityUID, key: &str) -> Option<Option<String>> {
+        let pairs = if uid == uids.headers.as_ref() {
+            self.headers
+        } else if uid == uids.query.as_ref() {
+            &self.path.query
+        } else if uid == uids.route.as_ref() {
+            self.route
+        } else {
+            return None;
+        };
+        Some(self.relevance.tags.contains(key).then(|| tag_value(pairs, key)).flatten())
+    }
+}
+
+/// The resource's attributes; `resource_attribute` makes each.
+pub const RESOURCE_ATTRIBUTES: [&str; 7] = ["host", "path", "segments", "method", "scheme", "headers", "query"];
+/// The context's attributes; `context_attribute` makes each (some only sometimes).
+pub const CONTEXT_ATTRIBUTES: [&str; 6] = ["peer", "destination", "route", "time", "source_ip", "token"];
+
+/// The uids of the entities each request adds besides its caller.
+#[derive(Debug)]
+pub struct RequestUids {
+    pub resource: EntityUid,
+    pub headers: EntityUid,
+    pub query: EntityUid,
+    pub route: EntityUid,
+}
+
+impl RequestUids {
+    pub fn new(types: &CedarTypes) -> Self {
+        RequestUids {
+            resource: uid(&types.http_request, REQUEST_ID),
+            headers: uid(&types.headers, REQUEST_ID),
+            query: uid(&types.query, REQUEST_ID),
+            route: uid(&types.route, REQUEST_ID),
+        }
     }
 }
 
@@ -324,7 +432,7 @@ fn core_uid(uid: &EntityUid) -> ast::EntityUID {
 /// The caller as a `Workload` entity: attributes from the SPIFFE ID and certificate,
 /// parents its trust domain, its Kubernetes namespace and its `entities.json` groups;
 /// remembered per snapshot as a leaf of its store.
-fn workload_entity(peer: &PeerIdentity, snapshot: &PolicySnapshot) -> Result<Arc<ast::Entity>, String> {
+pub fn workload_entity(peer: &PeerIdentity, snapshot: &PolicySnapshot) -> Result<Arc<ast::Entity>, String> {
     let key = (peer.spiffe_id.as_str().to_owned(), peer.certificate.as_ref().map(|c| c.sha256));
     if let Some(entity) = snapshot.workloads.get(&key) {
         return Ok(entity);
@@ -365,89 +473,44 @@ fn certificate_record(cert: &PeerCertificate) -> Result<Value, String> {
 /// settings): policies read them with `hasTag` / `getTag`. A key repeated with one
 /// value is that value; with different values (which `prepare` refused for keys a
 /// policy reads) they are joined with `,`, as Envoy joins repeated headers.
-fn tag_entity(type_name: &cedar_policy::EntityTypeName, tags: BTreeMap<&str, String>) -> (EntityUid, ast::Entity) {
-    let uid = uid(type_name, REQUEST_ID);
+fn tag_entity(uid: &EntityUid, tags: BTreeMap<&str, String>) -> ast::Entity {
     let tags = tags.iter().map(|(k, v)| (*k, values::string(v))).collect();
-    let entity = entity(&uid, Vec::new(), HashSet::new(), tags);
-    (uid, entity)
+    entity(uid, Vec::new(), HashSet::new(), tags)
 }
 
 /// The tags of a tag entity, as the request and its cache key both see them: only
-/// the keys in `read`; each key once; a key repeated with the same value has that
-/// value, with different values they are joined with `,`.
+/// the keys in `read`; each key once, with its `tag_value`.
 pub fn read_tags<'a>(pairs: &'a [(String, String)], read: &TagKeys) -> BTreeMap<&'a str, String> {
-    let mut tags: BTreeMap<&str, (String, Vec<&str>)> = BTreeMap::new();
-    for (key, value) in pairs.iter().filter(|(k, _)| read.contains(k)) {
-        let (key, value) = (key.as_str(), value.as_str());
-        tags.entry(key)
-            .and_modify(|(joined, seen)| {
-                if !seen.contains(&value) {
-                    seen.push(value);
-                    joined.push(',');
-                    joined.push_str(value);
-                }
-            })
-            .or_insert_with(|| (value.to_owned(), vec![value]));
+    let mut tags: BTreeMap<&str, String> = BTreeMap::new();
+    for (key, _) in pairs.iter().filter(|(k, _)| read.contains(k)) {
+        if !tags.contains_key(key.as_str()) {
+            if let Some(value) = tag_value(pairs, key) {
+                tags.insert(key, value);
+            }
+        }
     }
-    tags.into_iter().map(|(k, (v, _))| (k, v)).collect()
+    tags
 }
 
-/// The resource: the HTTP request, a child of every prefix of its path.
-fn request_entity(
-    types: &CedarTypes,
-    host: &str,
-    path: &NormalizedPath,
-    method: &str,
-    scheme: &str,
-    headers: &EntityUid,
-    query: &EntityUid,
-) -> (EntityUid, ast::Entity) {
-    let segments = path.segments.iter().enumerate().map(|(index, value)| {
-        values::record([
-            ("index", values::long(i64::try_from(index).unwrap_or(i64::MAX))),
-            ("value", values::string(value)),
-        ])
-    });
-    let attrs = vec![
-        ("host", values::string(host)),
-        ("path", values::string(&path.path)),
-        ("segments", values::set(segments)),
-        ("method", values::string(method)),
-        ("scheme", values::string(scheme)),
-        ("headers", values::entity(headers.as_ref())),
-        ("query", values::entity(query.as_ref())),
-    ];
-    let parents = path.prefixes().map(|p| core_uid(&uid(&types.path, p))).collect();
-    let uid = uid(&types.http_request, REQUEST_ID);
-    let entity = entity(&uid, attrs, parents, Vec::new());
-    (uid, entity)
-}
-
-fn context(
-    destination: &str,
-    source_ip: Option<IpAddr>,
-    peer: &ast::EntityUID,
-    token: Option<&VerifiedToken>,
-    route: &EntityUid,
-    now: Option<SystemTime>,
-) -> Result<Context, String> {
-    let mut pairs = vec![
-        ("peer", values::entity(peer)),
-        ("destination", values::record([("principal", values::string(destination))])),
-        ("route", values::entity(route.as_ref())),
-    ];
-    if let Some(now) = now {
-        let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        pairs.push(("time", values::datetime(unix_seconds(now), since.subsec_millis())?));
+/// The value of tag `key` among `pairs`: a key repeated with the same value has
+/// that value; with different values they are joined with `,`, in order.
+fn tag_value(pairs: &[(String, String)], key: &str) -> Option<String> {
+    let mut seen: Vec<&str> = Vec::new();
+    let mut joined: Option<String> = None;
+    for (_, value) in pairs.iter().filter(|(k, _)| k == key) {
+        if seen.contains(&value.as_str()) {
+            continue;
+        }
+        seen.push(value);
+        match &mut joined {
+            Some(joined) => {
+                joined.push(',');
+                joined.push_str(value);
+            }
+            None => joined = Some(value.clone()),
+        }
     }
-    if let Some(ip) = source_ip {
-        pairs.push(("source_ip", values::ip(ip)?));
-    }
-    if let Some(token) = token {
-        pairs.push(("token", token_record(token)?));
-    }
-    let pairs: BTreeMap<_, _> = pairs.into_iter().map(|(k, v)| (k.into(), v)).collect();
-    Ok(ast::Context::Value(Arc::new(pairs)).into())
+    joined
 }
 
 /// `context.token`: the verified claims.

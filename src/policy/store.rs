@@ -45,6 +45,8 @@ pub struct EntityStore {
     /// evaluated): then every Check gets all of `base`.
     reachable: Option<cedar_policy_core::entities::Entities>,
     request_entities_are_leaves: bool,
+    /// The entity types `base` holds.
+    types: HashSet<ast::EntityType>,
 }
 
 impl EntityStore {
@@ -53,7 +55,8 @@ impl EntityStore {
         let types: Vec<&ast::EntityType> = request_types.iter().map(|t| t.as_ref()).collect();
         let request_entities_are_leaves =
             base.as_ref().iter().all(|e| e.ancestors().all(|a| !types.contains(&a.entity_type())));
-        EntityStore { base, reachable: None, request_entities_are_leaves }
+        let stored = base.as_ref().iter().map(|e| e.uid().entity_type().clone()).collect();
+        EntityStore { base, reachable: None, request_entities_are_leaves, types: stored }
     }
 
     /// `new`, and what of `base` a request put to `policies` can reach: every
@@ -91,6 +94,11 @@ impl EntityStore {
             Some(reachable) if self.request_entities_are_leaves => reachable.iter().count(),
             _ => self.base.len(),
         }
+    }
+
+    /// Whether `base` holds an entity of this type.
+    pub fn holds(&self, entity_type: &ast::EntityType) -> bool {
+        self.types.contains(entity_type)
     }
 
     /// Whether a request's entities are added without recomputing the closure.

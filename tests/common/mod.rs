@@ -242,3 +242,81 @@ impl Drop for Binary {
         let _ = self.child.wait();
     }
 }
+
+/// The shipped `entities.json` with a deeper hierarchy, so that what a request's
+/// entities inherit from it decides something: the storefront group inside
+/// `Group::"all-services"`, and a stored `Path::"/api/orders"` inside
+/// `Path::"/protected"`.
+pub fn nested_entities() -> serde_json::Value {
+    let shipped = std::fs::read_to_string(shipped_policies().join("entities.json")).unwrap();
+    let mut entities: serde_json::Value = serde_json::from_str(&shipped).unwrap();
+    if let Some(list) = entities.as_array_mut() {
+        for entry in list.iter_mut() {
+            if entry["uid"]["id"] == "storefront" {
+                entry["parents"] = serde_json::json!([{ "type": "Group", "id": "all-services" }]);
+            }
+        }
+        list.push(serde_json::json!({ "uid": { "type": "Group", "id": "all-services" }, "attrs": {}, "parents": [] }));
+        list.push(serde_json::json!({ "uid": { "type": "Path", "id": "/api/orders" }, "attrs": {}, "parents": [{ "type": "Path", "id": "/protected" }] }));
+    }
+    entities
+}
+
+/// A parsed peer certificate as the SVID rules leave it, for building requests
+/// without a PKI: `sha256` names it, valid `lifetime` seconds from `not_before`.
+pub fn peer_certificate(
+    principal: &str,
+    sha256: [u8; 32],
+    serial: &str,
+    not_before: i64,
+    lifetime: i64,
+) -> cedargate::identity::certificate::PeerCertificate {
+    cedargate::identity::certificate::PeerCertificate {
+        sha256,
+        sha256_hex: sha256.iter().map(|b| format!("{b:02x}")).collect(),
+        serial: serial.to_owned(),
+        issuer: "O=test".into(),
+        not_before,
+        not_after: not_before + lifetime,
+        is_ca: false,
+        key_usage: Some(cedargate::identity::certificate::KeyUsage {
+            digital_signature: true,
+            key_cert_sign: false,
+            crl_sign: false,
+        }),
+        uri_sans: vec![principal.to_owned()],
+    }
+}
+
+/// What a bearer token's verification leaves, for building requests without
+/// signing one: issuer `https://issuer.example`, audience `orders`, a `jti` when
+/// it has an `iat`.
+pub struct TokenFacts {
+    pub as_subject: bool,
+    pub sub: String,
+    pub scope: Vec<String>,
+    pub exp: i64,
+    pub iat: Option<i64>,
+    pub bound: bool,
+    pub claims: Vec<(String, cedargate::credentials::token::ClaimValue)>,
+}
+
+pub fn verified_token(facts: TokenFacts) -> cedargate::credentials::token::VerifiedToken {
+    use cedargate::config::PrincipalFrom;
+    let TokenFacts { as_subject, sub, scope, exp, iat, bound, claims } = facts;
+    cedargate::credentials::token::VerifiedToken {
+        iss: "https://issuer.example".into(),
+        sub,
+        aud: vec!["orders".into()],
+        scope,
+        jti: iat.map(|i| format!("j{i}")),
+        client_id: None,
+        iat,
+        exp,
+        bound,
+        claims,
+        fingerprint: String::new(),
+        principal: if as_subject { PrincipalFrom::Subject } else { PrincipalFrom::Peer },
+        forward: Vec::new(),
+    }
+}
