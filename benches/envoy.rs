@@ -434,22 +434,24 @@ fn main() {
             (*name, samples[samples.len() / 2])
         })
         .collect();
-    let rate = |name: &str| results.iter().find(|(n, _)| n.starts_with(name)).map_or(1.0, |(_, s)| s.stats.per_second);
+    // A baseline left out with `--only` has no ratio: "—", never a division by 1.
+    let rate = |name: &str| results.iter().find(|(n, _)| n.starts_with(name)).map(|(_, s)| s.stats.per_second);
     let (none, rbac, noop_rate, ext_cedargate) = (rate("(a)"), rate("(b)"), rate("(c)"), rate("(d)"));
+    let ratio = |rate: f64, baseline: Option<f64>| baseline.map_or("—".to_owned(), |b| format!("{:.2}", rate / b));
     println!(
         "| Envoy with | req/s | p50 µs | p99 µs | × no filter | × RBAC | × no-op ext_authz | × ext_authz → cedargate | Envoy CPU µs/req | authz server CPU µs/req | errors |"
     );
     println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for (name, Sample { stats: s, envoy_us, authz_us }) in &results {
         println!(
-            "| {name} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {envoy_us:.1} | {authz_us:.1} | {} |",
+            "| {name} | {:.0} | {} | {} | {} | {} | {} | {} | {envoy_us:.1} | {authz_us:.1} | {} |",
             s.per_second,
             micros(s.p50),
             micros(s.p99),
-            s.per_second / none,
-            s.per_second / rbac,
-            s.per_second / noop_rate,
-            s.per_second / ext_cedargate,
+            ratio(s.per_second, none),
+            ratio(s.per_second, rbac),
+            ratio(s.per_second, noop_rate),
+            ratio(s.per_second, ext_cedargate),
             s.errors
         );
     }
