@@ -356,3 +356,47 @@ fn the_shipped_policies_are_decided_directly() {
     }
     assert_eq!(decided, 5);
 }
+
+/// `policies.direct_evaluation = false` puts every Check to Cedar's evaluator: the
+/// same decisions and determining policies as with it on, for the shipped
+/// policies (the decision cache off, so every Check is evaluated), and the metric
+/// says which evaluator decided.
+#[test]
+fn turning_direct_evaluation_off_changes_only_the_evaluator() {
+    use cedargate::pipeline::checker::{Checker, SystemClock};
+    let pki = common::pki::Pki::new();
+    let checker = |direct| {
+        let mut config = common::test_config(shipped_policies());
+        config.cache.decisions = false;
+        config.policies.direct_evaluation = direct;
+        Checker::load(config, Arc::new(SystemClock)).unwrap()
+    };
+    let (on, off) = (checker(true), checker(false));
+    let frontend = pki.svid(FRONTEND).cert_pem;
+    let reporting = pki.svid(REPORTING).cert_pem;
+    let requests = [
+        Req::new(FRONTEND, Some(&frontend)).path("/api/orders/7"),
+        Req::new(FRONTEND, Some(&frontend)).method("POST").path("/api/orders"),
+        Req::new(FRONTEND, Some(&frontend)).path("/admin"),
+        Req::new(FRONTEND, Some(&frontend)).path("/api/orders").route("release", "canary"),
+        Req::new(FRONTEND, Some(&frontend)).path("/api/orders").route("release", "canary").header("x-canary", "yes"),
+        Req::new(REPORTING, Some(&reporting)).path("/api/export?format=csv"),
+        Req::new(REPORTING, Some(&reporting)).method("DELETE").path("/api/orders/1"),
+    ];
+    let mut allowed = 0;
+    for req in &requests {
+        let input = req.input();
+        let (a, b) = (on.check(&input), off.check(&input));
+        assert_eq!((a.code(), &a.policies, &a.errors), (b.code(), &b.policies, &b.errors), "{input:?}");
+        allowed += usize::from(a.is_allowed());
+    }
+    assert!(allowed >= 2 && allowed < requests.len(), "{allowed} allowed");
+    let count = |checker: &Checker, evaluator: &str| {
+        let text = checker.parts().metrics.encode();
+        let series = format!("cedargate_policy_evaluations_total{{evaluator=\"{evaluator}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(series.as_str())?.parse::<u64>().ok()).unwrap()
+    };
+    let n = requests.len() as u64;
+    assert_eq!((count(&on, "direct"), count(&on, "cedar")), (n, 0));
+    assert_eq!((count(&off, "direct"), count(&off, "cedar")), (0, n));
+}

@@ -234,9 +234,11 @@ impl Checker {
         let facts = request::prepare(snapshot, input, http, peer, token, &self.path_rules)?;
         let facts = &facts;
         let evaluate = || {
-            if let Some(verdict) = direct::decide(facts, now) {
-                self.parts.metrics.record_evaluation(true);
-                return Ok(verdict);
+            if self.parts.config.policies.direct_evaluation {
+                if let Some(verdict) = direct::decide(facts, now) {
+                    self.parts.metrics.record_evaluation(true);
+                    return Ok(verdict);
+                }
             }
             self.parts.metrics.record_evaluation(false);
             let cedar = facts.build(now)?;
