@@ -18,6 +18,8 @@
 //! slots, unknowns, nesting deeper than `MAX_DEPTH`), it answers `Undecided`, and
 //! the caller asks Cedar with the full request instead. So an answer from here is
 //! one Cedar gives; tests decide generated policies and requests both ways.
+//! An extension function of one literal (`duration("24h")`) is pure, so its value
+//! is made once per thread (`values::literal_call`), not parsed per Check.
 
 use cedar_policy_core::ast::{
     self, ActionConstraint, BinaryOp, EntityReference, EntityUID, ExprKind, Literal, PrincipalOrResourceConstraint,
@@ -25,6 +27,8 @@ use cedar_policy_core::ast::{
 };
 use cedar_policy_core::evaluator::{binary_arith, binary_relation, unary_app};
 use cedar_policy_core::extensions::Extensions;
+
+use crate::policy::values;
 
 /// Cedar must decide this one: it would raise an error here, or it is beyond
 /// what this interpreter models.
@@ -180,12 +184,19 @@ impl<F: Facts> Interpreter<'_, F> {
                 value(self.binary(*op, left, right)?)
             }
             ExprKind::ExtensionFunctionApp { fn_name, args } => {
-                let args = args.iter().map(|arg| self.value(arg, depth)).collect::<Result<Vec<_>, _>>()?;
                 let function = Extensions::all_available().func(fn_name).map_err(|_| Undecided)?;
-                match function.call(&args).map_err(|_| Undecided)? {
-                    ast::PartialValue::Value(result) => value(result),
+                let call = |args: &[Value]| match function.call(args).map_err(|_| Undecided)? {
+                    ast::PartialValue::Value(result) => Ok(result),
                     ast::PartialValue::Residual(_) => Err(Undecided),
+                };
+                if let [arg] = args.as_slice() {
+                    if let ExprKind::Lit(literal) = arg.expr_kind() {
+                        let literal_value = || call(&[Value::from(literal.clone())]);
+                        return values::literal_call(fn_name, literal, literal_value).map(Val::Value);
+                    }
                 }
+                let args = args.iter().map(|arg| self.value(arg, depth)).collect::<Result<Vec<_>, _>>()?;
+                value(call(&args)?)
             }
             ExprKind::GetAttr { expr, attr } => match self.eval(expr, depth)? {
                 Val::Context => self.facts.context_attr(attr)?.map(Val::Value).ok_or(Undecided),

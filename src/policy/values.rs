@@ -68,18 +68,19 @@ type Memo<K> = RefCell<HashMap<K, Value>>;
 thread_local! {
     static DATETIMES: Memo<(i64, u32)> = RefCell::new(HashMap::new());
     static IPS: Memo<IpAddr> = RefCell::new(HashMap::new());
+    static LITERAL_CALLS: Memo<(ast::Name, ast::Literal)> = RefCell::new(HashMap::new());
 }
 
-fn memoized<K: Hash + Eq + Copy + 'static>(
+fn memoized<K: Hash + Eq + Clone + 'static, E>(
     memo: &'static LocalKey<Memo<K>>,
     key: K,
-    make: impl FnOnce(K) -> Result<Value, String>,
-) -> Result<Value, String> {
+    make: impl FnOnce(K) -> Result<Value, E>,
+) -> Result<Value, E> {
     memo.with(|memo| {
         if let Some(value) = memo.borrow().get(&key) {
             return Ok(value.clone());
         }
-        let value = make(key)?;
+        let value = make(key.clone())?;
         let mut memo = memo.borrow_mut();
         if memo.len() >= MEMO_ENTRIES {
             memo.clear();
@@ -87,6 +88,18 @@ fn memoized<K: Hash + Eq + Copy + 'static>(
         memo.insert(key, value.clone());
         Ok(value)
     })
+}
+
+/// An extension function applied to one literal, as a policy writes
+/// `duration("24h")` or `ip("10.0.0.0/8")`: the same value every time, so
+/// `call` (Cedar's function) runs once per distinct call on each thread rather
+/// than parsing its argument on every Check. Failures are not remembered.
+pub fn literal_call<E>(
+    name: &ast::Name,
+    arg: &ast::Literal,
+    call: impl FnOnce() -> Result<Value, E>,
+) -> Result<Value, E> {
+    memoized(&LITERAL_CALLS, (name.clone(), arg.clone()), |_| call())
 }
 
 /// The `datetime` at `seconds` and `millis` past the epoch (UTC).
