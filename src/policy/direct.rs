@@ -13,7 +13,7 @@ use cedar_policy_core::entities::Dereference;
 
 use crate::policy::index::Verdict;
 use crate::policy::interpret::{Facts, Lookup, Undecided};
-use crate::policy::request::{self, RequestFacts, RequestUids, CONTEXT_ATTRIBUTES};
+use crate::policy::request::{self, RequestFacts};
 use crate::policy::values;
 
 /// The verdict of `facts`' policies at `now`, as `PolicyIndex::evaluate` gives it
@@ -26,10 +26,7 @@ pub fn decide(facts: &RequestFacts<'_>, now: SystemTime) -> Option<Verdict> {
         return None;
     }
     let workload = request::workload_entity(facts.peer, snapshot).ok()?;
-    let types = &snapshot.types;
-    let bare_user =
-        facts.principal.type_name() == &types.user && snapshot.entities.base().get(&facts.principal).is_none();
-    let view = Direct { facts, now, workload, uids: RequestUids::new(types), bare_user };
+    let view = Direct { facts, now, workload, bare_user: facts.principal_is_unlisted_user() };
     snapshot.index.evaluate_interpreted(facts.action, &facts.principal, &view)
 }
 
@@ -38,17 +35,15 @@ struct Direct<'r, 'a> {
     now: SystemTime,
     /// The caller, as the store holds it (closed over `entities.json`).
     workload: Arc<ast::Entity>,
-    uids: RequestUids,
-    /// The principal is a token's user that `entities.json` does not list: the
-    /// store holds it without attributes, tags or parents.
+    /// `RequestFacts::principal_is_unlisted_user`.
     bare_user: bool,
 }
 
 /// Which entity of the request's store a uid names.
 enum Found<'e> {
     Resource,
-    /// The headers, query or route entity.
-    Tags,
+    /// The headers, query or route entity, with the pairs its tags are made of.
+    Tags(&'e [(String, String)]),
     Stored(&'e ast::Entity),
     BareUser,
     Missing,
@@ -56,12 +51,11 @@ enum Found<'e> {
 
 impl Direct<'_, '_> {
     fn find(&self, uid: &EntityUID) -> Result<Found<'_>, Undecided> {
-        let uids = &self.uids;
-        if uid == uids.resource.as_ref() {
+        if uid == self.resource() {
             return Ok(Found::Resource);
         }
-        if uid == uids.headers.as_ref() || uid == uids.query.as_ref() || uid == uids.route.as_ref() {
-            return Ok(Found::Tags);
+        if let Some((_, pairs)) = self.facts.tag_sources().into_iter().find(|(tags, _)| uid == tags.as_ref()) {
+            return Ok(Found::Tags(pairs));
         }
         if uid == self.workload.uid() {
             return Ok(Found::Stored(&self.workload));
@@ -92,7 +86,7 @@ impl Direct<'_, '_> {
             return Ok(false);
         }
         for prefix in self.facts.path.prefixes() {
-            let parent = EntityUID::from_components(path_type.clone(), ast::Eid::new(prefix), None);
+            let parent = request::path_uid(&snapshot.types, prefix);
             match snapshot.entities.base().as_ref().entity(&parent) {
                 Dereference::Data(parent) if parent.is_descendant_of(ancestor) => return Ok(true),
                 Dereference::Data(_) | Dereference::NoSuchEntity => {}
@@ -122,27 +116,22 @@ impl Facts for Direct<'_, '_> {
     }
 
     fn resource(&self) -> &EntityUID {
-        self.uids.resource.as_ref()
+        self.facts.snapshot.types.request.resource.as_ref()
     }
 
     fn context_attr(&self, name: &str) -> Result<Option<Value>, Undecided> {
-        self.facts.context_attribute(name, self.workload.uid(), &self.uids, self.now).map_err(|_| Undecided)
+        self.facts.context_attribute(name, self.workload.uid(), self.now).map_err(|_| Undecided)
     }
 
     fn context(&self) -> Result<Value, Undecided> {
-        let mut fields = Vec::new();
-        for name in CONTEXT_ATTRIBUTES {
-            if let Some(value) = self.context_attr(name)? {
-                fields.push((name, value));
-            }
-        }
+        let fields = self.facts.context_fields(self.workload.uid(), self.now).map_err(|_| Undecided)?;
         Ok(values::record(fields))
     }
 
     fn attr(&self, entity: &EntityUID, name: &str) -> Result<Lookup, Undecided> {
         Ok(match self.find(entity)? {
-            Found::Resource => self.facts.resource_attribute(name, &self.uids).map_or(Lookup::Absent, Lookup::Found),
-            Found::Tags | Found::BareUser => Lookup::Absent,
+            Found::Resource => self.facts.resource_attribute(name).map_or(Lookup::Absent, Lookup::Found),
+            Found::Tags(_) | Found::BareUser => Lookup::Absent,
             Found::Stored(stored_entity) => stored(stored_entity.get(name))?,
             Found::Missing => Lookup::NoEntity,
         })
@@ -150,11 +139,9 @@ impl Facts for Direct<'_, '_> {
 
     fn tag(&self, entity: &EntityUID, name: &str) -> Result<Lookup, Undecided> {
         Ok(match self.find(entity)? {
-            Found::Tags => match self.facts.tag(&self.uids, entity, name) {
-                Some(Some(value)) => Lookup::Found(values::string(&value)),
-                Some(None) => Lookup::Absent,
-                None => return Err(Undecided),
-            },
+            Found::Tags(pairs) => {
+                self.facts.read_tag(pairs, name).map_or(Lookup::Absent, |v| Lookup::Found(values::string(&v)))
+            }
             Found::Resource | Found::BareUser => Lookup::Absent,
             Found::Stored(stored_entity) => stored(stored_entity.get_tag(name))?,
             Found::Missing => Lookup::NoEntity,
@@ -168,7 +155,7 @@ impl Facts for Direct<'_, '_> {
         match self.find(entity)? {
             Found::Resource => self.resource_in(ancestor),
             Found::Stored(stored_entity) => Ok(stored_entity.is_descendant_of(ancestor)),
-            Found::Tags | Found::BareUser | Found::Missing => Ok(false),
+            Found::Tags(_) | Found::BareUser | Found::Missing => Ok(false),
         }
     }
 }

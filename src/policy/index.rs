@@ -124,7 +124,8 @@ impl PolicyIndex {
             .collect();
         // Per principal and action slot, the indexes of its policies that apply.
         let mut own: HashMap<EntityUid, Vec<Vec<usize>>> = HashMap::new();
-        let mut indexed: Vec<(Arc<ast::Policy>, Relevance)> = Vec::new();
+        // Each principal-scoped policy, with what it reads and whether `interpret` takes it.
+        let mut indexed: Vec<(Arc<ast::Policy>, Relevance, bool)> = Vec::new();
         let mut all = Vec::new();
         let mut all_relevance = Relevance::none();
         for policy in policies.policies() {
@@ -144,7 +145,7 @@ impl PolicyIndex {
                     for (list, _) in slots.iter_mut().zip(&applying).filter(|(_, applies)| **applies) {
                         list.push(indexed.len());
                     }
-                    indexed.push((shared, reads));
+                    indexed.push((shared, reads, interpretable));
                 }
                 _ => {
                     for (split, _) in by_action.iter_mut().zip(&applying).filter(|(_, applies)| **applies) {
@@ -165,7 +166,8 @@ impl PolicyIndex {
                     continue;
                 }
                 let chosen = || list.iter().filter_map(|i| indexed.get(*i));
-                let relevance = chosen().fold(split.relevance.clone(), |acc, (_, reads)| acc.union(reads));
+                let relevance = chosen().fold(split.relevance.clone(), |acc, (_, reads, _)| acc.union(reads));
+                let interpretable = chosen().all(|(_, _, interpretable)| *interpretable);
                 let relevance = match relevances.get(&relevance) {
                     Some(shared) => Arc::clone(shared),
                     None => {
@@ -177,12 +179,11 @@ impl PolicyIndex {
                 let policies = match shared.get(&list) {
                     Some(policies) => Arc::clone(policies),
                     None => {
-                        let policies: Arc<[Arc<ast::Policy>]> = chosen().map(|(p, _)| Arc::clone(p)).collect();
+                        let policies: Arc<[Arc<ast::Policy>]> = chosen().map(|(p, _, _)| Arc::clone(p)).collect();
                         shared.insert(list, Arc::clone(&policies));
                         policies
                     }
                 };
-                let interpretable = policies.iter().all(|policy| interpret::interpretable(policy));
                 by_slot.push(Own { policies, relevance, slot, interpretable });
             }
             by_principal.insert(uid, PrincipalPolicies { by_slot: by_slot.into_boxed_slice() });

@@ -107,10 +107,6 @@ pub fn check_limits<'a>(input: &'a CheckInput, limits: &LimitsConfig) -> Result<
     Ok(http)
 }
 
-/// The per-request entity ids. They only need to be unique within one request's
-/// entity store, which holds nothing else of these types.
-const REQUEST_ID: &str = "request";
-
 /// Everything the Cedar request for one Check is built from, and nothing else,
 /// worked out once: the canonical path and host, the action, the principal, the
 /// caller's credentials, and what the policies that can apply read.
@@ -247,8 +243,8 @@ impl RequestFacts<'_> {
             path,
             method: _,
             scheme: _,
-            headers,
-            route,
+            headers: _, // these two, with the path's query, are tags (`tag_sources`)
+            route: _,
             destination: _, // these three are the context's (`context_attribute`)
             source_ip: _,
             token: _,
@@ -258,48 +254,41 @@ impl RequestFacts<'_> {
         let types = &snapshot.types;
         let store = &snapshot.entities;
         let workload = workload_entity(peer, snapshot).map_err(RequestError::Build)?;
+        let uids = &types.request;
+        let resource = entity(
+            &uids.resource,
+            RESOURCE_ATTRIBUTES.iter().filter_map(|name| Some((*name, self.resource_attribute(name)?))).collect(),
+            path.prefixes().map(|prefix| path_uid(types, prefix)).collect(),
+            Vec::new(),
+        );
+        let fields = self.context_fields(workload.uid(), now).map_err(RequestError::Build)?;
+        let context = ast::Context::Value(Arc::new(fields.into_iter().map(|(k, v)| (k.into(), v)).collect())).into();
+        let mut entities = vec![workload, store.close(resource)];
         // Only the tags a policy that can apply reads: Cedar cannot enumerate tags,
         // so no other tag can change the verdict (the proof the cache key rests on,
         // `policy::reads`), and each one left out is one value less to build per
         // Check. Envoy sends a dozen headers; the shipped policies read one.
-        let tags = |type_name, pairs: &[(String, String)]| tag_entity(type_name, read_tags(pairs, &relevance.tags));
-        let uids = RequestUids::new(types);
-        let resource = entity(
-            &uids.resource,
-            RESOURCE_ATTRIBUTES
-                .iter()
-                .filter_map(|name| Some((*name, self.resource_attribute(name, &uids)?)))
-                .collect(),
-            path.prefixes().map(|p| core_uid(&uid(&types.path, p))).collect(),
-            Vec::new(),
-        );
-        let mut context = BTreeMap::new();
-        for name in CONTEXT_ATTRIBUTES {
-            if let Some(value) =
-                self.context_attribute(name, workload.uid(), &uids, now).map_err(RequestError::Build)?
-            {
-                context.insert(name.into(), value);
-            }
+        for (uid, pairs) in self.tag_sources() {
+            entities.push(store.close(tag_entity(uid, read_tags(pairs, &relevance.tags))));
         }
-        let context = ast::Context::Value(Arc::new(context)).into();
-        let mut entities = vec![
-            workload,
-            store.close(resource),
-            store.close(tags(&uids.headers, headers)),
-            store.close(tags(&uids.query, &path.query)),
-        ];
-        entities.push(store.close(tags(&uids.route, route)));
         // A user listed in entities.json keeps its attributes and groups from there.
-        if principal.type_name() == &types.user && store.base().get(principal).is_none() {
+        if self.principal_is_unlisted_user() {
             entities.push(store.close(entity(principal, Vec::new(), HashSet::new(), Vec::new())));
         }
-        Ok(RequestParts { entities, resource: uids.resource, context })
+        Ok(RequestParts { entities, resource: uids.resource.clone(), context })
+    }
+
+    /// The principal is a token's user that `entities.json` does not list: the
+    /// request's store holds it without attributes, tags or parents.
+    pub fn principal_is_unlisted_user(&self) -> bool {
+        self.principal.type_name() == &self.snapshot.types.user
+            && self.snapshot.entities.base().get(&self.principal).is_none()
     }
 
     /// `resource.<name>`, one of `RESOURCE_ATTRIBUTES`: what the Cedar request's
     /// resource holds and what `policy::direct` reads, made by this one function.
-    pub fn resource_attribute(&self, name: &str, uids: &RequestUids) -> Option<Value> {
-        let path = &self.path;
+    pub fn resource_attribute(&self, name: &str) -> Option<Value> {
+        let (path, uids) = (&self.path, &self.snapshot.types.request);
         Some(match name {
             "host" => values::string(&self.host),
             "path" => values::string(&path.path),
@@ -323,9 +312,9 @@ impl RequestFacts<'_> {
         &self,
         name: &str,
         peer: &ast::EntityUID,
-        uids: &RequestUids,
         now: SystemTime,
     ) -> Result<Option<Value>, String> {
+        let uids = &self.snapshot.types.request;
         Ok(Some(match name {
             "peer" => values::entity(peer),
             "destination" => values::record([("principal", values::string(self.destination))]),
@@ -349,20 +338,28 @@ impl RequestFacts<'_> {
         }))
     }
 
-    /// The tag `key` of the request's headers, query or route entity (`uid` names
-    /// which), as the Cedar request's entity holds it: only a key a policy that can
-    /// apply reads (`read_tags`). `None` for another entity.
-    pub fn tag(&self, uids: &RequestUids, uid: &ast::EntityUID, key: &str) -> Option<Option<String>> {
-        let pairs = if uid == uids.headers.as_ref() {
-            self.headers
-        } else if uid == uids.query.as_ref() {
-            &self.path.query
-        } else if uid == uids.route.as_ref() {
-            self.route
-        } else {
-            return None;
-        };
-        Some(self.relevance.tags.contains(key).then(|| tag_value(pairs, key)).flatten())
+    /// The whole context: each of `CONTEXT_ATTRIBUTES` the request has.
+    pub fn context_fields(&self, peer: &ast::EntityUID, now: SystemTime) -> Result<Vec<(&'static str, Value)>, String> {
+        let mut fields = Vec::with_capacity(CONTEXT_ATTRIBUTES.len());
+        for name in CONTEXT_ATTRIBUTES {
+            if let Some(value) = self.context_attribute(name, peer, now)? {
+                fields.push((name, value));
+            }
+        }
+        Ok(fields)
+    }
+
+    /// The request's headers, query and route entities, each with the pairs its
+    /// tags are made of (`read_tags`, `read_tag`).
+    pub fn tag_sources(&self) -> [(&EntityUid, &[(String, String)]); 3] {
+        let uids = &self.snapshot.types.request;
+        [(&uids.headers, self.headers), (&uids.query, &self.path.query), (&uids.route, self.route)]
+    }
+
+    /// The tag `key` of a tag entity made of `pairs`, as the Cedar request's
+    /// entity holds it: only a key a policy that can apply reads (`read_tags`).
+    pub fn read_tag(&self, pairs: &[(String, String)], key: &str) -> Option<String> {
+        self.relevance.tags.contains(key).then(|| tag_value(pairs, key)).flatten()
     }
 }
 
@@ -370,26 +367,6 @@ impl RequestFacts<'_> {
 pub const RESOURCE_ATTRIBUTES: [&str; 7] = ["host", "path", "segments", "method", "scheme", "headers", "query"];
 /// The context's attributes; `context_attribute` makes each (some only sometimes).
 pub const CONTEXT_ATTRIBUTES: [&str; 6] = ["peer", "destination", "route", "time", "source_ip", "token"];
-
-/// The uids of the entities each request adds besides its caller.
-#[derive(Debug)]
-pub struct RequestUids {
-    pub resource: EntityUid,
-    pub headers: EntityUid,
-    pub query: EntityUid,
-    pub route: EntityUid,
-}
-
-impl RequestUids {
-    pub fn new(types: &CedarTypes) -> Self {
-        RequestUids {
-            resource: uid(&types.http_request, REQUEST_ID),
-            headers: uid(&types.headers, REQUEST_ID),
-            query: uid(&types.query, REQUEST_ID),
-            route: uid(&types.route, REQUEST_ID),
-        }
-    }
-}
 
 /// The principal's uid: the peer workload, or the token's subject as a `User`.
 fn principal_uid(snapshot: &PolicySnapshot, peer: &PeerIdentity, token: Option<&VerifiedToken>) -> EntityUid {
@@ -423,6 +400,11 @@ fn entity(
         parents,
         tags.into_iter().map(|(k, v)| (k.into(), PartialValue::from(v))),
     )
+}
+
+/// `Path::"<prefix>"`: a parent of every request whose path has that prefix.
+pub fn path_uid(types: &CedarTypes, prefix: &str) -> ast::EntityUID {
+    core_uid(&uid(&types.path, prefix))
 }
 
 fn core_uid(uid: &EntityUid) -> ast::EntityUID {

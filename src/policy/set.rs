@@ -82,21 +82,48 @@ pub struct CedarTypes {
     pub query: EntityTypeName,
     pub route: EntityTypeName,
     pub user: EntityTypeName,
+    /// The uids of the entities each request adds besides its caller, made once.
+    pub request: RequestUids,
 }
+
+/// The uids of a request's resource and its headers, query and route entities.
+/// They only need to be unique within one request's entity store, which holds
+/// nothing else of these types.
+#[derive(Debug, Clone)]
+pub struct RequestUids {
+    pub resource: EntityUid,
+    pub headers: EntityUid,
+    pub query: EntityUid,
+    pub route: EntityUid,
+}
+
+/// The id of each of a request's own entities (`RequestUids`).
+const REQUEST_ID: &str = "request";
 
 impl CedarTypes {
     fn new() -> Result<Self, String> {
         let t = |name: &str| EntityTypeName::from_str(name).map_err(|e| format!("entity type `{name}`: {e}"));
+        let (http_request, headers, query, route) = (t("HttpRequest")?, t("Headers")?, t("Query")?, t("Route")?);
+        let uid = |type_name: &EntityTypeName| {
+            EntityUid::from_type_name_and_id(type_name.clone(), cedar_policy::EntityId::new(REQUEST_ID))
+        };
+        let request = RequestUids {
+            resource: uid(&http_request),
+            headers: uid(&headers),
+            query: uid(&query),
+            route: uid(&route),
+        };
         Ok(CedarTypes {
             workload: t("Workload")?,
             trust_domain: t("TrustDomain")?,
             namespace: t("Namespace")?,
             path: t("Path")?,
-            http_request: t("HttpRequest")?,
-            headers: t("Headers")?,
-            query: t("Query")?,
-            route: t("Route")?,
+            http_request,
+            headers,
+            query,
+            route,
             user: t("User")?,
+            request,
         })
     }
 }
