@@ -41,6 +41,11 @@ mod in_process_yaml;
 
 mod support;
 
+/// The `cedargate` binary's allocator, also for the no-op server this binary
+/// runs: the floor is measured with the same allocator as the server.
+#[path = "../src/allocator.rs"]
+mod allocator;
+
 use support::process::{self, ports};
 
 use std::net::SocketAddr;
@@ -128,6 +133,8 @@ fn start_envoy(dir: &Path, filter: Filter<'_>, upstream: u16) -> Envoy {
         ),
         _ => format!("{}{}{}", &template[..start], filters, &template[end..]),
     };
+    // No access log: every mode would pay for it alike, hiding the filters' cost.
+    config = without_access_log(&config);
     // Without ext_authz the cedargate cluster is unused: port 1 never answers.
     let authz = match filter {
         Filter::ExtAuthz(p) => p,
@@ -171,6 +178,15 @@ fn start_envoy(dir: &Path, filter: Filter<'_>, upstream: u16) -> Envoy {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `config` without the shipped access log (from its comment to `route_config:`).
+fn without_access_log(config: &str) -> String {
+    const START: &str = "          # One JSON line per request on stdout";
+    const END: &str = "          route_config:";
+    let start = config.find(START).expect("the access log in the shipped configuration");
+    let end = start + config[start..].find(END).expect("route_config after the access log");
+    format!("{}{}", &config[..start], &config[end..])
 }
 
 /// A keep-alive upstream answering 200 with a short body.
@@ -307,6 +323,7 @@ struct Sample {
 }
 
 fn main() {
+    allocator::configure();
     let mut argv = std::env::args().skip(1).peekable();
     if argv.peek().map(String::as_str) == Some("--serve-noop") {
         process::serve_noop();

@@ -4,10 +4,12 @@
 //! ext_authz server), in rounds: each run of a scenario right after a run of the
 //! floor.
 //!
-//!     cargo bench --bench grpc -- [--duration 10] [--rounds 3] [--scenario NAME]... [--perf DIR]
+//!     cargo bench --bench grpc -- [--duration 10] [--rounds 3] [--scenario NAME]... [--perf DIR] [--syscalls]
 //!
 //! `--perf DIR` also profiles each server (`perf record --call-graph dwarf`, Debian's
-//! `linux-perf`) during one more run after the measured rounds.
+//! `linux-perf`) during one more run after the measured rounds; `--syscalls` counts
+//! each server's futex, send, receive, write, epoll and madvise calls per Check in one more
+//! run (`perf stat` on syscall tracepoints; counts compare across noisy runs).
 //!
 //! For each scenario it reports the median throughput, its median ratio to the
 //! floor run just before, the server's CPU µs per Check (from /proc/<pid>/stat:
@@ -32,6 +34,11 @@ mod request;
 
 mod support;
 
+/// The `cedargate` binary's allocator, also for the no-op server this binary
+/// runs: the floor is measured with the same allocator as the server.
+#[path = "../src/allocator.rs"]
+mod allocator;
+
 use support::process::{self, Server};
 
 use std::path::{Path, PathBuf};
@@ -51,10 +58,14 @@ struct Args {
     /// Where to write `perf record --call-graph dwarf` profiles of each server,
     /// taken during one extra run after the measured rounds.
     perf: Option<PathBuf>,
+    /// Also count each server's system calls per Check (`perf stat` on syscall
+    /// tracepoints) during one more run: a count, so it compares across a noisy
+    /// machine where CPU time does not.
+    syscalls: bool,
 }
 
 fn args() -> Args {
-    let mut args = Args { duration: 10, rounds: 3, scenarios: Vec::new(), perf: None };
+    let mut args = Args { duration: 10, rounds: 3, scenarios: Vec::new(), perf: None, syscalls: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -63,6 +74,7 @@ fn args() -> Args {
             "--rounds" => args.rounds = value().parse().unwrap(),
             "--scenario" => args.scenarios.push(value()),
             "--perf" => args.perf = Some(PathBuf::from(value())),
+            "--syscalls" => args.syscalls = true,
             "--bench" => {}
             other => panic!("unknown argument {other}; see the comment at the top of benches/grpc.rs"),
         }
@@ -144,6 +156,41 @@ fn h2load(server: &Server, body: &Path, seconds: u64, rate: Option<f64>, log: &P
     }
 }
 
+/// The system calls that show a server's waits and writes, per Check of one run.
+const SYSCALLS: [&str; 7] = ["futex", "sendto", "recvfrom", "writev", "write", "epoll_wait", "madvise"];
+
+fn count_syscalls(s: &Scenario, seconds: u64, log: &Path) {
+    let events: Vec<String> = SYSCALLS.iter().map(|c| format!("syscalls:sys_enter_{c}")).collect();
+    let stat = std::env::temp_dir().join(format!("cedargate-syscalls-{}.txt", s.name));
+    let mut perf = Command::new("perf")
+        .args(["stat", "-x", ",", "-o"])
+        .arg(&stat)
+        .args(["-e", &events.join(","), "-p", &s.server.child.id().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("perf (Debian's linux-perf) is installed");
+    // perf attaches to the process's threads before it counts.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let run = h2load(&s.server, &s.body, seconds, None, log);
+    let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
+    let _ = perf.wait();
+    let checks = run.per_second * seconds as f64;
+    let text = std::fs::read_to_string(&stat).unwrap_or_default();
+    let per_check: Vec<String> = SYSCALLS
+        .iter()
+        .map(|call| {
+            let count: f64 = text
+                .lines()
+                .find(|l| l.contains(&format!("sys_enter_{call},")) || l.ends_with(&format!("sys_enter_{call}")))
+                .and_then(|l| l.split(',').next()?.trim().parse().ok())
+                .unwrap_or(f64::NAN);
+            format!("{call} {:.2}", count / checks)
+        })
+        .collect();
+    eprintln!("system calls per Check, {}: {}", s.name, per_check.join(", "));
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -157,6 +204,7 @@ struct Scenario {
 }
 
 fn main() {
+    allocator::configure();
     let mut argv = std::env::args().skip(1);
     if argv.next().as_deref() == Some("--serve-noop") {
         process::serve_noop();
@@ -297,6 +345,11 @@ fn main() {
             let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
             let _ = perf.wait();
             eprintln!("profile of {}: perf report -i {} --no-children", s.name, data.display());
+        }
+    }
+    if args.syscalls {
+        for s in &scenarios {
+            count_syscalls(s, args.duration, &log);
         }
     }
     println!("| server | what | Check/s (median) | × no-op (median of pairs) | server CPU µs/Check | CPU × no-op's | at half rate: p50 µs | p99 µs | the floor's p99 just before | RSS MiB |");

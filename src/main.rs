@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use cedargate::cli::{authorize, demo_pki, fmt, policy_test, serve, validate};
 use clap::{Parser, Subcommand};
 
+mod allocator;
+
 #[derive(Parser)]
 #[command(
     name = "cedargate",
@@ -40,6 +42,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    allocator::configure();
     match Cli::parse().command {
         Command::Serve(args) => serve::run(args),
         Command::Validate(args) => validate::run(args),

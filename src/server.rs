@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod grpc;
+pub mod metadata;
 pub mod proto;
 pub mod tls;
 pub mod wire;

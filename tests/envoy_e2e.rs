@@ -180,6 +180,20 @@ async fn the_path_the_upstream_receives_is_the_path_that_was_authorized() {
         assert_eq!(routed, resource_path, "{r:?}");
         assert!(!routed.contains("admin"), "a path under /admin reached the upstream: {r:?}");
     }
+    // Envoy's access log shows each forwarded request's decision, read from the
+    // dynamic metadata cedargate returned (a google.protobuf.Struct on the wire).
+    let logged = tokio::task::block_in_place(|| envoy.access_log(sent));
+    for r in &received {
+        let id = r.decision_id.as_deref().unwrap();
+        let line = logged
+            .iter()
+            .find(|l| l["decision_id"] == id)
+            .unwrap_or_else(|| panic!("no access log line with decision {id}: {logged:?}"));
+        assert_eq!(line["decision"], "allow", "{line}");
+        assert_eq!(line["reason"], "allow", "{line}");
+        assert_eq!(line["principal"], common::envoy::FRONTEND, "{line}");
+        assert!(line["policies"].as_array().is_some_and(|p| !p.is_empty()), "{line}");
+    }
     println!("{sent} requests sent, {} reached the upstream, each with the path authorized", received.len());
     drop(envoy);
     cedargate.shutdown().await.unwrap();

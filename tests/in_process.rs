@@ -198,6 +198,19 @@ fn cedargate_inside_envoy_answers_as_the_server_does() {
     assert!(records.len() >= 20, "{} audit records", records.len());
     assert!(records.iter().any(|r| r["reason"] == "token_binding_mismatch"), "{audit}");
     assert!(records.iter().any(|r| r["policy_set"] == "admin"), "{audit}");
+
+    // Envoy's access log carries each decision from the filter's dynamic metadata,
+    // and joins its audit record by decision id.
+    let logged = envoy.access_log(records.len());
+    let decided: Vec<&serde_json::Value> = logged.iter().filter(|l| l["decision_id"].is_string()).collect();
+    assert!(decided.len() >= 20, "{logged:?}");
+    for line in &decided {
+        let record = records.iter().find(|r| r["decision_id"] == line["decision_id"]);
+        let record = record.unwrap_or_else(|| panic!("no audit record for {line}"));
+        assert_eq!((&line["decision"], &line["reason"]), (&record["decision"], &record["reason"]), "{line}");
+    }
+    assert!(decided.iter().any(|l| l["decision"] == "allow" && l["principal"] == FRONTEND), "{decided:?}");
+    assert!(decided.iter().any(|l| l["reason"] == "policy_denied" && l["status"] == 403), "{decided:?}");
 }
 
 /// Certificates a client sends in `x-forwarded-client-cert` are never believed:

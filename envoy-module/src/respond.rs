@@ -14,9 +14,8 @@ const METADATA_NAMESPACE: &str = "cedargate";
 
 /// Applies `decision` to the stream; returns the request-headers status for Envoy.
 pub fn apply(stream: &Stream, decision: &Decision, config: &Config) -> u32 {
-    let (fields, policies) = reply::metadata(decision);
+    let (mut pairs, policies) = reply::metadata(decision);
     let policies = policies.join(",");
-    let mut pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
     pairs.push(("policies", &policies));
     stream.set_metadata(METADATA_NAMESPACE, &pairs);
     match Reply::of(decision, config) {

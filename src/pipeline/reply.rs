@@ -73,20 +73,21 @@ impl Reply {
 
 /// What access logs can read about a decision (Envoy's dynamic metadata): string
 /// fields, then the deciding policies' ids.
-pub fn metadata(decision: &Decision) -> (Vec<(&'static str, String)>, &[String]) {
-    let mut fields = vec![
-        ("decision_id", decision.id.clone()),
-        ("decision", (if decision.is_allowed() { "allow" } else { "deny" }).to_owned()),
-        ("reason", decision.code().to_owned()),
-        ("policy_version", decision.policy_version.clone()),
-    ];
+pub fn metadata(decision: &Decision) -> (Vec<(&'static str, &str)>, &[String]) {
+    let mut fields = Vec::with_capacity(8);
+    fields.extend([
+        ("decision_id", decision.id.as_str()),
+        ("decision", if decision.is_allowed() { "allow" } else { "deny" }),
+        ("reason", decision.code()),
+        ("policy_version", decision.policy_version.as_str()),
+    ]);
     if let Some(peer) = &decision.peer {
-        fields.push(("principal", peer.spiffe_id.as_str().to_owned()));
+        fields.push(("principal", peer.spiffe_id.as_str()));
     }
     if let Some(token) = &decision.token {
-        fields.push(("token_issuer", token.iss.clone()));
-        fields.push(("token_subject", token.sub.clone()));
-        fields.push(("token_fingerprint", token.fingerprint.clone()));
+        fields.push(("token_issuer", token.iss.as_str()));
+        fields.push(("token_subject", token.sub.as_str()));
+        fields.push(("token_fingerprint", token.fingerprint.as_str()));
     }
     (fields, &decision.policies)
 }

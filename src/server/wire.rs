@@ -4,12 +4,11 @@
 
 use std::net::IpAddr;
 
-use prost_types::{value::Kind, ListValue, Struct, Value};
-
 use crate::config::Config;
 use crate::pipeline::decision::Decision;
 use crate::pipeline::input::{CheckInput, HttpInput, PeerInput};
 use crate::pipeline::reply::{self, Reply};
+use crate::server::metadata;
 use crate::server::proto::envoy::config::core::v3::{
     address, header_value_option::HeaderAppendAction, Address, HeaderValue, HeaderValueOption,
 };
@@ -100,16 +99,17 @@ fn http(http: HttpRequest) -> HttpInput {
 
 /// A `Decision` as Envoy's `CheckResponse`.
 pub fn check_response(decision: &Decision, config: &Config) -> CheckResponse {
-    let metadata = dynamic_metadata(decision);
+    let (strings, policies) = reply::metadata(decision);
+    let metadata = metadata::encode(&strings, ("policies", policies));
     match Reply::of(decision, config) {
         Reply::Allow { set, remove } => CheckResponse {
             status: Some(Status { code: GRPC_OK, ..Status::default() }),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                headers: set.iter().map(|(k, v)| overwrite(k, v)).collect(),
+                headers: set.into_iter().map(overwrite).collect(),
                 headers_to_remove: remove,
                 response_headers_to_add: Vec::new(),
             })),
-            dynamic_metadata: Some(metadata),
+            dynamic_metadata: metadata,
         },
         Reply::Deny { status, headers, body } => {
             let grpc = if status == 401 { GRPC_UNAUTHENTICATED } else { GRPC_PERMISSION_DENIED };
@@ -117,10 +117,10 @@ pub fn check_response(decision: &Decision, config: &Config) -> CheckResponse {
                 status: Some(Status { code: grpc, message: decision.code().to_owned(), details: Vec::new() }),
                 http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
                     status: Some(HttpStatus { code: i32::from(status) }),
-                    headers: headers.iter().map(|(k, v)| overwrite(k, v)).collect(),
+                    headers: headers.into_iter().map(overwrite).collect(),
                     body,
                 })),
-                dynamic_metadata: Some(metadata),
+                dynamic_metadata: metadata,
             }
         }
     }
@@ -128,25 +128,11 @@ pub fn check_response(decision: &Decision, config: &Config) -> CheckResponse {
 
 /// Overwrite, never append: appending would let a spoofed client copy travel on
 /// as `spoofed,real`.
-fn overwrite(key: &str, value: &str) -> HeaderValueOption {
+fn overwrite((key, value): (String, String)) -> HeaderValueOption {
     HeaderValueOption {
-        header: Some(HeaderValue { key: key.to_owned(), value: value.to_owned(), raw_value: Vec::new() }),
+        header: Some(HeaderValue { key, value, raw_value: Vec::new() }),
         append: None,
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
         keep_empty_value: false,
     }
-}
-
-/// Metadata Envoy stores under `envoy.filters.http.ext_authz`, for access logs
-/// (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:decision_id)%`).
-fn dynamic_metadata(decision: &Decision) -> Struct {
-    let string = |s: &str| Value { kind: Some(Kind::StringValue(s.to_owned())) };
-    let (strings, policies) = reply::metadata(decision);
-    let mut fields: std::collections::BTreeMap<String, Value> =
-        strings.iter().map(|(k, v)| ((*k).to_owned(), string(v))).collect();
-    fields.insert(
-        "policies".to_owned(),
-        Value { kind: Some(Kind::ListValue(ListValue { values: policies.iter().map(|p| string(p)).collect() })) },
-    );
-    Struct { fields }
 }

@@ -107,6 +107,8 @@ pub struct Envoy {
     pub port: u16,
     admin_port: u16,
     log: PathBuf,
+    /// Envoy's stdout: the shipped access log.
+    access_log: PathBuf,
 }
 
 impl Drop for Envoy {
@@ -197,15 +199,17 @@ impl Envoy {
             .arg("-c")
             .arg(&config_path)
             .args(["--disable-hot-restart", "--concurrency", "1", "-l", "warning"])
+            // The access log reaches its file within 100 ms, not Envoy's 10 s.
+            .args(["--file-flush-interval-msec", "100"])
             .arg("--admin-address-path")
             .arg(&admin_address)
             .arg("--log-path")
             .arg(&log)
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(std::fs::File::create(dir.join("envoy.stdout")).unwrap()))
             .stderr(stderr)
             .spawn()
             .expect("envoy starts");
-        let mut envoy = Envoy { child, port: 0, admin_port: 0, log };
+        let mut envoy = Envoy { child, port: 0, admin_port: 0, log, access_log: dir.join("envoy.stdout") };
         envoy.wait_ready(&admin_address);
         envoy
     }
@@ -252,6 +256,23 @@ impl Envoy {
             .filter(|l| l.starts_with(&format!("{cluster}::")) && l.contains("::health_flags::"))
             .filter(|l| l.ends_with("::healthy"))
             .count()
+    }
+
+    /// The shipped access log's lines (JSON), waiting (bounded) for at least
+    /// `at_least` of them.
+    pub fn access_log(&self, at_least: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines: Vec<serde_json::Value> = std::fs::read_to_string(&self.access_log)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            if lines.len() >= at_least || Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn counter(&self, suffix: &str) -> u64 {
