@@ -41,11 +41,6 @@ mod in_process_yaml;
 
 mod support;
 
-/// The `cedargate` binary's allocator, also for the no-op server this binary
-/// runs: the floor is measured with the same allocator as the server.
-#[path = "../src/allocator.rs"]
-mod allocator;
-
 use support::process::{self, ports};
 
 use std::net::SocketAddr;
@@ -323,7 +318,6 @@ struct Sample {
 }
 
 fn main() {
-    allocator::configure();
     let mut argv = std::env::args().skip(1).peekable();
     if argv.peek().map(String::as_str) == Some("--serve-noop") {
         process::serve_noop();

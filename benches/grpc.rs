@@ -8,8 +8,9 @@
 //!
 //! `--perf DIR` also profiles each server (`perf record --call-graph dwarf`, Debian's
 //! `linux-perf`) during one more run after the measured rounds; `--syscalls` counts
-//! each server's futex, send, receive, write, epoll and madvise calls per Check in one more
-//! run (`perf stat` on syscall tracepoints; counts compare across noisy runs).
+//! each server's futex, send, receive, write, epoll and madvise calls and its page
+//! faults per Check in one more run (`perf stat`; counts compare across noisy runs
+//! where times do not).
 //!
 //! For each scenario it reports the median throughput, its median ratio to the
 //! floor run just before, the server's CPU µs per Check (from /proc/<pid>/stat:
@@ -33,11 +34,6 @@ mod jwt;
 mod request;
 
 mod support;
-
-/// The `cedargate` binary's allocator, also for the no-op server this binary
-/// runs: the floor is measured with the same allocator as the server.
-#[path = "../src/allocator.rs"]
-mod allocator;
 
 use support::process::{self, Server};
 
@@ -156,11 +152,13 @@ fn h2load(server: &Server, body: &Path, seconds: u64, rate: Option<f64>, log: &P
     }
 }
 
-/// The system calls that show a server's waits and writes, per Check of one run.
+/// The system calls that show a server's waits and writes, and its page faults
+/// (memory the allocator gave back and takes again), per Check of one run.
 const SYSCALLS: [&str; 7] = ["futex", "sendto", "recvfrom", "writev", "write", "epoll_wait", "madvise"];
 
 fn count_syscalls(s: &Scenario, seconds: u64, log: &Path) {
-    let events: Vec<String> = SYSCALLS.iter().map(|c| format!("syscalls:sys_enter_{c}")).collect();
+    let mut events: Vec<String> = SYSCALLS.iter().map(|c| format!("syscalls:sys_enter_{c}")).collect();
+    events.push("page-faults".to_owned());
     let stat = std::env::temp_dir().join(format!("cedargate-syscalls-{}.txt", s.name));
     let mut perf = Command::new("perf")
         .args(["stat", "-x", ",", "-o"])
@@ -176,17 +174,20 @@ fn count_syscalls(s: &Scenario, seconds: u64, log: &Path) {
     let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
     let _ = perf.wait();
     let checks = run.per_second * seconds as f64;
+    // `perf stat -x ,` lines: count, unit, event, ...
     let text = std::fs::read_to_string(&stat).unwrap_or_default();
+    let count = |event: &str| -> f64 {
+        text.lines()
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|f| f.get(2).is_some_and(|e| *e == event))
+            .and_then(|f| f.first()?.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
     let per_check: Vec<String> = SYSCALLS
         .iter()
-        .map(|call| {
-            let count: f64 = text
-                .lines()
-                .find(|l| l.contains(&format!("sys_enter_{call},")) || l.ends_with(&format!("sys_enter_{call}")))
-                .and_then(|l| l.split(',').next()?.trim().parse().ok())
-                .unwrap_or(f64::NAN);
-            format!("{call} {:.2}", count / checks)
-        })
+        .zip(&events)
+        .map(|(call, event)| format!("{call} {:.2}", count(event) / checks))
+        .chain(std::iter::once(format!("page faults {:.2}", count("page-faults") / checks)))
         .collect();
     eprintln!("system calls per Check, {}: {}", s.name, per_check.join(", "));
 }
@@ -204,7 +205,6 @@ struct Scenario {
 }
 
 fn main() {
-    allocator::configure();
     let mut argv = std::env::args().skip(1);
     if argv.next().as_deref() == Some("--serve-noop") {
         process::serve_noop();
@@ -220,7 +220,12 @@ fn main() {
     let pki = pki::Pki::new();
     let cert = pki.svid(support::FRONTEND).cert_pem;
     let signer = jwt::Signer::ec("bench");
-    std::fs::write(d.join("jwks.json"), jwt::jwks(&[&signer])).unwrap();
+    // In a directory of its own, as deployed: cedargate watches the directory of
+    // each file it reloads, and this one also holds h2load's per-request log and
+    // the audit files, whose every write would wake the watcher (2.0 futex calls
+    // per ES256 Check when they shared one, 0.6 apart).
+    std::fs::create_dir(d.join("jwks")).unwrap();
+    std::fs::write(d.join("jwks/jwks.json"), jwt::jwks(&[&signer])).unwrap();
     let token = signer.sign(&jwt::claims(jwt::now(), "alice"));
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let many = support::policies_with(10_000);
@@ -231,7 +236,7 @@ fn main() {
         "[[tokens.issuers]]\nissuer = \"{}\"\naudiences = [\"{}\"]\njwks_file = \"{}\"\n",
         jwt::ISSUER,
         jwt::AUDIENCE,
-        d.join("jwks.json").display()
+        d.join("jwks/jwks.json").display()
     );
     let plain_body = d.join("check.bin");
     std::fs::write(&plain_body, grpc_body(&cert, None)).unwrap();

@@ -17,10 +17,6 @@ mod request;
 
 mod support;
 
-/// The `cedargate` binary's allocator, so that the RSS measured here is the server's.
-#[path = "../src/allocator.rs"]
-mod allocator;
-
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,7 +26,6 @@ use cedargate::pipeline::checker::{Checker, SystemClock};
 const FRONTEND: &str = "spiffe://example.org/ns/default/sa/frontend";
 
 fn main() {
-    allocator::configure();
     let pki = pki::Pki::new();
     let base = support::rss_mib();
     let policies = support::policies_with(10_000);

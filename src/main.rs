@@ -6,8 +6,6 @@ use std::process::ExitCode;
 use cedargate::cli::{authorize, demo_pki, fmt, policy_test, serve, validate};
 use clap::{Parser, Subcommand};
 
-mod allocator;
-
 #[derive(Parser)]
 #[command(
     name = "cedargate",
@@ -42,7 +40,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    allocator::configure();
     match Cli::parse().command {
         Command::Serve(args) => serve::run(args),
         Command::Validate(args) => validate::run(args),

@@ -10,9 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Top-level files that are not in a folder, by design (`allocator`: the binary's,
-/// not the library's).
-const TOP_LEVEL: &[&str] = &["lib", "main", "config", "allocator"];
+/// Top-level files that are not in a folder, by design.
+const TOP_LEVEL: &[&str] = &["lib", "main", "config"];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
