@@ -152,13 +152,22 @@ fn h2load(server: &Server, body: &Path, seconds: u64, rate: Option<f64>, log: &P
     }
 }
 
-/// The system calls that show a server's waits and writes, and its page faults
-/// (memory the allocator gave back and takes again), per Check of one run.
-const SYSCALLS: [&str; 7] = ["futex", "sendto", "recvfrom", "writev", "write", "epoll_wait", "madvise"];
+/// What `--syscalls` counts per Check, as (label, `perf` event): the system calls
+/// that show a server's waits and writes, and its page faults (memory the
+/// allocator gave back and takes again).
+const COUNTED: [(&str, &str); 8] = [
+    ("futex", "syscalls:sys_enter_futex"),
+    ("sendto", "syscalls:sys_enter_sendto"),
+    ("recvfrom", "syscalls:sys_enter_recvfrom"),
+    ("writev", "syscalls:sys_enter_writev"),
+    ("write", "syscalls:sys_enter_write"),
+    ("epoll_wait", "syscalls:sys_enter_epoll_wait"),
+    ("madvise", "syscalls:sys_enter_madvise"),
+    ("page faults", "page-faults"),
+];
 
 fn count_syscalls(s: &Scenario, seconds: u64, log: &Path) {
-    let mut events: Vec<String> = SYSCALLS.iter().map(|c| format!("syscalls:sys_enter_{c}")).collect();
-    events.push("page-faults".to_owned());
+    let events: Vec<&str> = COUNTED.iter().map(|(_, event)| *event).collect();
     let stat = std::env::temp_dir().join(format!("cedargate-syscalls-{}.txt", s.name));
     let mut perf = Command::new("perf")
         .args(["stat", "-x", ",", "-o"])
@@ -183,12 +192,8 @@ fn count_syscalls(s: &Scenario, seconds: u64, log: &Path) {
             .and_then(|f| f.first()?.trim().parse().ok())
             .unwrap_or(f64::NAN)
     };
-    let per_check: Vec<String> = SYSCALLS
-        .iter()
-        .zip(&events)
-        .map(|(call, event)| format!("{call} {:.2}", count(event) / checks))
-        .chain(std::iter::once(format!("page faults {:.2}", count("page-faults") / checks)))
-        .collect();
+    let per_check: Vec<String> =
+        COUNTED.iter().map(|(label, event)| format!("{label} {:.2}", count(event) / checks)).collect();
     eprintln!("system calls per Check, {}: {}", s.name, per_check.join(", "));
 }
 

@@ -63,8 +63,7 @@ async fn envoy_captured_mtls_request_is_allowed_with_identity_header_overwriting
     assert_eq!(principal.append_action, HeaderAppendAction::OverwriteIfExistsOrAdd as i32);
     assert!(principal.append.is_none(), "never append identity headers");
     let decision_id = ok.headers.iter().find(|h| h.header.as_ref().unwrap().key == "x-cedargate-decision-id").unwrap();
-    // A google.protobuf.Struct on the wire (our proto declares it as bytes).
-    let metadata = <prost_types::Struct as prost::Message>::decode(response.dynamic_metadata.as_slice()).unwrap();
+    let metadata = common::dynamic_metadata(&response);
     let field = |k: &str| metadata.fields.get(k).and_then(|v| v.kind.clone());
     use prost_types::value::Kind;
     assert_eq!(field("decision_id"), Some(Kind::StringValue(decision_id.header.as_ref().unwrap().value.clone())));

@@ -136,8 +136,7 @@ async fn checks_during_many_reloads_all_get_correct_answers() {
             while !stop.load(Ordering::Relaxed) && answered < 20_000 {
                 let reply = client.check(request.clone()).await.expect("no Check fails").into_inner();
                 let (status, _) = outcome(&reply);
-                let metadata =
-                    <prost_types::Struct as prost::Message>::decode(reply.dynamic_metadata.as_slice()).unwrap();
+                let metadata = common::dynamic_metadata(&reply);
                 let policies = format!("{:?}", metadata.fields["policies"]);
                 assert_eq!(status, 200, "every answer is an allow from one version or the other");
                 assert!(policies.contains("version-a") || policies.contains("version-b"), "{policies}");

@@ -185,6 +185,7 @@ impl Envoy {
         let config_path = dir.join(name);
         std::fs::write(&config_path, yaml).unwrap();
         let log = dir.join("envoy.log");
+        let access_log = dir.join("envoy.stdout");
         let admin_address = dir.join("envoy-admin-address");
         let _ = std::fs::remove_file(&admin_address);
         let mut command = Command::new(envoy_binary());
@@ -205,11 +206,11 @@ impl Envoy {
             .arg(&admin_address)
             .arg("--log-path")
             .arg(&log)
-            .stdout(Stdio::from(std::fs::File::create(dir.join("envoy.stdout")).unwrap()))
+            .stdout(Stdio::from(std::fs::File::create(&access_log).unwrap()))
             .stderr(stderr)
             .spawn()
             .expect("envoy starts");
-        let mut envoy = Envoy { child, port: 0, admin_port: 0, log, access_log: dir.join("envoy.stdout") };
+        let mut envoy = Envoy { child, port: 0, admin_port: 0, log, access_log };
         envoy.wait_ready(&admin_address);
         envoy
     }

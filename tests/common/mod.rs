@@ -81,6 +81,13 @@ pub async fn check(running: &Running, request: CheckRequest) -> CheckResponse {
     client(&running.local_addr).await.check(request).await.expect("Check succeeds at the gRPC level").into_inner()
 }
 
+/// A response's dynamic metadata, as Envoy decodes it: a `google.protobuf.Struct`
+/// (our proto declares the field as bytes).
+pub fn dynamic_metadata(response: &CheckResponse) -> prost_types::Struct {
+    <prost_types::Struct as prost::Message>::decode(response.dynamic_metadata.as_slice())
+        .expect("dynamic metadata is a google.protobuf.Struct")
+}
+
 /// The HTTP status and the reason code of a response (200/"allow" for an allow).
 pub fn outcome(response: &CheckResponse) -> (u16, String) {
     use cedargate::server::proto::envoy::service::auth::v3::check_response::HttpResponse;
