@@ -111,9 +111,9 @@ impl Engine {
     }
 
     /// Decides one request on the calling (worker) thread, without waiting on
-    /// anything.
-    pub fn decide(&self, input: &CheckInput) -> Decision {
-        self.authorizer.authorize_now(input, self.runtime.handle())
+    /// anything; `answer` applies the decision to the stream.
+    pub fn decide<R>(&self, input: CheckInput, answer: impl FnOnce(&Decision) -> R) -> R {
+        self.authorizer.authorize_now(input, self.runtime.handle(), answer)
     }
 }
 

@@ -155,8 +155,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     let decided = catch_unwind(AssertUnwindSafe(|| {
         let policy_set = stream.route_config::<RouteConfig>().map(|r| r.policy_set.as_str());
         let input = crate::request::check_input(&stream, policy_set, &config.certificates);
-        let decision = config.engine.decide(&input);
-        crate::respond::apply(&stream, &decision, config.engine.config())
+        let engine = &config.engine;
+        engine.decide(input, |decision| crate::respond::apply(&stream, decision, engine.config()))
     }));
     decided.unwrap_or_else(|_| {
         tracing::error!("the in-process filter panicked; the request is denied");

@@ -10,6 +10,7 @@ use crate::cli::output::Format;
 use crate::cli::{check_json, offline};
 use crate::pipeline::authorize::Authorizer;
 use crate::pipeline::checker::{Checker, SystemClock};
+use crate::pipeline::decision::Decision;
 use crate::pipeline::input::CheckInput;
 use crate::server::wire;
 
@@ -84,7 +85,7 @@ pub fn run(args: Args) -> ExitCode {
     };
     let authorizer = Authorizer::new(Arc::new(checker), None);
     let decision = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime.block_on(authorizer.authorize(&input)),
+        Ok(runtime) => runtime.block_on(authorizer.authorize(input, Decision::clone)),
         Err(e) => return usage(format!("cannot start the async runtime: {e}")),
     };
     let report = offline::Report::of(&decision);

@@ -1,18 +1,22 @@
-//! Audit records: one JSON line per decision, written off the request path.
+//! Audit records: one JSON line per decision, built and written off the request path.
 //!
-//! A Check only serializes its record and queues it; a dedicated thread does the
-//! disk I/O. The queue is bounded: in `block` mode a Check waits (asynchronously)
-//! for room, so no record is ever lost; in `drop` mode the record is discarded and
-//! counted. Records carry fingerprints of credentials, never the credentials.
+//! A Check only moves its decision and the few request fields a record names into
+//! an `AuditEntry` and queues it; a dedicated thread encodes the JSON and does the
+//! disk I/O, so neither costs the request's thread anything. The queue is bounded:
+//! in `block` mode a Check waits (asynchronously) for room, so no record is ever
+//! lost; in `drop` mode the record is discarded and counted. Records carry
+//! fingerprints of credentials, never the credentials.
 
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use tokio::sync::{mpsc, Notify};
 
 use crate::config::{AuditConfig, WhenFull};
@@ -20,10 +24,106 @@ use crate::ops::metrics::{Sample, StateSource};
 use crate::pipeline::decision::{Decision, Outcome};
 use crate::pipeline::input::CheckInput;
 
+/// One decided Check, as queued for its record: the decision itself and the
+/// request's fields the record names, moved (not copied) out of the Check's input.
+#[derive(Debug)]
+pub struct AuditEntry {
+    decision: Decision,
+    time: SystemTime,
+    method: String,
+    host: String,
+    /// Raw `:path`, with the query string: cut when the record is encoded, unless
+    /// `include_query`.
+    path: String,
+    request_id: String,
+    source_ip: Option<IpAddr>,
+    source_port: Option<u16>,
+    source_principal: String,
+}
+
+impl AuditEntry {
+    /// `decision` about `input`, decided at `time`. Takes the strings the record
+    /// needs out of `input`; what is left of it (the headers) is dropped here.
+    pub fn new(decision: Decision, input: CheckInput, time: SystemTime) -> AuditEntry {
+        let CheckInput { source, http, .. } = input;
+        let (method, host, path, request_id) = match http {
+            Some(mut http) => {
+                let request_id = http
+                    .headers
+                    .iter_mut()
+                    .find(|(k, _)| k == "x-request-id")
+                    .map(|(_, v)| std::mem::take(v))
+                    .unwrap_or_default();
+                (http.method, http.host, http.path, request_id)
+            }
+            None => Default::default(),
+        };
+        AuditEntry {
+            decision,
+            time,
+            method,
+            host,
+            path,
+            request_id,
+            source_ip: source.ip,
+            source_port: source.port,
+            source_principal: source.principal,
+        }
+    }
+
+    /// The record this entry is written as.
+    pub fn record(&self, include_query: bool) -> AuditRecord<'_> {
+        let decision = &self.decision;
+        let (decision_label, reason, detail, status) = match &decision.outcome {
+            Outcome::Allow => ("allow", "allow", String::new(), 200),
+            Outcome::Deny(reason) => ("deny", reason.code(), reason.to_string(), reason.http_status()),
+        };
+        let path =
+            if include_query { self.path.as_str() } else { self.path.split(['?', '#']).next().unwrap_or_default() };
+        AuditRecord {
+            time: Rfc3339(self.time),
+            decision_id: &decision.id,
+            decision: decision_label,
+            reason,
+            detail,
+            status,
+            policies: &decision.policies,
+            errors: &decision.errors,
+            policy_set: &decision.policy_set,
+            policy_version: &decision.policy_version,
+            peer: decision.peer.as_ref().map(|p| PeerRecord {
+                spiffe_id: p.spiffe_id.as_str(),
+                certificate_serial: p.certificate.as_ref().map(|c| c.serial.as_str()),
+                certificate_fingerprint: p.certificate.as_ref().map(|c| c.fingerprint()),
+                certificate_not_after: p.certificate.as_ref().map(|c| c.not_after),
+            }),
+            token: decision.token.as_ref().map(|t| TokenRecord {
+                iss: &t.iss,
+                sub: &t.sub,
+                jti: t.jti.as_deref(),
+                exp: t.exp,
+                fingerprint: &t.fingerprint,
+            }),
+            request: RequestRecord {
+                method: &self.method,
+                host: &self.host,
+                path,
+                resource_path: decision.resource_path.as_deref(),
+                request_id: &self.request_id,
+                source: self.source_ip.map(|ip| Source { ip, port: self.source_port }),
+                source_principal: &self.source_principal,
+            },
+            cache: decision.cache.label(),
+            shadow: decision.shadow.as_ref(),
+            latency_us: u64::try_from(decision.elapsed.as_micros()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
 /// One decision, as written.
 #[derive(Debug, Serialize)]
 pub struct AuditRecord<'a> {
-    pub time: String,
+    pub time: Rfc3339,
     pub decision_id: &'a str,
     pub decision: &'static str,
     pub reason: &'static str,
@@ -69,87 +169,68 @@ pub struct RequestRecord<'a> {
     pub resource_path: Option<&'a str>,
     /// Envoy's `x-request-id`, to join with Envoy's access log.
     pub request_id: &'a str,
-    pub source: Option<String>,
+    /// `ip:port` (`[ip]:port` for IPv6), or the bare ip without a port.
+    pub source: Option<Source>,
     /// The principal Envoy reported, also when no identity could be established.
     pub source_principal: &'a str,
 }
 
-impl<'a> AuditRecord<'a> {
-    pub fn new(decision: &'a Decision, input: &'a CheckInput, include_query: bool, now: SystemTime) -> Self {
-        let (decision_label, reason, detail, status) = match &decision.outcome {
-            Outcome::Allow => ("allow", "allow", String::new(), 200),
-            Outcome::Deny(reason) => ("deny", reason.code(), reason.to_string(), reason.http_status()),
-        };
-        let http = input.http.as_ref();
-        let path = http.map_or("", |h| {
-            if include_query {
-                h.path.as_str()
-            } else {
-                h.path.split(['?', '#']).next().unwrap_or_default()
-            }
-        });
-        let request_id = http
-            .and_then(|h| h.headers.iter().find(|(k, _)| k == "x-request-id").map(|(_, v)| v.as_str()))
-            .unwrap_or_default();
-        AuditRecord {
-            time: rfc3339(now),
-            decision_id: &decision.id,
-            decision: decision_label,
-            reason,
-            detail,
-            status,
-            policies: &decision.policies,
-            errors: &decision.errors,
-            policy_set: &decision.policy_set,
-            policy_version: &decision.policy_version,
-            peer: decision.peer.as_ref().map(|p| PeerRecord {
-                spiffe_id: p.spiffe_id.as_str(),
-                certificate_serial: p.certificate.as_ref().map(|c| c.serial.as_str()),
-                certificate_fingerprint: p.certificate.as_ref().map(|c| c.fingerprint()),
-                certificate_not_after: p.certificate.as_ref().map(|c| c.not_after),
-            }),
-            token: decision.token.as_ref().map(|t| TokenRecord {
-                iss: &t.iss,
-                sub: &t.sub,
-                jti: t.jti.as_deref(),
-                exp: t.exp,
-                fingerprint: &t.fingerprint,
-            }),
-            request: RequestRecord {
-                method: http.map_or("", |h| h.method.as_str()),
-                host: http.map_or("", |h| h.host.as_str()),
-                path,
-                resource_path: decision.resource_path.as_deref(),
-                request_id,
-                source: input.source.ip.map(|ip| match input.source.port {
-                    Some(port) => std::net::SocketAddr::new(ip, port).to_string(),
-                    None => ip.to_string(),
-                }),
-                source_principal: &input.source.principal,
-            },
-            cache: decision.cache.label(),
-            shadow: decision.shadow.as_ref(),
-            latency_us: u64::try_from(decision.elapsed.as_micros()).unwrap_or(u64::MAX),
+/// The caller's address, written as a string straight into the record.
+#[derive(Debug, Clone, Copy)]
+pub struct Source {
+    ip: IpAddr,
+    port: Option<u16>,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(port) => SocketAddr::new(self.ip, port).fmt(f),
+            None => self.ip.fmt(f),
         }
     }
 }
 
-impl AuditRecord<'_> {
-    /// The record as written: one line of JSON and its newline.
-    pub fn to_line(&self) -> serde_json::Result<Vec<u8>> {
-        // serde_json starts at 128 bytes and doubles: three reallocations and
-        // copies per record (half of the encoding's cost in a cache-hit profile).
-        let mut line = Vec::with_capacity(RECORD_CAPACITY);
-        serde_json::to_writer(&mut line, self)?;
-        line.push(b'\n');
-        Ok(line)
+impl Serialize for Source {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    let format =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
-    time::OffsetDateTime::from(t).format(&format).unwrap_or_default()
+/// A time in RFC 3339, UTC, to the microsecond: `2026-12-02T19:37:41.123456Z`.
+#[derive(Debug, Clone, Copy)]
+pub struct Rfc3339(pub SystemTime);
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = time::OffsetDateTime::from(self.0);
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.microsecond()
+        )
+    }
+}
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl AuditRecord<'_> {
+    /// The record as written: one line of JSON and its newline, appended to `line`.
+    pub fn encode_into(&self, line: &mut Vec<u8>) -> serde_json::Result<()> {
+        serde_json::to_writer(&mut *line, self)?;
+        line.push(b'\n');
+        Ok(())
+    }
 }
 
 /// Why the audit log could not be set up.
@@ -173,39 +254,30 @@ pub struct AuditStats {
     queued: AtomicI64,
 }
 
-/// One encoded record: a JSON object and its newline (UTF-8, as serde_json writes).
-type Line = Vec<u8>;
-
-/// Room for a typical record in one allocation: about 600 bytes without a token,
-/// 850 with one; longer paths and deny details grow it.
+/// Room for a typical record, so the writer's one line buffer seldom grows: about
+/// 600 bytes without a token, 850 with one; longer paths and deny details grow it.
 const RECORD_CAPACITY: usize = 1024;
 
 /// The handle Checks write through. Cloned into the gRPC service; the writer
 /// thread ends once every handle is gone and the queue is drained.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Line>,
+    tx: mpsc::Sender<AuditEntry>,
     /// Wakes the writer before its next tick once the queue is half full.
     pressure: Arc<Notify>,
     /// Room left in the queue at which `pressure` is signalled.
     pressure_at: usize,
     when_full: WhenFull,
-    include_query: bool,
     counters: Arc<AuditStats>,
 }
 
 impl AuditLog {
-    pub fn include_query(&self) -> bool {
-        self.include_query
-    }
-
     /// Queues one record. Waits for room in `block` mode; never waits on disk.
-    pub async fn write(&self, record: &AuditRecord<'_>) {
-        let Some(line) = self.encode(record) else { return };
+    pub async fn write(&self, entry: AuditEntry) {
         let queued = match self.when_full {
             // Only fails once the writer is gone, at the very end of a shutdown.
-            WhenFull::Block => self.tx.send(line).await.is_ok(),
-            WhenFull::Drop => self.try_queue(line),
+            WhenFull::Block => self.tx.send(entry).await.is_ok(),
+            WhenFull::Drop => self.try_queue(entry),
         };
         if queued {
             self.queued();
@@ -223,26 +295,14 @@ impl AuditLog {
     /// Queues one record without ever waiting, whatever `when_full` says: for a
     /// caller on a proxy's worker thread, which must not stall its other requests.
     /// A full queue drops the record and counts it.
-    pub fn write_now(&self, record: &AuditRecord<'_>) {
-        let Some(line) = self.encode(record) else { return };
-        if self.try_queue(line) {
+    pub fn write_now(&self, entry: AuditEntry) {
+        if self.try_queue(entry) {
             self.queued();
         }
     }
 
-    fn encode(&self, record: &AuditRecord<'_>) -> Option<Line> {
-        match record.to_line() {
-            Ok(line) => Some(line),
-            Err(e) => {
-                tracing::error!("cannot serialize an audit record: {e}");
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
-    }
-
-    fn try_queue(&self, line: Line) -> bool {
-        match self.tx.try_send(line) {
+    fn try_queue(&self, entry: AuditEntry) -> bool {
+        match self.tx.try_send(entry) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -330,29 +390,45 @@ impl Sink {
 /// Opens the sink and starts the writer thread.
 pub fn start(config: &AuditConfig) -> Result<(AuditLog, AuditWriter), AuditError> {
     let sink = Sink::open(&config.sink)?;
-    let (tx, rx) = mpsc::channel::<Line>(config.queue);
+    let (tx, rx) = mpsc::channel::<AuditEntry>(config.queue);
     let counters = Arc::new(AuditStats::default());
     let reopen = Arc::new(AtomicBool::new(false));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(AuditError::Thread)?;
     let pressure = Arc::new(Notify::new());
+    let config_include_query = config.include_query;
     let thread = {
         let counters = Arc::clone(&counters);
         let reopen = Arc::clone(&reopen);
         let pressure = Arc::clone(&pressure);
         std::thread::Builder::new()
             .name("cedargate-audit".to_owned())
-            .spawn(move || runtime.block_on(write_records(rx, sink, &counters, &reopen, &pressure)))
+            .spawn(move || {
+                let encoder = Encoder::new(config_include_query);
+                runtime.block_on(write_records(rx, sink, encoder, &counters, &reopen, &pressure));
+            })
             .map_err(AuditError::Thread)?
     };
-    let log = AuditLog {
-        tx,
-        pressure,
-        pressure_at: config.queue / 2,
-        when_full: config.when_full,
-        include_query: config.include_query,
-        counters,
-    };
+    let log = AuditLog { tx, pressure, pressure_at: config.queue / 2, when_full: config.when_full, counters };
     Ok((log, AuditWriter { thread: Some(thread), reopen }))
+}
+
+/// Encodes entries into one reused buffer: a record costs no allocation of its own,
+/// and a line reaches the sink whole or not at all.
+struct Encoder {
+    line: Vec<u8>,
+    include_query: bool,
+}
+
+impl Encoder {
+    fn new(include_query: bool) -> Encoder {
+        Encoder { line: Vec::with_capacity(RECORD_CAPACITY), include_query }
+    }
+
+    fn line(&mut self, entry: &AuditEntry) -> serde_json::Result<&[u8]> {
+        self.line.clear();
+        entry.record(self.include_query).encode_into(&mut self.line)?;
+        Ok(&self.line)
+    }
 }
 
 /// Records on disk at most this long after their Check (and at shutdown).
@@ -369,23 +445,32 @@ const TICK: Duration = Duration::from_millis(20);
 /// arrive, when they stop, and at the end. Ends when every sender is gone and the
 /// queue is empty.
 async fn write_records(
-    mut rx: mpsc::Receiver<Line>,
+    mut rx: mpsc::Receiver<AuditEntry>,
     mut sink: Sink,
+    mut encoder: Encoder,
     counters: &AuditStats,
     reopen: &AtomicBool,
     pressure: &Notify,
 ) {
     // Checked before every record, so a rotation takes effect at once even in
     // the middle of a burst.
-    let write = |sink: &mut Sink, line: Line| {
+    let mut write = |sink: &mut Sink, entry: AuditEntry| {
         if reopen.swap(false, Ordering::AcqRel) {
             sink.reopen();
         }
         counters.queued.fetch_sub(1, Ordering::Relaxed);
-        match sink.writer().write_all(&line) {
-            Ok(()) => counters.written.fetch_add(1, Ordering::Relaxed),
-            Err(_) => counters.failed.fetch_add(1, Ordering::Relaxed),
+        let written = match encoder.line(&entry) {
+            Ok(line) => sink.writer().write_all(line).is_ok(),
+            Err(e) => {
+                tracing::error!("cannot serialize an audit record: {e}");
+                false
+            }
         };
+        if written {
+            counters.written.fetch_add(1, Ordering::Relaxed);
+        } else {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+        }
     };
     let flush = |sink: &mut Sink| {
         if sink.writer().flush().is_err() {
@@ -406,8 +491,8 @@ async fn write_records(
             let mut taken = 0;
             loop {
                 match rx.try_recv() {
-                    Ok(line) => {
-                        write(&mut sink, line);
+                    Ok(entry) => {
+                        write(&mut sink, entry);
                         taken += 1;
                     }
                     Err(mpsc::error::TryRecvError::Empty) => break,
@@ -487,22 +572,48 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let config = AuditConfig { sink: path.display().to_string(), queue: 64, ..AuditConfig::default() };
         let (log, writer) = start(&config).unwrap();
-        let decision = Decision::begin("default", "v1");
-        let input = CheckInput::default();
-        let record = AuditRecord::new(&decision, &input, false, SystemTime::now());
+        let entry = || AuditEntry::new(Decision::begin("default", "v1"), CheckInput::default(), SystemTime::now());
         // Each record wakes the parked writer and is on disk within the flush
         // period; a tick that finds nothing parks the writer again.
         for n in 1..=3 {
-            log.write_now(&record);
+            log.write_now(entry());
             wait_for(&path, n);
             std::thread::sleep(TICK * 3);
         }
         // The rest is written at the end, wherever the writer was.
         for _ in 0..40 {
-            log.write_now(&record);
+            log.write_now(entry());
         }
         drop(log);
         writer.finish();
         assert_eq!(lines(&path), 3 + 40);
+    }
+
+    #[test]
+    fn a_record_names_the_request_as_the_log_did() {
+        let mut input = CheckInput::default();
+        input.source.ip = Some("2001:db8::7".parse().unwrap());
+        input.source.port = Some(443);
+        input.http = Some(crate::pipeline::input::HttpInput {
+            method: "GET".to_owned(),
+            path: "/api/orders?token=secret#frag".to_owned(),
+            headers: vec![("x-request-id".to_owned(), "req-1".to_owned())],
+            ..Default::default()
+        });
+        // 2026-12-02T19:37:41.000042Z: the subsecond digits keep their leading zeros.
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_796_240_261_000_042);
+        let entry = AuditEntry::new(Decision::begin("default", "v1"), input, at);
+        let json = |include_query| {
+            let mut line = Vec::new();
+            entry.record(include_query).encode_into(&mut line).unwrap();
+            assert_eq!(line.last(), Some(&b'\n'));
+            serde_json::from_slice::<serde_json::Value>(&line).unwrap()
+        };
+        let record = json(false);
+        assert_eq!(record["time"], "2026-12-02T19:37:41.000042Z");
+        assert_eq!(record["request"]["source"], "[2001:db8::7]:443");
+        assert_eq!(record["request"]["path"], "/api/orders");
+        assert_eq!(record["request"]["request_id"], "req-1");
+        assert_eq!(json(true)["request"]["path"], "/api/orders?token=secret#frag");
     }
 }

@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use crate::credentials::token::TokenError;
 use crate::identity::svid::unix_seconds;
-use crate::ops::audit::{AuditLog, AuditRecord};
+use crate::ops::audit::{AuditEntry, AuditLog};
 use crate::pipeline::checker::Checker;
 use crate::pipeline::decision::{Decision, DenyReason, Outcome};
 use crate::pipeline::input::CheckInput;
@@ -34,12 +34,16 @@ impl Authorizer {
         &self.checker
     }
 
-    /// Decides one Check and accounts for it: metrics, log, audit. Never panics.
-    pub async fn authorize(&self, input: &CheckInput) -> Decision {
+    /// Decides one Check, has `answer` turn the decision into the front-end's reply,
+    /// and accounts for it: metrics, log, audit. Never panics.
+    ///
+    /// The audit record is queued after the reply is made, because the decision
+    /// moves into it (to be encoded on the audit thread) rather than being copied.
+    pub async fn authorize<R>(&self, input: CheckInput, answer: impl FnOnce(&Decision) -> R) -> R {
         // The span exists for the trace exporter; the log line carries its fields
         // itself, so without an exporter there is no span to build per Check.
         if !crate::ops::telemetry::exporting() {
-            return self.decide_and_account(input).await;
+            return self.decide_and_account(input, answer).await;
         }
         let span = tracing::info_span!(
             target: "cedargate",
@@ -54,19 +58,20 @@ impl Authorizer {
         if let Some(http) = &input.http {
             crate::ops::telemetry::join_trace(&span, &http.headers);
         }
-        self.decide_and_account(input).instrument(span).await
+        self.decide_and_account(input, answer).instrument(span).await
     }
 
-    async fn decide_and_account(&self, input: &CheckInput) -> Decision {
-        let mut decision = self.decide_once(input);
+    async fn decide_and_account<R>(&self, input: CheckInput, answer: impl FnOnce(&Decision) -> R) -> R {
+        let mut decision = self.decide_once(&input);
         if self.refresh_keys_for(&decision).await {
-            decision = self.decide_once(input);
+            decision = self.decide_once(&input);
         }
-        let now = self.account(&decision, input);
+        let now = self.account(&decision, &input);
+        let reply = answer(&decision);
         if let Some(audit) = &self.audit {
-            audit.write(&AuditRecord::new(&decision, input, audit.include_query(), now)).await;
+            audit.write(AuditEntry::new(decision, input, now)).await;
         }
-        decision
+        reply
     }
 
     /// Decides one request without ever waiting, for a front-end that runs on the
@@ -74,8 +79,13 @@ impl Authorizer {
     /// `authorize`: a token naming a key not seen yet is denied at once while
     /// `background` refreshes that issuer's keys for the next request, and an audit
     /// record that finds the queue full is dropped and counted, never waited for.
-    pub fn authorize_now(&self, input: &CheckInput, background: &tokio::runtime::Handle) -> Decision {
-        let decision = self.decide_once(input);
+    pub fn authorize_now<R>(
+        &self,
+        input: CheckInput,
+        background: &tokio::runtime::Handle,
+        answer: impl FnOnce(&Decision) -> R,
+    ) -> R {
+        let decision = self.decide_once(&input);
         if let Outcome::Deny(DenyReason::Token(TokenError::KeyUnknown { issuer, generation })) = &decision.outcome {
             if let Some(keys) = self.checker.parts().credentials.tokens.keys_of(*issuer) {
                 let (keys, generation) = (Arc::clone(keys), *generation);
@@ -84,11 +94,12 @@ impl Authorizer {
                 });
             }
         }
-        let now = self.account(&decision, input);
+        let now = self.account(&decision, &input);
+        let reply = answer(&decision);
         if let Some(audit) = &self.audit {
-            audit.write_now(&AuditRecord::new(&decision, input, audit.include_query(), now));
+            audit.write_now(AuditEntry::new(decision, input, now));
         }
-        decision
+        reply
     }
 
     /// Metrics, the span's fields and the log line for a decided Check; returns the

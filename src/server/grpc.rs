@@ -33,8 +33,9 @@ impl AuthorizationService {
 impl Authorization for AuthorizationService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let input = wire::check_input(request.into_inner());
-        let decision = self.authorizer.authorize(&input).await;
-        Ok(Response::new(wire::check_response(&decision, self.authorizer.checker().config())))
+        let config = self.authorizer.checker().config();
+        let response = self.authorizer.authorize(input, |decision| wire::check_response(decision, config)).await;
+        Ok(Response::new(response))
     }
 }
 
