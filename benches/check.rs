@@ -151,7 +151,7 @@ fn benches(c: &mut Criterion) {
     let signers = [jwt::Signer::ec("ec"), jwt::Signer::ed("ed"), jwt::Signer::rsa("rsa")];
     let jwks_dir = tempfile::tempdir().unwrap();
     std::fs::write(jwks_dir.path().join("jwks.json"), jwt::jwks(&signers.iter().collect::<Vec<_>>())).unwrap();
-    // Three settings: every cache off; only the verified-signature cache (each
+    // Three settings: every cache off; only the verified-token cache (each
     // Check still evaluates); both caches.
     let token_checker = |decisions: bool, signatures: bool| {
         let mut config = config(&shipped_dir, decisions);

@@ -278,7 +278,7 @@ fn main() {
         ),
         (
             "es256-evaluated",
-            "a valid ES256 token, decision cache off, signature cache on",
+            "a valid ES256 token, decision cache off, verified-token cache on",
             format!("{}{}[cache]\ndecisions = false\n{issuer}", base(&shipped), audit("es256")),
             &token_body,
         ),

@@ -358,7 +358,7 @@ impl Default for ResponseConfig {
     }
 }
 
-/// The decision cache and the verified-signature cache.
+/// The decision cache and the verified-token cache.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
@@ -373,7 +373,7 @@ pub struct CacheConfig {
     /// computed for.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
-    /// Most remembered token signatures (0 turns that cache off).
+    /// Most remembered verified tokens (0 turns that cache off).
     pub token_entries: u64,
     /// Most remembered parsed peer certificates (0 turns that cache off).
     pub certificate_entries: u64,

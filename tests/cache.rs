@@ -1,4 +1,4 @@
-//! The decision cache and the verified-signature cache: every change that can alter
+//! The decision cache and the verified-token cache: every change that can alter
 //! a decision is honoured by the very next Check, and the cache never lets one
 //! request reuse another's answer.
 
@@ -204,6 +204,46 @@ fn key_rotation_and_revocation_are_honoured_by_the_next_check() {
     assert!(runtime.block_on(keys.refresh_for_unknown_kid(generation)));
     assert_eq!(w.checker.check(&order).code(), "token_key_unknown");
     assert!(w.checker.check(&w.place_order(&new.sign(&claims(now, "alice")))).is_allowed());
+}
+
+/// A token whose signature verified is remembered with what its claims came to;
+/// the time and the request's certificate are still judged on every Check.
+#[test]
+fn a_remembered_token_is_judged_again_on_every_check() {
+    let ec = Signer::ec("ec-1");
+    let w = TokenWorld::new(&[&ec]);
+    let now = jwt::now();
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(now).unwrap());
+    let mut later = claims(now, "alice");
+    later["nbf"] = (now + 30).into();
+    later["exp"] = (now + 90).into();
+    let later = w.place_order(&ec.sign(&later));
+    w.clock.set(Some(start));
+    assert_eq!(w.checker.check(&later).code(), "token_not_yet_valid");
+    assert_eq!(w.checker.check(&later).code(), "token_not_yet_valid");
+    w.clock.set(Some(start + Duration::from_secs(31)));
+    assert!(w.checker.check(&later).is_allowed());
+    w.clock.set(Some(start + Duration::from_secs(91)));
+    assert_eq!(w.checker.check(&later).code(), "token_expired");
+
+    // A verdict on the claims is remembered too, failures included: the same
+    // bytes are refused for the same reason without their signature checked again.
+    let mut other = claims(now, "alice");
+    other["aud"] = "another-service".into();
+    let other = w.place_order(&ec.sign(&other));
+    w.clock.set(Some(start));
+    assert_eq!(w.checker.check(&other).code(), "token_audience_invalid");
+    assert_eq!(w.checker.check(&other).code(), "token_audience_invalid");
+    assert_eq!(w.checker.parts().credentials.tokens.cached_tokens(), 2);
+
+    // An expired token whose claims are otherwise wrong is told it has expired,
+    // first time and every time: the time is judged first.
+    let mut both = claims(now, "alice");
+    both["aud"] = "another-service".into();
+    both["exp"] = (now - 10).into();
+    let both = w.place_order(&ec.sign(&both));
+    assert_eq!(w.checker.check(&both).code(), "token_expired");
+    assert_eq!(w.checker.check(&both).code(), "token_expired");
 }
 
 #[test]

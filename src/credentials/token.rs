@@ -30,9 +30,28 @@ use crate::pipeline::input::{CheckInput, HttpInput};
 /// The context extension a route sets to require (or waive) a token.
 pub const ROUTE_TOKEN_KEY: &str = "cedargate.token";
 
-/// A token whose signature and claims were verified.
+/// A token whose signature and claims were verified, for this request: what the
+/// token says (shared with every other Check that carries the same bytes) and
+/// whether it was bound to this request's peer certificate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerifiedToken {
+    pub verified: Arc<TokenClaims>,
+    /// Whether `cnf["x5t#S256"]` bound it to the peer certificate, and that matched.
+    pub bound: bool,
+}
+
+impl std::ops::Deref for VerifiedToken {
+    type Target = TokenClaims;
+
+    fn deref(&self) -> &TokenClaims {
+        &self.verified
+    }
+}
+
+/// What a verified token says. A function of the token's bytes and its issuer's
+/// configuration alone, so it is worked out once per token and remembered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenClaims {
     pub iss: String,
     pub sub: String,
     pub aud: Vec<String>,
@@ -42,8 +61,6 @@ pub struct VerifiedToken {
     pub client_id: Option<String>,
     pub iat: Option<i64>,
     pub exp: i64,
-    /// Whether `cnf["x5t#S256"]` bound it to the peer certificate, and that matched.
-    pub bound: bool,
     /// The configured custom claims the token carries, typed.
     pub claims: Vec<(String, ClaimValue)>,
     /// SHA-256 of the token (hex, first 16 bytes): identifies it in logs and audit
@@ -170,10 +187,11 @@ pub struct TokenVerifier {
     max_token_bytes: usize,
     required: bool,
     /// Tokens whose signature verified, by SHA-256 of the token, with the key-set
-    /// generation that verified them. A hit skips only the signature check (the
-    /// costly part): the claims, binding and revocation are judged on every Check,
-    /// and a key change makes every entry stale.
-    signatures: Option<moka::sync::Cache<[u8; 32], u64>>,
+    /// generation that verified them and what their claims came to. A hit skips
+    /// the signature and everything else that depends only on the token's bytes;
+    /// the time, the binding to this request's certificate and revocation are
+    /// judged on every Check, and a key change makes every entry stale.
+    known: Option<moka::sync::Cache<[u8; 32], Arc<KnownToken>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -181,6 +199,38 @@ struct Issuer {
     config: IssuerConfig,
     algorithms: Vec<Algorithm>,
     keys: Arc<IssuerKeys>,
+    /// `leeway` in whole seconds, as the time claims are compared.
+    leeway: i64,
+}
+
+/// A token whose signature verified: which issuer's keys, of which generation,
+/// and the verdict on its claims as far as they do not depend on the request.
+struct KnownToken {
+    issuer: usize,
+    generation: u64,
+    judged: Result<SignedToken, TokenError>,
+}
+
+/// A verified token's time claims, and the verdict on the rest of its claims.
+/// Kept apart because the time is judged first (RFC 8725 order, and the reason a
+/// client is told), and again on every Check.
+struct SignedToken {
+    times: Times,
+    claimed: Result<ClaimedToken, TokenError>,
+}
+
+struct ClaimedToken {
+    verified: Arc<TokenClaims>,
+    /// `cnf["x5t#S256"]`, which the peer certificate of each request must match.
+    thumbprint: Option<String>,
+}
+
+/// The NumericDate claims, in seconds.
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    exp: i64,
+    nbf: Option<i64>,
+    iat: Option<i64>,
 }
 
 impl TokenVerifier {
@@ -194,9 +244,10 @@ impl TokenVerifier {
             if !headers.contains(&issuer.header) {
                 headers.push(issuer.header.clone());
             }
-            issuers.push(Issuer { config: issuer.clone(), algorithms, keys });
+            let leeway = i64::try_from(issuer.leeway.as_secs()).unwrap_or(i64::MAX);
+            issuers.push(Issuer { config: issuer.clone(), algorithms, keys, leeway });
         }
-        let signatures = (cache.token_entries > 0).then(|| {
+        let known = (cache.token_entries > 0).then(|| {
             let evictions = Arc::clone(&metrics);
             moka::sync::Cache::builder()
                 .max_capacity(cache.token_entries)
@@ -213,7 +264,7 @@ impl TokenVerifier {
             headers,
             max_token_bytes: config.max_token_bytes,
             required: config.required,
-            signatures,
+            known,
             metrics,
         })
     }
@@ -228,23 +279,9 @@ impl TokenVerifier {
         self.issuers.get(index).map(|i| &i.keys)
     }
 
-    /// Whether these exact token bytes already verified under this key generation.
-    fn signature_known(&self, digest: &[u8; 32], generation: u64) -> bool {
-        let Some(cache) = &self.signatures else { return false };
-        let hit = cache.get(digest) == Some(generation);
-        self.metrics.record_cache_lookup("token", hit);
-        hit
-    }
-
-    fn remember_signature(&self, digest: &[u8; 32], generation: u64) {
-        if let Some(cache) = &self.signatures {
-            cache.insert(*digest, generation);
-        }
-    }
-
-    /// Entries in the verified-signature cache.
-    pub fn cached_signatures(&self) -> u64 {
-        self.signatures.as_ref().map_or(0, |c| {
+    /// Entries in the verified-token cache.
+    pub fn cached_tokens(&self) -> u64 {
+        self.known.as_ref().map_or(0, |c| {
             c.run_pending_tasks();
             c.entry_count()
         })
@@ -267,17 +304,55 @@ impl TokenVerifier {
         if token.len() > self.max_token_bytes {
             return Err(TokenError::TooLarge(self.max_token_bytes));
         }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let known = match self.remembered(&digest) {
+            Some(known) => known,
+            None => self.verify_signature(header, token, &digest)?,
+        };
+        let issuer = self.issuers.get(known.issuer).ok_or(TokenError::IssuerUnknown)?;
+        // The same bytes are the same token whichever header brought them, but an
+        // issuer's tokens are only taken from its own header.
+        if issuer.config.header != header {
+            return Err(TokenError::WrongHeader);
+        }
+        let signed = known.judged.as_ref().map_err(Clone::clone)?;
+        signed.times.check(unix_seconds(now), issuer.leeway)?;
+        let claimed = signed.claimed.as_ref().map_err(Clone::clone)?;
+        let bound = check_binding(claimed.thumbprint.as_deref(), peer_certificate)?;
+        let verified = Arc::clone(&claimed.verified);
+        if revoked.token(verified.jti.as_deref(), &verified.sub).is_some() {
+            return Err(TokenError::Revoked);
+        }
+        Ok(Some(VerifiedToken { verified, bound }))
+    }
+
+    /// What these exact token bytes came to when they last verified, if that was
+    /// under the keys their issuer has now.
+    fn remembered(&self, digest: &[u8; 32]) -> Option<Arc<KnownToken>> {
+        let cache = self.known.as_ref()?;
+        let known = cache
+            .get(digest)
+            .filter(|known| self.issuers.get(known.issuer).is_some_and(|i| i.keys.generation() == known.generation));
+        self.metrics.record_cache_lookup("token", known.is_some());
+        known
+    }
+
+    /// The full verification of a token not seen under the current keys: its
+    /// shape, issuer, algorithm, key and signature; then, of a token whose
+    /// signature holds, everything its claims say that does not depend on the
+    /// request, remembered for the next Check that carries it.
+    fn verify_signature(&self, header: &str, token: &str, digest: &[u8; 32]) -> Result<Arc<KnownToken>, TokenError> {
         let jwt = Jwt::split(token)?;
         let (index, issuer) = self.issuer_of(&jwt.claims)?;
         if issuer.config.header != header {
             return Err(TokenError::WrongHeader);
         }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let verified = issuer.verify(index, &jwt, &digest, self, peer_certificate, now)?;
-        if revoked.token(verified.jti.as_deref(), &verified.sub).is_some() {
-            return Err(TokenError::Revoked);
+        let generation = issuer.verify_signature(index, &jwt)?;
+        let known = Arc::new(KnownToken { issuer: index, generation, judged: issuer.judge_claims(&jwt, digest) });
+        if let Some(cache) = &self.known {
+            cache.insert(*digest, Arc::clone(&known));
         }
-        Ok(Some(verified))
+        Ok(known)
     }
 
     /// A route's `cedargate.token` setting overrides the global `required`; any value
@@ -376,16 +451,9 @@ fn decode_part(part: &str) -> Result<Map<String, Value>, TokenError> {
 }
 
 impl Issuer {
-    fn verify(
-        &self,
-        index: usize,
-        jwt: &Jwt<'_>,
-        digest: &[u8; 32],
-        verifier: &TokenVerifier,
-        peer_certificate: Option<&PeerCertificate>,
-        now: SystemTime,
-    ) -> Result<VerifiedToken, TokenError> {
-        let config = &self.config;
+    /// The algorithm, the key and the signature. Returns the key-set generation
+    /// the signature verified under.
+    fn verify_signature(&self, index: usize, jwt: &Jwt<'_>) -> Result<u64, TokenError> {
         // `none`, HS* and anything unknown are simply not on any allow-list.
         let alg: Algorithm = jwt.alg.parse().map_err(|_| TokenError::AlgorithmNotAllowed)?;
         if !self.algorithms.contains(&alg) {
@@ -405,31 +473,28 @@ impl Issuer {
         if jwt.signature.is_empty() {
             return Err(TokenError::SignatureInvalid);
         }
-        if !verifier.signature_known(digest, generation) {
-            let valid =
-                jsonwebtoken::crypto::verify(jwt.signature, jwt.signing_input.as_bytes(), key.decoding_key(), alg)
-                    .map_err(|_| TokenError::SignatureInvalid)?;
-            if !valid {
-                return Err(TokenError::SignatureInvalid);
-            }
-            verifier.remember_signature(digest, generation);
+        let valid = jsonwebtoken::crypto::verify(jwt.signature, jwt.signing_input.as_bytes(), key.decoding_key(), alg)
+            .map_err(|_| TokenError::SignatureInvalid)?;
+        if !valid {
+            return Err(TokenError::SignatureInvalid);
         }
+        Ok(generation)
+    }
 
-        // The signature holds: the claims are the issuer's. Now judge them.
+    /// The signature holds: the claims are the issuer's. What they come to apart
+    /// from the time, the request's certificate and revocation.
+    fn judge_claims(&self, jwt: &Jwt<'_>, digest: &[u8; 32]) -> Result<SignedToken, TokenError> {
         let claims = &jwt.claims;
-        let now = unix_seconds(now);
-        let leeway = i64::try_from(config.leeway.as_secs()).unwrap_or(i64::MAX);
-        let exp = number(claims, "exp")?.ok_or_else(|| TokenError::ClaimMissing("exp".to_owned()))?;
-        if now > exp.saturating_add(leeway) {
-            return Err(TokenError::Expired);
-        }
-        if number(claims, "nbf")?.is_some_and(|nbf| now < nbf.saturating_sub(leeway)) {
-            return Err(TokenError::NotYetValid);
-        }
-        let iat = number(claims, "iat")?;
-        if iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
-            return Err(TokenError::IssuedInFuture);
-        }
+        let times = Times {
+            exp: number(claims, "exp")?.ok_or_else(|| TokenError::ClaimMissing("exp".to_owned()))?,
+            nbf: number(claims, "nbf")?,
+            iat: number(claims, "iat")?,
+        };
+        Ok(SignedToken { times, claimed: self.judge_the_rest(jwt, times, digest) })
+    }
+
+    fn judge_the_rest(&self, jwt: &Jwt<'_>, times: Times, digest: &[u8; 32]) -> Result<ClaimedToken, TokenError> {
+        let (config, claims) = (&self.config, &jwt.claims);
         let aud = audiences(claims)?;
         if !aud.iter().any(|a| config.audiences.contains(a)) {
             return Err(TokenError::AudienceInvalid);
@@ -440,9 +505,9 @@ impl Issuer {
             }
         }
         if let Some(max) = config.max_lifetime {
-            let iat = iat.ok_or_else(|| TokenError::ClaimMissing("iat".to_owned()))?;
+            let iat = times.iat.ok_or_else(|| TokenError::ClaimMissing("iat".to_owned()))?;
             let max = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
-            if exp.saturating_sub(iat) > max {
+            if times.exp.saturating_sub(iat) > max {
                 return Err(TokenError::LongLived);
             }
         }
@@ -455,23 +520,38 @@ impl Issuer {
         if config.spiffe && sub.parse::<SpiffeId>().is_err() {
             return Err(TokenError::SubjectNotSpiffeId);
         }
-        let bound = check_binding(claims, peer_certificate, config.require_binding)?;
-
-        Ok(VerifiedToken {
+        let thumbprint = binding_thumbprint(claims, config.require_binding)?;
+        let verified = TokenClaims {
             iss: config.issuer.clone(),
             aud,
             scope: scopes(claims)?,
             jti: string(claims, "jti")?,
             client_id: string(claims, "client_id")?,
-            iat,
-            exp,
-            bound,
+            iat: times.iat,
+            exp: times.exp,
             claims: custom_claims(claims, config)?,
             fingerprint: hex::encode(digest.get(..16).unwrap_or_default()),
             principal: config.principal,
             forward: forward_headers(claims, config, &sub),
             sub,
-        })
+        };
+        Ok(ClaimedToken { verified: Arc::new(verified), thumbprint })
+    }
+}
+
+impl Times {
+    /// Expired, not yet valid, or issued in the future, at `now`, with `leeway`.
+    fn check(&self, now: i64, leeway: i64) -> Result<(), TokenError> {
+        if now > self.exp.saturating_add(leeway) {
+            return Err(TokenError::Expired);
+        }
+        if self.nbf.is_some_and(|nbf| now < nbf.saturating_sub(leeway)) {
+            return Err(TokenError::NotYetValid);
+        }
+        if self.iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+            return Err(TokenError::IssuedInFuture);
+        }
+        Ok(())
     }
 }
 
@@ -479,11 +559,7 @@ impl Issuer {
 /// A `cnf` naming any other confirmation method (DPoP `jkt`, `jwk`, `x5t`, `kid`,
 /// ...) is a sender-constrained token cedargate cannot check the sender of: it is
 /// refused, never accepted as a plain bearer token.
-fn check_binding(
-    claims: &Map<String, Value>,
-    peer_certificate: Option<&PeerCertificate>,
-    required: bool,
-) -> Result<bool, TokenError> {
+fn binding_thumbprint(claims: &Map<String, Value>, required: bool) -> Result<Option<String>, TokenError> {
     let thumbprint = match claims.get("cnf") {
         None => None,
         Some(Value::Object(cnf)) => {
@@ -491,17 +567,24 @@ fn check_binding(
                 return Err(TokenError::BindingUnsupported);
             }
             match cnf.get("x5t#S256") {
-                Some(Value::String(t)) => Some(t),
+                Some(Value::String(t)) => Some(t.clone()),
                 _ => return Err(TokenError::ClaimInvalid("cnf".to_owned())),
             }
         }
         Some(_) => return Err(TokenError::ClaimInvalid("cnf".to_owned())),
     };
-    let Some(thumbprint) = thumbprint else {
-        return if required { Err(TokenError::BindingRequired) } else { Ok(false) };
-    };
+    if thumbprint.is_none() && required {
+        return Err(TokenError::BindingRequired);
+    }
+    Ok(thumbprint)
+}
+
+/// Whether a token bound to `thumbprint` came with that certificate: `Ok(true)`
+/// if so, `Ok(false)` for an unbound token.
+fn check_binding(thumbprint: Option<&str>, peer_certificate: Option<&PeerCertificate>) -> Result<bool, TokenError> {
+    let Some(thumbprint) = thumbprint else { return Ok(false) };
     let certificate = peer_certificate.ok_or(TokenError::BindingCertificateMissing)?;
-    if URL_SAFE_NO_PAD.encode(certificate.sha256) != *thumbprint {
+    if URL_SAFE_NO_PAD.encode(certificate.sha256) != thumbprint {
         return Err(TokenError::BindingMismatch);
     }
     Ok(true)

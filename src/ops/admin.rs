@@ -244,7 +244,7 @@ fn status(state: &AdminState) -> serde_json::Value {
         "sets": sets,
         "cache": {
             "decisions": parts.cache.as_ref().map(|c| c.entries()),
-            "token_signatures": parts.credentials.tokens.cached_signatures(),
+            "token_signatures": parts.credentials.tokens.cached_tokens(),
         },
         "issuers": issuers,
         "revocation": {

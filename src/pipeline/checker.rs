@@ -346,7 +346,7 @@ impl crate::ops::metrics::StateSource for Checker {
             labels: vec![("cache", cache.to_owned())],
             value: i64::try_from(value).unwrap_or(i64::MAX),
         };
-        let mut samples = vec![entries("token", self.parts.credentials.tokens.cached_signatures())];
+        let mut samples = vec![entries("token", self.parts.credentials.tokens.cached_tokens())];
         if let Some(cache) = &self.parts.cache {
             samples.push(entries("decision", cache.entries()));
         }

@@ -14,7 +14,7 @@ use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request};
 use cedar_policy_core::ast::{self, PartialValue, Value};
 
 use crate::config::{ClaimType, LimitsConfig, PrincipalFrom, TokenModel};
-use crate::credentials::token::{ClaimValue, VerifiedToken};
+use crate::credentials::token::{ClaimValue, TokenClaims, VerifiedToken};
 use crate::identity::certificate::PeerCertificate;
 use crate::identity::spiffe::SpiffeId;
 use crate::identity::svid::{unix_seconds, PeerIdentity};
@@ -677,19 +677,21 @@ fn sample_token(model: &TokenModel, principal: PrincipalFrom) -> VerifiedToken {
         })
         .collect();
     VerifiedToken {
-        iss: "https://issuer.example".into(),
-        sub: "contract-check".into(),
-        aud: vec!["a".into()],
-        scope: vec!["s".into()],
-        jti: Some("j".into()),
-        client_id: Some("c".into()),
-        iat: Some(0),
-        exp: 60,
+        verified: Arc::new(TokenClaims {
+            iss: "https://issuer.example".into(),
+            sub: "contract-check".into(),
+            aud: vec!["a".into()],
+            scope: vec!["s".into()],
+            jti: Some("j".into()),
+            client_id: Some("c".into()),
+            iat: Some(0),
+            exp: 60,
+            claims,
+            fingerprint: String::new(),
+            principal,
+            forward: Vec::new(),
+        }),
         bound: true,
-        claims,
-        fingerprint: String::new(),
-        principal,
-        forward: Vec::new(),
     }
 }
 

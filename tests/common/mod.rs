@@ -312,18 +312,20 @@ pub fn verified_token(facts: TokenFacts) -> cedargate::credentials::token::Verif
     use cedargate::config::PrincipalFrom;
     let TokenFacts { as_subject, sub, scope, exp, iat, bound, claims } = facts;
     cedargate::credentials::token::VerifiedToken {
-        iss: "https://issuer.example".into(),
-        sub,
-        aud: vec!["orders".into()],
-        scope,
-        jti: iat.map(|i| format!("j{i}")),
-        client_id: None,
-        iat,
-        exp,
+        verified: std::sync::Arc::new(cedargate::credentials::token::TokenClaims {
+            iss: "https://issuer.example".into(),
+            sub,
+            aud: vec!["orders".into()],
+            scope,
+            jti: iat.map(|i| format!("j{i}")),
+            client_id: None,
+            iat,
+            exp,
+            claims,
+            fingerprint: String::new(),
+            principal: if as_subject { PrincipalFrom::Subject } else { PrincipalFrom::Peer },
+            forward: Vec::new(),
+        }),
         bound,
-        claims,
-        fingerprint: String::new(),
-        principal: if as_subject { PrincipalFrom::Subject } else { PrincipalFrom::Peer },
-        forward: Vec::new(),
     }
 }
