@@ -373,7 +373,8 @@ pub struct CacheConfig {
     /// computed for.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
-    /// Most remembered verified tokens (0 turns that cache off).
+    /// Most remembered verified tokens, a token larger than 1 KiB counting once per
+    /// KiB begun (0 turns that cache off).
     pub token_entries: u64,
     /// Most remembered parsed peer certificates (0 turns that cache off).
     pub certificate_entries: u64,

@@ -133,6 +133,10 @@ struct TokenWorld {
 
 impl TokenWorld {
     fn new(signers: &[&Signer]) -> TokenWorld {
+        TokenWorld::with(signers, |_| {})
+    }
+
+    fn with(signers: &[&Signer], tweak: impl FnOnce(&mut Config)) -> TokenWorld {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("jwks.json"), jwt::jwks(signers)).unwrap();
         std::fs::write(dir.path().join("revoked.txt"), "").unwrap();
@@ -145,6 +149,7 @@ impl TokenWorld {
             ..IssuerConfig::default()
         }];
         config.identity.revocation_file = Some(dir.path().join("revoked.txt"));
+        tweak(&mut config);
         let clock = Arc::new(SettableClock::default());
         let checker = Checker::load(config, Arc::clone(&clock) as _).unwrap();
         TokenWorld { dir, checker, clock, pki: Pki::new() }
@@ -244,6 +249,24 @@ fn a_remembered_token_is_judged_again_on_every_check() {
     let both = w.place_order(&ec.sign(&both));
     assert_eq!(w.checker.check(&both).code(), "token_expired");
     assert_eq!(w.checker.check(&both).code(), "token_expired");
+}
+
+/// The verified-token cache counts a large token once per KiB: it holds claims
+/// of about the token's size, so its memory is bounded by bytes, not by count.
+#[test]
+fn remembered_tokens_are_weighed_by_their_size() {
+    let ec = Signer::ec("ec-1");
+    let w = TokenWorld::with(&[&ec], |c| c.cache.token_entries = 3);
+    let now = jwt::now();
+    let small = w.place_order(&ec.sign(&claims(now, "alice")));
+    assert!(w.checker.check(&small).is_allowed());
+    assert_eq!(w.checker.parts().credentials.tokens.cached_tokens(), 1);
+    // About 4 KiB: heavier than the whole cache, so it is never kept.
+    let mut large = claims(now, "bob");
+    large["padding"] = "x".repeat(3000).into();
+    let large = w.place_order(&ec.sign(&large));
+    assert!(w.checker.check(&large).is_allowed());
+    assert_eq!(w.checker.parts().credentials.tokens.cached_tokens(), 1);
 }
 
 #[test]

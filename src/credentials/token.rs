@@ -6,6 +6,11 @@
 //! then the signature. Only a verified token's claims are believed: expiry, audience,
 //! type, lifetime, binding to the peer certificate, and revocation.
 //!
+//! A token whose signature held is remembered by its SHA-256, with the verdict on
+//! everything its bytes alone decide; the next Check that carries it judges only
+//! what can change between requests (the time, the certificate it came with, the
+//! revocation list), in the same order.
+//!
 //! Every failure has its own reason code. Messages name claims and limits, never
 //! token bytes or key material, and never echo attacker-chosen strings.
 
@@ -209,6 +214,10 @@ struct KnownToken {
     issuer: usize,
     generation: u64,
     judged: Result<SignedToken, TokenError>,
+    /// What the entry weighs in the cache: a KiB of token (or less) counts once, so
+    /// the cache holds `token_entries` typical tokens but never that many of the
+    /// largest (an entry keeps claims of about the token's size).
+    weight: u32,
 }
 
 /// A verified token's time claims, and the verdict on the rest of its claims.
@@ -251,6 +260,7 @@ impl TokenVerifier {
             let evictions = Arc::clone(&metrics);
             moka::sync::Cache::builder()
                 .max_capacity(cache.token_entries)
+                .weigher(|_, known: &Arc<KnownToken>| known.weight)
                 .time_to_live(cache.ttl)
                 .eviction_listener(move |_, _, cause| {
                     if cause.was_evicted() {
@@ -348,7 +358,9 @@ impl TokenVerifier {
             return Err(TokenError::WrongHeader);
         }
         let generation = issuer.verify_signature(index, &jwt)?;
-        let known = Arc::new(KnownToken { issuer: index, generation, judged: issuer.judge_claims(&jwt, digest) });
+        let weight = u32::try_from(token.len().div_ceil(1024)).unwrap_or(u32::MAX).max(1);
+        let judged = issuer.judge_claims(&jwt, digest);
+        let known = Arc::new(KnownToken { issuer: index, generation, judged, weight });
         if let Some(cache) = &self.known {
             cache.insert(*digest, Arc::clone(&known));
         }
