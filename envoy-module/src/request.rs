@@ -45,7 +45,7 @@ impl PeerCertificates {
     fn of(&self, stream: &Stream, xfcc: &[&[u8]]) -> String {
         // Verified at this connection's handshake by this module's validator.
         if let Some(pem) = stream.filter_state(PEER_CERTIFICATE_KEY) {
-            return String::from_utf8_lossy(pem).into_owned();
+            return text(Some(pem));
         }
         let Some(digest) = stream.attribute(Attribute::ConnectionSha256PeerCertificateDigest) else {
             return String::new();
