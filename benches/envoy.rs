@@ -169,6 +169,9 @@ fn start_envoy(dir: &Path, filter: Filter<'_>, upstream: u16) -> Envoy {
         assert!(started.elapsed() < Duration::from_secs(30), "envoy did not start");
         let admin = std::fs::read_to_string(&admin_address).unwrap_or_default();
         if let Some(port) = ports::envoy_listener_port(&admin) {
+            // The admin listener reports the port once it is bound; the worker may
+            // not accept on it yet (a first connection was once refused).
+            process::wait_listening(port, &mut child);
             return Envoy { child, port };
         }
         std::thread::sleep(Duration::from_millis(50));
