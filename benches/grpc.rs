@@ -5,6 +5,7 @@
 //! floor.
 //!
 //!     cargo bench --bench grpc -- [--duration 10] [--rounds 3] [--scenario NAME]... [--perf DIR] [--syscalls]
+//!                                   [--rate-streams 16]
 //!
 //! `--perf DIR` also profiles each server (`perf record --call-graph dwarf`, Debian's
 //! `linux-perf`) during one more run after the measured rounds; `--syscalls` counts
@@ -16,7 +17,11 @@
 //! floor run just before, the server's CPU µs per Check (from /proc/<pid>/stat:
 //! stable where throughput is not) and its ratio to that floor run's, and p50/p99
 //! latency at half the maximum rate, beside the floor's p99 at its own half rate
-//! measured just before.
+//! measured just before. h2load's `--rps` timer fires at most every 10 ms per
+//! client, so at half rate each tick releases a burst: all of it up to the streams
+//! in flight (`--rate-streams` per connection, 16 by default, as in the maximum
+//! runs) reaches the server at once and queues, which sets the p99 more than the
+//! server's own latency does; `--rate-streams 1` shows the difference.
 //! Installs h2load (`apt-get install nghttp2-client`) when it is missing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -58,10 +63,13 @@ struct Args {
     /// tracepoints) during one more run: a count, so it compares across a noisy
     /// machine where CPU time does not.
     syscalls: bool,
+    /// Streams per connection in the half-rate runs.
+    rate_streams: u32,
 }
 
 fn args() -> Args {
-    let mut args = Args { duration: 10, rounds: 3, scenarios: Vec::new(), perf: None, syscalls: false };
+    let mut args =
+        Args { duration: 10, rounds: 3, scenarios: Vec::new(), perf: None, syscalls: false, rate_streams: STREAMS };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -71,6 +79,7 @@ fn args() -> Args {
             "--scenario" => args.scenarios.push(value()),
             "--perf" => args.perf = Some(PathBuf::from(value())),
             "--syscalls" => args.syscalls = true,
+            "--rate-streams" => args.rate_streams = value().parse().unwrap(),
             "--bench" => {}
             other => panic!("unknown argument {other}; see the comment at the top of benches/grpc.rs"),
         }
@@ -110,18 +119,29 @@ struct Run {
     p99_us: f64,
 }
 
-/// One h2load run; `rate`: requests per second in all (open loop), else as fast as
-/// the server answers (closed loop).
-fn h2load(server: &Server, body: &Path, seconds: u64, rate: Option<f64>, log: &Path) -> Run {
+/// How one h2load run sends: as fast as the server answers (closed loop, `STREAMS`
+/// per connection), or at a rate in all with that many streams per connection.
+#[derive(Clone, Copy)]
+enum Pace {
+    Max,
+    Rate { per_second: f64, streams: u32 },
+}
+
+/// One h2load run.
+fn h2load(server: &Server, body: &Path, seconds: u64, pace: Pace, log: &Path) -> Run {
     let url = format!("http://127.0.0.1:{}/envoy.service.auth.v3.Authorization/Check", server.port);
+    let streams = match pace {
+        Pace::Max => STREAMS,
+        Pace::Rate { streams, .. } => streams,
+    };
     let mut cmd = Command::new("h2load");
-    cmd.args(["-t", "1", "-c", &CLIENTS.to_string(), "-m", &STREAMS.to_string()])
+    cmd.args(["-t", "1", "-c", &CLIENTS.to_string(), "-m", &streams.to_string()])
         .args(["-D", &seconds.to_string(), "-d"])
         .arg(body)
         .args(["-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file"])
         .arg(log);
-    if let Some(rate) = rate {
-        cmd.args(["--rps", &format!("{:.0}", (rate / f64::from(CLIENTS)).max(1.0))]);
+    if let Pace::Rate { per_second, .. } = pace {
+        cmd.args(["--rps", &format!("{:.0}", (per_second / f64::from(CLIENTS)).max(1.0))]);
     }
     cmd.arg(&url);
     // h2load appends to an existing log: each run starts from an empty one.
@@ -179,7 +199,7 @@ fn count_syscalls(s: &Scenario, seconds: u64, log: &Path) {
         .expect("perf (Debian's linux-perf) is installed");
     // perf attaches to the process's threads before it counts.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let run = h2load(&s.server, &s.body, seconds, None, log);
+    let run = h2load(&s.server, &s.body, seconds, Pace::Max, log);
     let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
     let _ = perf.wait();
     let checks = run.per_second * seconds as f64;
@@ -311,8 +331,8 @@ fn main() {
         scenarios.push(Scenario { name, what, server, body: body.to_path_buf() });
     }
     eprintln!(
-        "{} rounds of {} s per scenario, each after a run of the floor; {CLIENTS} connections × {STREAMS} streams",
-        args.rounds, args.duration
+        "{} rounds of {} s per scenario, each after a run of the floor; {CLIENTS} connections × {STREAMS} streams, at half rate × {}",
+        args.rounds, args.duration, args.rate_streams
     );
     let log = d.join("h2load.log");
     // Each scenario's run is paired with a run of the floor just before it: the
@@ -321,8 +341,8 @@ fn main() {
     let mut runs: Vec<Vec<Run>> = scenarios.iter().map(|_| Vec::new()).collect();
     let mut floors: Vec<Vec<Run>> = scenarios.iter().map(|_| Vec::new()).collect();
     let measure = |s: &Scenario| {
-        let _ = h2load(&s.server, &s.body, 1, None, &log); // warm-up
-        h2load(&s.server, &s.body, args.duration, None, &log)
+        let _ = h2load(&s.server, &s.body, 1, Pace::Max, &log); // warm-up
+        h2load(&s.server, &s.body, args.duration, Pace::Max, &log)
     };
     for round in 0..args.rounds {
         for (i, s) in scenarios.iter().enumerate().skip(1) {
@@ -351,7 +371,7 @@ fn main() {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("perf (Debian's linux-perf) is installed");
-            let _ = h2load(&s.server, &s.body, args.duration, None, &log);
+            let _ = h2load(&s.server, &s.body, args.duration, Pace::Max, &log);
             let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
             let _ = perf.wait();
             eprintln!("profile of {}: perf report -i {} --no-children", s.name, data.display());
@@ -370,9 +390,10 @@ fn main() {
         let ratio = median(runs[i].iter().zip(&floors[i]).map(|(r, f)| r.per_second / f.per_second).collect());
         let cpu = median(runs[i].iter().map(|r| r.cpu_us).collect());
         let cpu_ratio = median(runs[i].iter().zip(&floors[i]).map(|(r, f)| r.cpu_us / f.cpu_us).collect());
-        let floor_half = h2load(&scenarios[0].server, &scenarios[0].body, args.duration, Some(floor_rate / 2.0), &log);
+        let half_of = |rate: f64| Pace::Rate { per_second: rate / 2.0, streams: args.rate_streams };
+        let floor_half = h2load(&scenarios[0].server, &scenarios[0].body, args.duration, half_of(floor_rate), &log);
         let half =
-            if i == 0 { floor_half } else { h2load(&s.server, &s.body, args.duration, Some(per_second / 2.0), &log) };
+            if i == 0 { floor_half } else { h2load(&s.server, &s.body, args.duration, half_of(per_second), &log) };
         println!(
             "| `{}` | {} | {:.0} | {:.2} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} |",
             s.name,
