@@ -17,11 +17,11 @@
 //! floor run just before, the server's CPU µs per Check (from /proc/<pid>/stat:
 //! stable where throughput is not) and its ratio to that floor run's, and p50/p99
 //! latency at half the maximum rate, beside the floor's p99 at its own half rate
-//! measured just before. h2load's `--rps` timer fires at most every 10 ms per
-//! client, so at half rate each tick releases a burst: all of it up to the streams
-//! in flight (`--rate-streams` per connection, 16 by default, as in the maximum
-//! runs) reaches the server at once and queues, which sets the p99 more than the
-//! server's own latency does; `--rate-streams 1` shows the difference.
+//! measured just before. h2load's `--rps` timer fires no more often than every
+//! 10 ms per client, so at half rate each tick releases a burst: as much of it as
+//! the streams allow (`--rate-streams` per connection, 16 by default, as in the
+//! maximum runs) reaches the server at once and queues, which sets the p99 more
+//! than the server's own latency does; `--rate-streams 1` shows the difference.
 //! Installs h2load (`apt-get install nghttp2-client`) when it is missing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
