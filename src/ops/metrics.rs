@@ -46,6 +46,11 @@ fn remaining_histogram() -> Histogram {
     Histogram::new(REMAINING_BUCKETS)
 }
 
+fn observe_remaining(histogram: &Histogram, seconds: i64) {
+    #[allow(clippy::cast_precision_loss)] // seconds of a lifetime: far below 2^52
+    histogram.observe(seconds.max(0) as f64);
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckLabels {
     decision: &'static str,
@@ -116,6 +121,8 @@ pub enum Stage {
 }
 
 impl Stage {
+    const ALL: [Stage; 3] = [Stage::Identity, Stage::Token, Stage::Cedar];
+
     fn label(self) -> &'static str {
         match self {
             Stage::Identity => "identity",
@@ -124,6 +131,29 @@ impl Stage {
         }
     }
 }
+
+/// The series every Check updates, taken out of their families once: a metric's
+/// clone shares its values, so updating one costs its own atomics or lock, not a
+/// family's lock and a hash of its labels on every Check.
+#[derive(Debug)]
+struct Resolved {
+    /// By `CHECK_LABELS`, in order.
+    checks: Vec<Histogram>,
+    /// By `Stage::ALL`, in order.
+    stages: Vec<Histogram>,
+    /// (hit, miss) of the decision and token caches.
+    decision_lookups: (Counter, Counter),
+    token_lookups: (Counter, Counter),
+    certificate_remaining: Histogram,
+    token_remaining: Histogram,
+    /// `decisions{decision="allow",reason="allow"}`: denies keep their family, one
+    /// series per reason code.
+    allowed: Counter,
+}
+
+/// Every (decision, cache) a `CheckRecord` can carry.
+const CHECK_LABELS: [(&str, &str); 6] =
+    [("allow", "hit"), ("allow", "miss"), ("allow", "bypass"), ("deny", "hit"), ("deny", "miss"), ("deny", "bypass")];
 
 /// The request path's metrics.
 #[derive(Debug)]
@@ -141,6 +171,7 @@ pub struct Metrics {
     evaluations: Family<EvaluatorLabels, Counter>,
     evaluated_directly: Counter,
     evaluated_by_cedar: Counter,
+    resolved: Resolved,
     /// Sources read at scrape time; registered once at startup.
     sources: Mutex<Vec<Arc<dyn StateSource>>>,
 }
@@ -159,11 +190,42 @@ impl Default for Metrics {
             evaluations: Family::default(),
             evaluated_directly: Counter::default(),
             evaluated_by_cedar: Counter::default(),
+            resolved: Resolved {
+                checks: Vec::new(),
+                stages: Vec::new(),
+                decision_lookups: Default::default(),
+                token_lookups: Default::default(),
+                certificate_remaining: remaining_histogram(),
+                token_remaining: remaining_histogram(),
+                allowed: Counter::default(),
+            },
             sources: Mutex::new(Vec::new()),
         };
         let evaluator = |evaluator| metrics.evaluations.get_or_create(&EvaluatorLabels { evaluator }).clone();
         let (direct, cedar) = (evaluator("direct"), evaluator("cedar"));
-        let metrics = Metrics { evaluated_directly: direct, evaluated_by_cedar: cedar, ..metrics };
+        let lookups = |cache| {
+            let result = |result| metrics.cache_lookups.get_or_create(&CacheLabels { cache, result }).clone();
+            (result("hit"), result("miss"))
+        };
+        let remaining = |credential| metrics.remaining_lifetime.get_or_create(&CredentialLabels { credential }).clone();
+        let resolved = Resolved {
+            checks: CHECK_LABELS
+                .iter()
+                .map(|&(decision, cache)| {
+                    metrics.check_duration.get_or_create(&CheckLabels { decision, cache }).clone()
+                })
+                .collect(),
+            stages: Stage::ALL
+                .iter()
+                .map(|stage| metrics.stage_duration.get_or_create(&StageLabels { stage: stage.label() }).clone())
+                .collect(),
+            decision_lookups: lookups("decision"),
+            token_lookups: lookups("token"),
+            certificate_remaining: remaining("certificate"),
+            token_remaining: remaining("token"),
+            allowed: metrics.decisions.get_or_create(&DecisionLabels { decision: "allow", reason: "allow" }).clone(),
+        };
+        let metrics = Metrics { evaluated_directly: direct, evaluated_by_cedar: cedar, resolved, ..metrics };
         // Series that exist from the start read as 0 rather than missing, so rates
         // and ratios over them work before the first event.
         for cache in ["decision", "token"] {
@@ -181,33 +243,54 @@ impl Metrics {
     /// use, its reason code, whether it was a token failure, and for the credentials
     /// it carried how many seconds they remain valid.
     pub fn record_check(&self, check: &CheckRecord) {
-        self.check_duration
-            .get_or_create(&CheckLabels { decision: check.decision, cache: check.cache })
-            .observe(check.elapsed.as_secs_f64());
-        self.decisions.get_or_create(&DecisionLabels { decision: check.decision, reason: check.reason }).inc();
+        let seconds = check.elapsed.as_secs_f64();
+        let resolved = CHECK_LABELS
+            .iter()
+            .position(|&labels| labels == (check.decision, check.cache))
+            .and_then(|i| self.resolved.checks.get(i));
+        match resolved {
+            Some(histogram) => histogram.observe(seconds),
+            None => self
+                .check_duration
+                .get_or_create(&CheckLabels { decision: check.decision, cache: check.cache })
+                .observe(seconds),
+        }
+        match (check.decision, check.reason) {
+            ("allow", "allow") => self.resolved.allowed.inc(),
+            (decision, reason) => self.decisions.get_or_create(&DecisionLabels { decision, reason }).inc(),
+        };
         if check.token_failure {
             self.token_failures.get_or_create(&ReasonLabels { reason: check.reason }).inc();
         }
         if let Some(seconds) = check.certificate_remaining {
-            self.observe_remaining("certificate", seconds);
+            observe_remaining(&self.resolved.certificate_remaining, seconds);
         }
         if let Some(seconds) = check.token_remaining {
-            self.observe_remaining("token", seconds);
+            observe_remaining(&self.resolved.token_remaining, seconds);
         }
-    }
-
-    fn observe_remaining(&self, credential: &'static str, seconds: i64) {
-        #[allow(clippy::cast_precision_loss)] // seconds of a lifetime: far below 2^52
-        let seconds = seconds.max(0) as f64;
-        self.remaining_lifetime.get_or_create(&CredentialLabels { credential }).observe(seconds);
     }
 
     pub fn record_stage(&self, stage: Stage, elapsed: Duration) {
-        self.stage_duration.get_or_create(&StageLabels { stage: stage.label() }).observe(elapsed.as_secs_f64());
+        let seconds = elapsed.as_secs_f64();
+        match self.resolved.stages.get(stage as usize) {
+            Some(histogram) => histogram.observe(seconds),
+            None => self.stage_duration.get_or_create(&StageLabels { stage: stage.label() }).observe(seconds),
+        }
     }
 
     pub fn record_cache_lookup(&self, cache: &'static str, hit: bool) {
-        self.cache_lookups.get_or_create(&CacheLabels { cache, result: if hit { "hit" } else { "miss" } }).inc();
+        let resolved = match cache {
+            "decision" => Some(&self.resolved.decision_lookups),
+            "token" => Some(&self.resolved.token_lookups),
+            _ => None,
+        };
+        match resolved {
+            Some((hits, _)) if hit => hits.inc(),
+            Some((_, misses)) => misses.inc(),
+            None => {
+                self.cache_lookups.get_or_create(&CacheLabels { cache, result: if hit { "hit" } else { "miss" } }).inc()
+            }
+        };
     }
 
     pub fn record_cache_eviction(&self, cache: &'static str) {
@@ -388,5 +471,44 @@ mod tests {
         assert_eq!(text.matches("# TYPE cedargate_things gauge").count(), 1, "{text}");
         assert!(text.contains("cedargate_events_total 7"), "{text}");
         assert!(text.contains("cedargate_cache_lookups_total{cache=\"decision\",result=\"hit\"} 1"), "{text}");
+    }
+
+    /// The series taken out of their families once are the families' own: what is
+    /// recorded through them is what a scrape reads, beside series recorded
+    /// through the families themselves.
+    #[test]
+    fn resolved_series_are_the_exported_ones() {
+        let metrics = Arc::new(Metrics::default());
+        let check = |decision, reason, cache| CheckRecord {
+            decision,
+            reason,
+            cache,
+            token_failure: false,
+            elapsed: Duration::from_micros(3),
+            certificate_remaining: Some(3600),
+            token_remaining: None,
+        };
+        metrics.record_check(&check("allow", "allow", "hit"));
+        metrics.record_check(&check("allow", "allow", "hit"));
+        metrics.record_check(&check("deny", "policy_denied", "miss"));
+        metrics.record_stage(Stage::Cedar, Duration::from_micros(2));
+        metrics.record_cache_lookup("token", false);
+        metrics.record_cache_lookup("certificate", true);
+        let text = metrics.encode();
+        for line in [
+            "cedargate_check_duration_seconds_count{decision=\"allow\",cache=\"hit\"} 2",
+            "cedargate_check_duration_seconds_count{decision=\"deny\",cache=\"miss\"} 1",
+            "cedargate_check_duration_seconds_count{decision=\"deny\",cache=\"bypass\"} 0",
+            "cedargate_decisions_total{decision=\"allow\",reason=\"allow\"} 2",
+            "cedargate_decisions_total{decision=\"deny\",reason=\"policy_denied\"} 1",
+            "cedargate_stage_duration_seconds_count{stage=\"cedar\"} 1",
+            "cedargate_stage_duration_seconds_count{stage=\"token\"} 0",
+            "cedargate_cache_lookups_total{cache=\"token\",result=\"miss\"} 1",
+            "cedargate_cache_lookups_total{cache=\"certificate\",result=\"hit\"} 1",
+            "cedargate_credential_remaining_seconds_count{credential=\"certificate\"} 3",
+            "cedargate_credential_remaining_seconds_count{credential=\"token\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 }
