@@ -63,3 +63,27 @@ impl HttpInput {
         self.headers.get(start..end).unwrap_or_default().iter().map(|(_, v)| v.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_found_by_exact_name_in_request_order() {
+        let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+        let http = HttpInput {
+            headers: vec![pair("x-a", "1"), pair("x-ab", "2"), pair("x-b", "3"), pair("x-b", "4"), pair("x-c", "5")],
+            ..HttpInput::default()
+        };
+        assert_eq!(http.header("x-b"), Some("3"));
+        assert_eq!(http.header_values("x-b").collect::<Vec<_>>(), ["3", "4"]);
+        assert_eq!(http.header("x-a"), Some("1"));
+        assert_eq!(http.header_values("x-a").collect::<Vec<_>>(), ["1"]);
+        assert_eq!(http.header("x-c"), Some("5"));
+        // Absent: before the first, between two, a prefix of one, after the last.
+        for name in ["a", "x-aa", "x-", "x-bb", "z"] {
+            assert_eq!(http.header(name), None, "{name}");
+            assert_eq!(http.header_values(name).count(), 0, "{name}");
+        }
+    }
+}
