@@ -121,8 +121,6 @@ pub enum Stage {
 }
 
 impl Stage {
-    const ALL: [Stage; 3] = [Stage::Identity, Stage::Token, Stage::Cedar];
-
     fn label(self) -> &'static str {
         match self {
             Stage::Identity => "identity",
@@ -138,9 +136,10 @@ impl Stage {
 #[derive(Debug)]
 struct Resolved {
     /// By `CHECK_LABELS`, in order.
-    checks: Vec<Histogram>,
-    /// By `Stage::ALL`, in order.
-    stages: Vec<Histogram>,
+    checks: [Histogram; CHECK_LABELS.len()],
+    identity: Histogram,
+    token: Histogram,
+    cedar: Histogram,
     /// (hit, miss) of the decision and token caches.
     decision_lookups: (Counter, Counter),
     token_lookups: (Counter, Counter),
@@ -178,63 +177,56 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let metrics = Metrics {
-            check_duration: Family::new_with_constructor(latency_histogram),
-            decisions: Family::default(),
-            stage_duration: Family::new_with_constructor(latency_histogram),
-            cache_lookups: Family::default(),
-            cache_evictions: Family::default(),
-            token_failures: Family::default(),
-            remaining_lifetime: Family::new_with_constructor(remaining_histogram),
-            shadow_disagreements: Counter::default(),
-            evaluations: Family::default(),
-            evaluated_directly: Counter::default(),
-            evaluated_by_cedar: Counter::default(),
-            resolved: Resolved {
-                checks: Vec::new(),
-                stages: Vec::new(),
-                decision_lookups: Default::default(),
-                token_lookups: Default::default(),
-                certificate_remaining: remaining_histogram(),
-                token_remaining: remaining_histogram(),
-                allowed: Counter::default(),
-            },
-            sources: Mutex::new(Vec::new()),
-        };
-        let evaluator = |evaluator| metrics.evaluations.get_or_create(&EvaluatorLabels { evaluator }).clone();
-        let (direct, cedar) = (evaluator("direct"), evaluator("cedar"));
+        let check_duration: Family<CheckLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let decisions: Family<DecisionLabels, Counter> = Family::default();
+        let stage_duration: Family<StageLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let cache_lookups: Family<CacheLabels, Counter> = Family::default();
+        let cache_evictions: Family<CacheNameLabels, Counter> = Family::default();
+        let remaining_lifetime: Family<CredentialLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(remaining_histogram);
+        let evaluations: Family<EvaluatorLabels, Counter> = Family::default();
+        let evaluator = |evaluator| evaluations.get_or_create(&EvaluatorLabels { evaluator }).clone();
+        let stage = |stage: Stage| stage_duration.get_or_create(&StageLabels { stage: stage.label() }).clone();
         let lookups = |cache| {
-            let result = |result| metrics.cache_lookups.get_or_create(&CacheLabels { cache, result }).clone();
+            let result = |result| cache_lookups.get_or_create(&CacheLabels { cache, result }).clone();
             (result("hit"), result("miss"))
         };
-        let remaining = |credential| metrics.remaining_lifetime.get_or_create(&CredentialLabels { credential }).clone();
+        let remaining = |credential| remaining_lifetime.get_or_create(&CredentialLabels { credential }).clone();
+        // Taking a series out of its family creates it: these read as 0 from the
+        // start rather than missing, so rates and ratios over them work before the
+        // first event.
         let resolved = Resolved {
             checks: CHECK_LABELS
-                .iter()
-                .map(|&(decision, cache)| {
-                    metrics.check_duration.get_or_create(&CheckLabels { decision, cache }).clone()
-                })
-                .collect(),
-            stages: Stage::ALL
-                .iter()
-                .map(|stage| metrics.stage_duration.get_or_create(&StageLabels { stage: stage.label() }).clone())
-                .collect(),
+                .map(|(decision, cache)| check_duration.get_or_create(&CheckLabels { decision, cache }).clone()),
+            identity: stage(Stage::Identity),
+            token: stage(Stage::Token),
+            cedar: stage(Stage::Cedar),
             decision_lookups: lookups("decision"),
             token_lookups: lookups("token"),
             certificate_remaining: remaining("certificate"),
             token_remaining: remaining("token"),
-            allowed: metrics.decisions.get_or_create(&DecisionLabels { decision: "allow", reason: "allow" }).clone(),
+            allowed: decisions.get_or_create(&DecisionLabels { decision: "allow", reason: "allow" }).clone(),
         };
-        let metrics = Metrics { evaluated_directly: direct, evaluated_by_cedar: cedar, resolved, ..metrics };
-        // Series that exist from the start read as 0 rather than missing, so rates
-        // and ratios over them work before the first event.
         for cache in ["decision", "token"] {
-            for result in ["hit", "miss"] {
-                let _ = metrics.cache_lookups.get_or_create(&CacheLabels { cache, result });
-            }
-            let _ = metrics.cache_evictions.get_or_create(&CacheNameLabels { cache });
+            let _ = cache_evictions.get_or_create(&CacheNameLabels { cache });
         }
-        metrics
+        Metrics {
+            evaluated_directly: evaluator("direct"),
+            evaluated_by_cedar: evaluator("cedar"),
+            check_duration,
+            decisions,
+            stage_duration,
+            cache_lookups,
+            cache_evictions,
+            token_failures: Family::default(),
+            remaining_lifetime,
+            shadow_disagreements: Counter::default(),
+            evaluations,
+            resolved,
+            sources: Mutex::new(Vec::new()),
+        }
     }
 }
 
@@ -271,11 +263,12 @@ impl Metrics {
     }
 
     pub fn record_stage(&self, stage: Stage, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        match self.resolved.stages.get(stage as usize) {
-            Some(histogram) => histogram.observe(seconds),
-            None => self.stage_duration.get_or_create(&StageLabels { stage: stage.label() }).observe(seconds),
-        }
+        let histogram = match stage {
+            Stage::Identity => &self.resolved.identity,
+            Stage::Token => &self.resolved.token,
+            Stage::Cedar => &self.resolved.cedar,
+        };
+        histogram.observe(elapsed.as_secs_f64());
     }
 
     pub fn record_cache_lookup(&self, cache: &'static str, hit: bool) {
