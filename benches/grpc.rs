@@ -5,7 +5,7 @@
 //! floor.
 //!
 //!     cargo bench --bench grpc -- [--duration 10] [--rounds 3] [--scenario NAME]... [--perf DIR] [--syscalls]
-//!                                   [--rate-streams 16]
+//!                                   [--rate-streams 16] [--rate-bursts]
 //!
 //! `--perf DIR` also profiles each server (`perf record --call-graph dwarf`, Debian's
 //! `linux-perf`) during one more run after the measured rounds; `--syscalls` counts
@@ -18,10 +18,14 @@
 //! stable where throughput is not) and its ratio to that floor run's, and p50/p99
 //! latency at half the maximum rate, beside the floor's p99 at its own half rate
 //! measured just before. h2load's `--rps` timer fires no more often than every
-//! 10 ms per client, so at half rate each tick releases a burst: as much of it as
-//! the streams allow (`--rate-streams` per connection, 16 by default, as in the
-//! maximum runs) reaches the server at once and queues, which sets the p99 more
-//! than the server's own latency does; `--rate-streams 1` shows the difference.
+//! 10 ms per client, so each tick releases a burst that queues at the server. The
+//! half-rate runs therefore use `RATE_CLIENTS` connections opened 1 ms apart, whose
+//! ticks take turns: a millisecond's worth of Checks arrives at once, every
+//! millisecond. That is still burstier than Poisson arrivals at the same rate, so
+//! the floor's own p99 is printed beside each. `--rate-bursts` goes back to
+//! `CLIENTS` connections ticking together (10 ms' worth at once), and
+//! `--rate-streams` (16 by default, as in the maximum runs) caps what a tick can
+//! send at once on each connection.
 //! Installs h2load (`apt-get install nghttp2-client`) when it is missing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -65,11 +69,21 @@ struct Args {
     syscalls: bool,
     /// Streams per connection in the half-rate runs.
     rate_streams: u32,
+    /// Half-rate runs from `CLIENTS` connections whose `--rps` timers tick
+    /// together (10 ms' worth of Checks at once), as before `RATE_CLIENTS`.
+    rate_bursts: bool,
 }
 
 fn args() -> Args {
-    let mut args =
-        Args { duration: 10, rounds: 3, scenarios: Vec::new(), perf: None, syscalls: false, rate_streams: STREAMS };
+    let mut args = Args {
+        duration: 10,
+        rounds: 3,
+        scenarios: Vec::new(),
+        perf: None,
+        syscalls: false,
+        rate_streams: STREAMS,
+        rate_bursts: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -80,6 +94,7 @@ fn args() -> Args {
             "--perf" => args.perf = Some(PathBuf::from(value())),
             "--syscalls" => args.syscalls = true,
             "--rate-streams" => args.rate_streams = value().parse().unwrap(),
+            "--rate-bursts" => args.rate_bursts = true,
             "--bench" => {}
             other => panic!("unknown argument {other}; see the comment at the top of benches/grpc.rs"),
         }
@@ -120,29 +135,47 @@ struct Run {
 }
 
 /// How one h2load run sends: as fast as the server answers (closed loop, `STREAMS`
-/// per connection), or at a rate in all with that many streams per connection.
+/// per connection), or at a rate in all with that many streams per connection,
+/// from `RATE_CLIENTS` staggered connections or from `CLIENTS` that tick together.
 #[derive(Clone, Copy)]
 enum Pace {
     Max,
-    Rate { per_second: f64, streams: u32 },
+    Rate { per_second: f64, streams: u32, staggered: bool },
 }
+
+/// Connections of a half-rate run, opened `RATE_TICK_MS` apart: h2load's `--rps`
+/// timer ticks every 10 ms per connection, from the moment that connection is
+/// made, so ten connections opened 1 ms apart tick in turn, one every millisecond,
+/// and the server sees the rate as a burst each millisecond (a millisecond's worth
+/// of Checks at once: burstier than Poisson arrivals at the same rate), not as
+/// one burst of 10 ms' worth per tick.
+const RATE_CLIENTS: u32 = 10;
+const RATE_TICK_MS: u32 = 1;
 
 /// One h2load run.
 fn h2load(server: &Server, body: &Path, seconds: u64, pace: Pace, log: &Path) -> Run {
     let url = format!("http://127.0.0.1:{}/envoy.service.auth.v3.Authorization/Check", server.port);
-    let streams = match pace {
-        Pace::Max => STREAMS,
-        Pace::Rate { streams, .. } => streams,
-    };
     let mut cmd = Command::new("h2load");
-    cmd.args(["-t", "1", "-c", &CLIENTS.to_string(), "-m", &streams.to_string()])
-        .args(["-D", &seconds.to_string(), "-d"])
-        .arg(body)
-        .args(["-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file"])
-        .arg(log);
-    if let Pace::Rate { per_second, .. } = pace {
-        cmd.args(["--rps", &format!("{:.0}", (per_second / f64::from(CLIENTS)).max(1.0))]);
+    cmd.args(["-t", "1"]);
+    match pace {
+        Pace::Max => {
+            cmd.args(["-c", &CLIENTS.to_string(), "-m", &STREAMS.to_string(), "-D", &seconds.to_string()]);
+        }
+        Pace::Rate { per_second, streams, staggered } => {
+            let clients = if staggered { RATE_CLIENTS } else { CLIENTS };
+            let per_client = (per_second / f64::from(clients)).max(1.0).round();
+            cmd.args(["-c", &clients.to_string(), "-m", &streams.to_string(), "--rps", &format!("{per_client:.0}")]);
+            if staggered {
+                // `-r` (connections per period) excludes `-D`: a count of requests
+                // makes the run as long instead.
+                let total = per_client * f64::from(clients) * seconds as f64;
+                cmd.args(["-r", "1", "--rate-period", &format!("{RATE_TICK_MS}ms"), "-n", &format!("{total:.0}")]);
+            } else {
+                cmd.args(["-D", &seconds.to_string()]);
+            }
+        }
     }
+    cmd.arg("-d").arg(body).args(["-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file"]).arg(log);
     cmd.arg(&url);
     // h2load appends to an existing log: each run starts from an empty one.
     let _ = std::fs::remove_file(log);
@@ -331,8 +364,11 @@ fn main() {
         scenarios.push(Scenario { name, what, server, body: body.to_path_buf() });
     }
     eprintln!(
-        "{} rounds of {} s per scenario, each after a run of the floor; {CLIENTS} connections × {STREAMS} streams, at half rate × {}",
-        args.rounds, args.duration, args.rate_streams
+        "{} rounds of {} s per scenario, each after a run of the floor; {CLIENTS} connections × {STREAMS} streams; at half rate {} connections × {} streams",
+        args.rounds,
+        args.duration,
+        if args.rate_bursts { CLIENTS } else { RATE_CLIENTS },
+        args.rate_streams
     );
     let log = d.join("h2load.log");
     // Each scenario's run is paired with a run of the floor just before it: the
@@ -390,7 +426,8 @@ fn main() {
         let ratio = median(runs[i].iter().zip(&floors[i]).map(|(r, f)| r.per_second / f.per_second).collect());
         let cpu = median(runs[i].iter().map(|r| r.cpu_us).collect());
         let cpu_ratio = median(runs[i].iter().zip(&floors[i]).map(|(r, f)| r.cpu_us / f.cpu_us).collect());
-        let half_of = |rate: f64| Pace::Rate { per_second: rate / 2.0, streams: args.rate_streams };
+        let half_of =
+            |rate: f64| Pace::Rate { per_second: rate / 2.0, streams: args.rate_streams, staggered: !args.rate_bursts };
         let floor_half = h2load(&scenarios[0].server, &scenarios[0].body, args.duration, half_of(floor_rate), &log);
         let half =
             if i == 0 { floor_half } else { h2load(&s.server, &s.body, args.duration, half_of(per_second), &log) };
