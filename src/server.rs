@@ -3,6 +3,7 @@
 //! server and stops it gracefully.
 
 pub mod app;
+pub mod check_route;
 pub mod grpc;
 pub mod metadata;
 pub mod proto;

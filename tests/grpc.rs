@@ -1,5 +1,6 @@
 //! The gRPC server with a real tonic client: Envoy's captured CheckRequests, the
-//! response shape Envoy relies on, bad input, health, Unix sockets and shutdown.
+//! response shape Envoy relies on, bad input (and, over raw HTTP/2, bodies that are
+//! not one plain gRPC message), health, Unix sockets and shutdown.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -181,6 +182,77 @@ async fn bad_input_gets_a_clean_deny_with_its_own_reason() {
     for (name, request, status, reason) in cases {
         let response = check(&server, request).await;
         assert_eq!(outcome(&response), (status, reason.to_owned()), "case {name}");
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// One Check sent as raw HTTP/2 (`method`, a body of any bytes): its `grpc-status`
+/// (from the trailers, or the headers of a trailers-only answer) and the data.
+async fn raw_check(addr: &str, method: &str, body: Vec<u8>) -> (String, Vec<u8>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = tonic::codegen::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}/envoy.service.auth.v3.Authorization/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    // h2 queues what exceeds the peer's window; the answer may come before it is all sent.
+    send.send_data(body.into(), true).unwrap();
+    let (parts, mut body) = response.await.unwrap().into_parts();
+    let status =
+        |headers: &tonic::codegen::http::HeaderMap| headers.get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
+    if let Some(trailers_only) = status(&parts.headers) {
+        return (trailers_only, Vec::new());
+    }
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap().expect("an answer with data ends with trailers");
+    (status(&trailers).expect("grpc-status in the trailers"), data)
+}
+
+fn grpc_frame(compressed: u8, message: &[u8], declared: usize) -> Vec<u8> {
+    let mut frame = vec![compressed];
+    frame.extend_from_slice(&u32::try_from(declared).unwrap().to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+#[tokio::test]
+async fn a_check_that_is_not_one_plain_grpc_message_is_refused_with_tonics_status() {
+    use prost::Message;
+    let server = start(test_config(shipped_policies())).await;
+    let addr = server.local_addr.clone();
+    let pki = Pki::new();
+    let message = Req::new(FRONTEND, Some(&pki.svid(FRONTEND).cert_pem)).build().encode_to_vec();
+
+    let (status, data) = raw_check(&addr, "POST", grpc_frame(0, &message, message.len())).await;
+    assert_eq!(status, "0");
+    let answer = cedargate::server::proto::envoy::service::auth::v3::CheckResponse::decode(&data[5..]).unwrap();
+    assert_eq!(outcome(&answer), (200, "allow".into()));
+    assert_eq!(usize::try_from(u32::from_be_bytes(data[1..5].try_into().unwrap())).unwrap(), data.len() - 5);
+
+    let twice = [grpc_frame(0, &message, message.len()), grpc_frame(0, &message, message.len())].concat();
+    let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
+        ("compressed", "POST", grpc_frame(1, &message, message.len()), "12"),
+        ("not a CheckRequest", "POST", grpc_frame(0, &[0xff; 16], 16), "13"),
+        ("two messages", "POST", twice, "13"),
+        ("cut short", "POST", grpc_frame(0, &message[..10], message.len()), "13"),
+        ("no message", "POST", Vec::new(), "13"),
+        ("a length over 4 MiB", "POST", grpc_frame(0, &message, 5 * 1024 * 1024), "11"),
+        ("a body over 4 MiB", "POST", grpc_frame(0, &vec![0; 5 * 1024 * 1024], 5 * 1024 * 1024), "11"),
+        ("GET", "GET", grpc_frame(0, &message, message.len()), "12"),
+    ];
+    for (name, method, body, expected) in cases {
+        let (status, _) = raw_check(&addr, method, body).await;
+        assert_eq!(status, expected, "case {name}");
     }
     server.shutdown().await.unwrap();
 }

@@ -1,5 +1,6 @@
-//! The gRPC layer: tonic's `Authorization/Check` and `grpc.health.v1`, bound to TCP
-//! or a Unix socket. It only translates (`wire`) and delegates (`pipeline::authorize`).
+//! The gRPC layer: `Authorization/Check` (framed by `check_route`, translated by
+//! `wire`, decided by `pipeline::authorize`) and `grpc.health.v1` (tonic's), bound
+//! to TCP or a Unix socket.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -10,34 +11,12 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
 
 use crate::config::ListenAddr;
 use crate::pipeline::authorize::Authorizer;
-use crate::server::proto::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
-use crate::server::proto::envoy::service::auth::v3::{CheckRequest, CheckResponse};
-use crate::server::wire;
-
-/// `envoy.service.auth.v3.Authorization`, backed by the core's `Authorizer`.
-pub struct AuthorizationService {
-    authorizer: Arc<Authorizer>,
-}
-
-impl AuthorizationService {
-    pub fn new(authorizer: Arc<Authorizer>) -> Self {
-        AuthorizationService { authorizer }
-    }
-}
-
-#[tonic::async_trait]
-impl Authorization for AuthorizationService {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        let input = wire::check_input(request.into_inner());
-        let config = self.authorizer.checker().config();
-        let response = self.authorizer.authorize(input, |decision| wire::check_response(decision, config)).await;
-        Ok(Response::new(response))
-    }
-}
+use crate::server::check_route::CheckLayer;
+use crate::server::proto::envoy::service::auth::v3::authorization_server::SERVICE_NAME;
 
 /// Accepted connections with Nagle's algorithm off. Envoy sends each Check as a
 /// few small HTTP/2 frames; with Nagle on, a frame can wait for the peer's delayed
@@ -146,21 +125,21 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     // The policy set was loaded and validated before the server was built.
-    health.set_serving::<AuthorizationServer<AuthorizationService>>().await;
-    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
+    health.set_service_status("", ServingStatus::Serving).await;
     let drain = options.drain;
     let shutdown = async move {
         shutdown.await;
-        health.set_not_serving::<AuthorizationServer<AuthorizationService>>().await;
-        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+        health.set_service_status("", ServingStatus::NotServing).await;
         if !drain.is_zero() {
             tracing::info!(drain = ?drain, "health NOT_SERVING; still answering Checks while traffic moves away");
             tokio::time::sleep(drain).await;
         }
     };
-    let router = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(AuthorizationServer::new(AuthorizationService::new(authorizer)));
+    // Check is answered by `check_route` before tonic routes anything; tonic's
+    // routes serve health and answer anything else (UNIMPLEMENTED).
+    let router = tonic::transport::Server::builder().layer(CheckLayer::new(authorizer)).add_service(health_service);
     match (listener, options.tls) {
         (Listener::Tcp(l), Some(tls)) => {
             use tokio_stream::StreamExt;
