@@ -110,11 +110,13 @@ async fn check(authorizer: &Authorizer, request: Request<tonic::body::Body>) -> 
     let input = wire::check_input(request);
     let config = authorizer.checker().config();
     let response = authorizer.authorize(input, |decision| wire::check_response(decision, config)).await;
+    // A few hundred bytes; a length the prefix cannot carry is refused, never cut.
+    let Ok(len) = u32::try_from(response.encoded_len()) else {
+        return Status::internal("the CheckResponse is too large to frame").into_http();
+    };
     let mut body = BytesMut::with_capacity(PREFIX_BYTES + response.encoded_len());
     body.put_u8(0);
-    // The answer is a few hundred bytes; `encoded_len` is bounded by what
-    // `check_response` puts in it, far below `u32::MAX`.
-    body.put_u32(u32::try_from(response.encoded_len()).unwrap_or(u32::MAX));
+    body.put_u32(len);
     if response.encode(&mut body).is_err() {
         return Status::internal("cannot encode the CheckResponse").into_http();
     }
