@@ -193,8 +193,12 @@ fn cedargate_inside_envoy_answers_as_the_server_does() {
     assert!(body.contains("\"admin\""), "the named set is reported: {body}");
 
     // Every decision was audited, with its reason, as the server audits.
-    let audit = std::fs::read_to_string(d.join("audit.jsonl")).unwrap_or_default();
-    let records: Vec<serde_json::Value> = audit.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let read_audit = || std::fs::read_to_string(d.join("audit.jsonl")).unwrap_or_default();
+    let parse = |audit: &str| -> Vec<serde_json::Value> {
+        audit.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    };
+    let mut audit = read_audit();
+    let mut records = parse(&audit);
     assert!(records.len() >= 20, "{} audit records", records.len());
     assert!(records.iter().any(|r| r["reason"] == "token_binding_mismatch"), "{audit}");
     assert!(records.iter().any(|r| r["policy_set"] == "admin"), "{audit}");
@@ -204,6 +208,17 @@ fn cedargate_inside_envoy_answers_as_the_server_does() {
     let logged = envoy.access_log(records.len());
     let decided: Vec<&serde_json::Value> = logged.iter().filter(|l| l["decision_id"].is_string()).collect();
     assert!(decided.len() >= 20, "{logged:?}");
+    // The audit writer flushes every 20 ms, so a request Envoy has logged may not
+    // have its record in the file yet when it was read above: read it again until
+    // every logged decision has one, for a bounded time.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while decided.iter().any(|l| !records.iter().any(|r| r["decision_id"] == l["decision_id"]))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        audit = read_audit();
+        records = parse(&audit);
+    }
     for line in &decided {
         let record = records.iter().find(|r| r["decision_id"] == line["decision_id"]);
         let record = record.unwrap_or_else(|| panic!("no audit record for {line}"));
