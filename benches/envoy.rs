@@ -96,13 +96,9 @@ const NOOP_MODULE: &str = r#"          - name: noop
               filter_name: noop
 "#;
 
-/// The same module making cedargate's calls into Envoy (`benches/noop-module/src/calls.rs`).
-const NOOP_MODULE_CALLS: &str = r#"          - name: noop
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
-              dynamic_module_config: { name: noop_envoy_module }
-              filter_name: noop
-              filter_config:
+/// Appended to `NOOP_MODULE`: the same module making cedargate's calls into Envoy
+/// (`benches/noop-module/src/calls.rs`).
+const NOOP_MODULE_CALLS: &str = r#"              filter_config:
                 "@type": type.googleapis.com/google.protobuf.StringValue
                 value: calls
 "#;
@@ -141,12 +137,13 @@ fn start_envoy(dir: &Path, filter: Filter<'_>, upstream: u16) -> Envoy {
     let template = shipped("envoy.yaml");
     let start = template.find(EXT_AUTHZ_START).expect("ext_authz filter in envoy.yaml");
     let end = template.find(ROUTER_START).expect("router filter in envoy.yaml");
+    let noop_calls = format!("{NOOP_MODULE}{NOOP_MODULE_CALLS}");
     let filters = match filter {
         Filter::None => "",
         Filter::Rbac => RBAC,
         Filter::ExtAuthz(_) | Filter::InProcess(..) | Filter::InProcessForwarded(..) => &template[start..end],
         Filter::NoopModule(_, false) => NOOP_MODULE,
-        Filter::NoopModule(_, true) => NOOP_MODULE_CALLS,
+        Filter::NoopModule(_, true) => &noop_calls,
     };
     let mut config = match filter {
         Filter::InProcess(_, cedargate) => {

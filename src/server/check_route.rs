@@ -111,10 +111,11 @@ async fn check(authorizer: &Authorizer, request: Request<tonic::body::Body>) -> 
     let config = authorizer.checker().config();
     let response = authorizer.authorize(input, |decision| wire::check_response(decision, config)).await;
     // A few hundred bytes; a length the prefix cannot carry is refused, never cut.
-    let Ok(len) = u32::try_from(response.encoded_len()) else {
+    let encoded_len = response.encoded_len();
+    let Ok(len) = u32::try_from(encoded_len) else {
         return Status::internal("the CheckResponse is too large to frame").into_http();
     };
-    let mut body = BytesMut::with_capacity(PREFIX_BYTES + response.encoded_len());
+    let mut body = BytesMut::with_capacity(PREFIX_BYTES + encoded_len);
     body.put_u8(0);
     body.put_u32(len);
     if response.encode(&mut body).is_err() {
