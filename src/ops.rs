@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod json_line;
 pub mod metrics;
 pub mod telemetry;
 pub mod watch;

@@ -3,7 +3,9 @@
 //! deny instead of a panic, one retry after refreshing an issuer's keys when a
 //! token names a key not seen yet, then metrics, the log line and the audit record.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -37,41 +39,59 @@ impl Authorizer {
     /// Decides one Check, has `answer` turn the decision into the front-end's reply,
     /// and accounts for it: metrics, log, audit. Never panics.
     ///
-    /// The audit record is queued after the reply is made, because the decision
-    /// moves into it (to be encoded on the audit thread) rather than being copied.
-    pub async fn authorize<R>(&self, input: CheckInput, answer: impl FnOnce(&Decision) -> R) -> R {
+    /// All of it that cannot wait is done when this is called, and the future it
+    /// returns holds only the reply: every Check's future is allocated, and one
+    /// that kept the input, the decision and the audit record alive across awaits
+    /// outgrew the allocator's per-thread cache (a slow allocation and a copy of
+    /// kilobytes per Check). The rare waits are boxed where they happen: a span
+    /// for the trace exporter, a key refresh, a full audit queue in `block` mode.
+    pub fn authorize<'a, R, A>(&'a self, input: CheckInput, answer: A) -> impl Future<Output = R> + Send + 'a
+    where
+        R: Send + 'a,
+        A: FnOnce(&Decision) -> R + Send + 'a,
+    {
         // The span exists for the trace exporter; the log line carries its fields
         // itself, so without an exporter there is no span to build per Check.
-        if !crate::ops::telemetry::exporting() {
-            return self.decide_and_account(input, answer).await;
-        }
-        let span = tracing::info_span!(
-            target: "cedargate",
-            "check",
-            otel.name = "cedargate.check",
-            otel.kind = "server",
-            decision.id = Empty,
-            decision.outcome = Empty,
-            decision.reason = Empty,
-            cache = Empty,
-        );
-        if let Some(http) = &input.http {
-            crate::ops::telemetry::join_trace(&span, &http.headers);
-        }
-        self.decide_and_account(input, answer).instrument(span).await
+        let step = if crate::ops::telemetry::exporting() {
+            let span = tracing::info_span!(
+                target: "cedargate",
+                "check",
+                otel.name = "cedargate.check",
+                otel.kind = "server",
+                decision.id = Empty,
+                decision.outcome = Empty,
+                decision.reason = Empty,
+                cache = Empty,
+            );
+            if let Some(http) = &input.http {
+                crate::ops::telemetry::join_trace(&span, &http.headers);
+            }
+            let step = span.in_scope(|| self.decide_and_account(input, answer));
+            Step::Waiting(Box::pin(step.finish().instrument(span)))
+        } else {
+            self.decide_and_account(input, answer)
+        };
+        step.finish()
     }
 
-    async fn decide_and_account<R>(&self, input: CheckInput, answer: impl FnOnce(&Decision) -> R) -> R {
-        let mut decision = self.decide_once(&input);
-        if self.refresh_keys_for(&decision).await {
-            decision = self.decide_once(&input);
+    fn decide_and_account<'a, R, A>(&'a self, input: CheckInput, answer: A) -> Step<'a, R>
+    where
+        R: Send + 'a,
+        A: FnOnce(&Decision) -> R + Send + 'a,
+    {
+        let decision = self.decide_once(&input);
+        if let Some(refresh) = self.refresh_keys_for(&decision) {
+            return Step::Waiting(Box::pin(async move {
+                let decision = if refresh.await { self.decide_once(&input) } else { decision };
+                let (reply, audit) = self.conclude(decision, input, answer);
+                if let Some(wait) = audit.and_then(|(log, entry)| log.write(entry)) {
+                    wait.await;
+                }
+                reply
+            }));
         }
-        let now = self.account(&decision, &input);
-        let reply = answer(&decision);
-        if let Some(audit) = &self.audit {
-            audit.write(AuditEntry::new(decision, input, now)).await;
-        }
-        reply
+        let (reply, audit) = self.conclude(decision, input, answer);
+        Step::Decided(reply, audit.and_then(|(log, entry)| log.write(entry)))
     }
 
     /// Decides one request without ever waiting, for a front-end that runs on the
@@ -86,20 +106,29 @@ impl Authorizer {
         answer: impl FnOnce(&Decision) -> R,
     ) -> R {
         let decision = self.decide_once(&input);
-        if let Outcome::Deny(DenyReason::Token(TokenError::KeyUnknown { issuer, generation })) = &decision.outcome {
-            if let Some(keys) = self.checker.parts().credentials.tokens.keys_of(*issuer) {
-                let (keys, generation) = (Arc::clone(keys), *generation);
-                background.spawn(async move {
-                    keys.refresh_for_unknown_kid(generation).await;
-                });
-            }
+        if let Some(refresh) = self.refresh_keys_for(&decision) {
+            background.spawn(refresh);
         }
-        let now = self.account(&decision, &input);
-        let reply = answer(&decision);
-        if let Some(audit) = &self.audit {
-            audit.write_now(AuditEntry::new(decision, input, now));
+        let (reply, audit) = self.conclude(decision, input, answer);
+        if let Some((log, entry)) = audit {
+            log.write_now(entry);
         }
         reply
+    }
+
+    /// Accounts for a decided Check and makes its reply. The audit record is made
+    /// after the reply, because the decision moves into it (to be encoded on the
+    /// audit thread) rather than being copied; it is returned with the log it goes
+    /// to, for the caller to queue.
+    fn conclude<R>(
+        &self,
+        decision: Decision,
+        input: CheckInput,
+        answer: impl FnOnce(&Decision) -> R,
+    ) -> (R, Option<(&AuditLog, AuditEntry)>) {
+        let now = self.account(&decision, &input);
+        let reply = answer(&decision);
+        (reply, self.audit.as_ref().map(|log| (log, AuditEntry::new(decision, input, now))))
     }
 
     /// Metrics, the span's fields and the log line for a decided Check; returns the
@@ -127,17 +156,39 @@ impl Authorizer {
         })
     }
 
-    /// After a `token_key_unknown` deny: refreshes that issuer's JWKS once and says
-    /// whether its keys changed, so the Check is worth deciding again. Key rotation
-    /// then needs no restart and fails no request; the refresh is rate-limited per
-    /// issuer, so made-up `kid`s cost nothing.
-    async fn refresh_keys_for(&self, decision: &Decision) -> bool {
+    /// After a `token_key_unknown` deny: the refresh of that issuer's JWKS, which
+    /// says whether its keys changed, so the Check is worth deciding again. Key
+    /// rotation then needs no restart and fails no request; the refresh is
+    /// rate-limited per issuer, so made-up `kid`s cost nothing.
+    fn refresh_keys_for(&self, decision: &Decision) -> Option<impl Future<Output = bool> + Send + 'static> {
         let Outcome::Deny(DenyReason::Token(TokenError::KeyUnknown { issuer, generation })) = &decision.outcome else {
-            return false;
+            return None;
         };
-        match self.checker.parts().credentials.tokens.keys_of(*issuer) {
-            Some(keys) => keys.refresh_for_unknown_kid(*generation).await,
-            None => false,
+        let keys = Arc::clone(self.checker.parts().credentials.tokens.keys_of(*issuer)?);
+        let generation = *generation;
+        Some(async move { keys.refresh_for_unknown_kid(generation).await })
+    }
+}
+
+/// A Check decided, as far as it could be without waiting.
+enum Step<'a, R> {
+    /// The reply, and the wait for room in a full audit queue when there is one.
+    Decided(R, Option<Wait<'a>>),
+    /// What is left to do waits (a key refresh, or the work inside a span).
+    Waiting(Pin<Box<dyn Future<Output = R> + Send + 'a>>),
+}
+
+type Wait<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+impl<'a, R: Send + 'a> Step<'a, R> {
+    async fn finish(self) -> R {
+        match self {
+            Step::Decided(reply, None) => reply,
+            Step::Decided(reply, Some(wait)) => {
+                wait.await;
+                reply
+            }
+            Step::Waiting(rest) => rest.await,
         }
     }
 }
