@@ -238,7 +238,20 @@ impl Checker {
     fn judge(&self, snapshot: &PolicySnapshot, caller: &Established<'_>) -> Result<Judged, DenyReason> {
         let Established { input, http, peer, token, now } = *caller;
         let facts = request::prepare(snapshot, input, http, peer, token, &self.path_rules)?;
-        let facts = &facts;
+        let (verdict, cache) = self.verdict(snapshot, &facts, peer, token, now)?;
+        // The path moves into the decision (for its audit record) once judged.
+        Ok(Judged { verdict, cache, resource_path: facts.path.path })
+    }
+
+    /// Cedar's verdict on `facts`, and how the decision cache took part.
+    fn verdict(
+        &self,
+        snapshot: &PolicySnapshot,
+        facts: &request::RequestFacts<'_>,
+        peer: &PeerIdentity,
+        token: Option<&VerifiedToken>,
+        now: SystemTime,
+    ) -> Result<(Verdict, CacheOutcome), DenyReason> {
         let evaluate = || {
             if self.parts.config.policies.direct_evaluation {
                 if let Some(verdict) = direct::decide(facts, now) {
@@ -250,15 +263,14 @@ impl Checker {
             let cedar = facts.build(now)?;
             Ok(snapshot.index.evaluate(&cedar.request, &cedar.entities))
         };
-        let judged = |verdict, cache| Judged { verdict, cache, resource_path: facts.path.path.clone() };
-        let Some(cache) = &self.parts.cache else { return Ok(judged(evaluate()?, CacheOutcome::Bypass)) };
+        let Some(cache) = &self.parts.cache else { return Ok((evaluate()?, CacheOutcome::Bypass)) };
         let Some(key) = decision_cache::key(facts) else {
-            return Ok(judged(evaluate()?, CacheOutcome::Bypass));
+            return Ok((evaluate()?, CacheOutcome::Bypass));
         };
         let lifetime = decision_cache::lifetime(cache.ttl(), peer, token, now);
         let (verdict, hit) = cache.get_or_compute(key, lifetime, evaluate)?;
         self.parts.metrics.record_cache_lookup("decision", hit);
-        Ok(judged(verdict, if hit { CacheOutcome::Hit } else { CacheOutcome::Miss }))
+        Ok((verdict, if hit { CacheOutcome::Hit } else { CacheOutcome::Miss }))
     }
 
     /// What the shadow policy set says about the same request. It never changes
