@@ -208,7 +208,7 @@ fn cedargate_inside_envoy_answers_as_the_server_does() {
     let logged = envoy.access_log(records.len());
     let decided: Vec<&serde_json::Value> = logged.iter().filter(|l| l["decision_id"].is_string()).collect();
     assert!(decided.len() >= 20, "{logged:?}");
-    // The audit writer flushes every 20 ms, so a request Envoy has logged may not
+    // The audit writer takes its queue every 20 ms, so a request Envoy has logged may not
     // have its record in the file yet when it was read above: read it again until
     // every logged decision has one, for a bounded time.
     let deadline = Instant::now() + Duration::from_secs(5);
