@@ -347,6 +347,7 @@ impl AuditLog {
     /// the wait for room, which the caller awaits. Never waits on disk. The wait
     /// is boxed because it is rare: an unboxed one would carry the record and the
     /// semaphore's waiter in every Check's future.
+    #[must_use = "in `block` mode a full queue's record is queued only by awaiting the wait"]
     pub fn write(&self, entry: AuditEntry) -> Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> {
         match self.when_full {
             WhenFull::Block => match self.tx.try_send(entry) {
