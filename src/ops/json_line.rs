@@ -33,7 +33,7 @@ impl<'a> Object<'a> {
     }
 
     fn key(&mut self, key: &'static str) {
-        debug_assert!(key.bytes().all(|b| escape(b) == 0), "key `{key}` needs escaping");
+        debug_assert!(key.bytes().all(|b| escape_of(b) == 0), "key `{key}` needs escaping");
         if !self.first {
             self.out.push(b',');
         }

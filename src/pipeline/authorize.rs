@@ -83,13 +83,20 @@ impl Authorizer {
         if let Some(refresh) = self.refresh_keys_for(&decision) {
             return Step::Waiting(Box::pin(async move {
                 let decision = if refresh.await { self.decide_once(&input) } else { decision };
-                let (reply, audit) = self.conclude(decision, input, answer);
-                if let Some(wait) = audit.and_then(|(log, entry)| log.write(entry)) {
-                    wait.await;
-                }
-                reply
+                self.conclude_and_queue(decision, input, answer).finish().await
             }));
         }
+        self.conclude_and_queue(decision, input, answer)
+    }
+
+    /// `conclude`, then the audit record queued: what is left is the reply and,
+    /// when the queue is full in `block` mode, the wait for room.
+    fn conclude_and_queue<'a, R>(
+        &'a self,
+        decision: Decision,
+        input: CheckInput,
+        answer: impl FnOnce(&Decision) -> R,
+    ) -> Step<'a, R> {
         let (reply, audit) = self.conclude(decision, input, answer);
         Step::Decided(reply, audit.and_then(|(log, entry)| log.write(entry)))
     }
