@@ -216,7 +216,7 @@ impl Checker {
         drop(span);
 
         let _span = tracing::debug_span!("cedar").entered();
-        let caller = Established { input, http, peer: &peer, token: token.as_ref(), now };
+        let caller = Established { input, http, peer: &peer, token: token.as_ref(), now, started };
         let judged = self.judge(snapshot, &caller);
         stage_done(Stage::Cedar);
         // The shadow set is a candidate for the default set only.
@@ -236,9 +236,9 @@ impl Checker {
     /// the same request was decided under the same policy set, else evaluated (and
     /// cached).
     fn judge(&self, snapshot: &PolicySnapshot, caller: &Established<'_>) -> Result<Judged, DenyReason> {
-        let Established { input, http, peer, token, now } = *caller;
+        let Established { input, http, peer, token, now, started } = *caller;
         let facts = request::prepare(snapshot, input, http, peer, token, &self.path_rules)?;
-        let (verdict, cache) = self.verdict(snapshot, &facts, peer, token, now)?;
+        let (verdict, cache) = self.verdict(snapshot, &facts, peer, token, (now, started))?;
         // The path moves into the decision (for its audit record) once judged.
         Ok(Judged { verdict, cache, resource_path: facts.path.path })
     }
@@ -250,7 +250,7 @@ impl Checker {
         facts: &request::RequestFacts<'_>,
         peer: &PeerIdentity,
         token: Option<&VerifiedToken>,
-        now: SystemTime,
+        (now, started): (SystemTime, Instant),
     ) -> Result<(Verdict, CacheOutcome), DenyReason> {
         let evaluate = || {
             if self.parts.config.policies.direct_evaluation {
@@ -268,7 +268,7 @@ impl Checker {
             return Ok((evaluate()?, CacheOutcome::Bypass));
         };
         let lifetime = decision_cache::lifetime(cache.ttl(), peer, token, now);
-        let (verdict, hit) = cache.get_or_compute(key, lifetime, evaluate)?;
+        let (verdict, hit) = cache.get_or_compute(key, lifetime, started, evaluate)?;
         self.parts.metrics.record_cache_lookup("decision", hit);
         Ok((verdict, if hit { CacheOutcome::Hit } else { CacheOutcome::Miss }))
     }
@@ -325,6 +325,9 @@ struct Established<'a> {
     peer: &'a PeerIdentity,
     token: Option<&'a VerifiedToken>,
     now: SystemTime,
+    /// The instant `now` was read at: what the decision cache measures entries'
+    /// lifetimes from, with no clock read of its own.
+    started: Instant,
 }
 
 /// Cedar's verdict on one request, how the cache took part, and the path the

@@ -58,9 +58,11 @@ impl HttpInput {
 
     /// Every value of one header, in request order.
     pub fn header_values(&self, name: &str) -> impl Iterator<Item = &str> + '_ {
+        // One binary search; the run of equal names after it is short.
         let start = self.headers.partition_point(|(n, _)| n.as_str() < name);
-        let end = self.headers.partition_point(|(n, _)| n.as_str() <= name);
-        self.headers.get(start..end).unwrap_or_default().iter().map(|(_, v)| v.as_str())
+        let run = self.headers.get(start..).unwrap_or_default();
+        let len = run.iter().take_while(|(n, _)| n == name).count();
+        run.get(..len).unwrap_or_default().iter().map(|(_, v)| v.as_str())
     }
 }
 

@@ -101,16 +101,12 @@ pub fn key(facts: &RequestFacts<'_>) -> Option<[u8; 32]> {
     w.str(&snapshot.version);
     w.uid(action);
     w.uid(principal);
-    // The peer workload and its certificate.
+    // The peer workload and its certificate. What the request takes from the
+    // certificate (serial, issuer, validity) is parsed from its DER, so the DER's
+    // SHA-256 stands for all of it.
     w.str(peer.spiffe_id.as_str());
     match &peer.certificate {
-        Some(cert) => {
-            w.bytes(&cert.sha256);
-            w.str(&cert.serial);
-            w.str(&cert.issuer);
-            w.int(cert.not_before);
-            w.int(cert.not_after);
-        }
+        Some(cert) => w.bytes(&cert.sha256),
         None => w.str(""),
     }
     // The resource.
@@ -264,19 +260,23 @@ impl DecisionCache {
         self.ttl
     }
 
-    /// The cached verdict for `key`, or `compute`'s, stored for `lifetime`.
-    /// Returns whether it was a hit. Concurrent misses for one key compute once.
+    /// The cached verdict for `key`, or `compute`'s, stored for `lifetime` from
+    /// `now`. Returns whether it was a hit. Concurrent misses for one key compute
+    /// once. `now` is when the Check's credentials were judged, the time `lifetime`
+    /// was cut to their expiry from: an entry is used only while it is fresh at
+    /// that instant, and stored until exactly when they expire.
     pub fn get_or_compute(
         &self,
         key: [u8; 32],
         lifetime: Duration,
+        now: Instant,
         compute: impl FnOnce() -> Result<Verdict, RequestError>,
     ) -> Result<(Verdict, bool), RequestError> {
         if lifetime.is_zero() {
             return compute().map(|v| (v, false));
         }
         use quick_cache::sync::GuardResult;
-        let fresh = |entry: &Entry| Instant::now() < entry.expires_at;
+        let fresh = |entry: &Entry| now < entry.expires_at;
         let found = match self.cache.get_value_or_guard(&key, None) {
             GuardResult::Value(entry) if fresh(&entry) => return Ok((Verdict::clone(&entry.verdict), true)),
             GuardResult::Value(_expired) => {
@@ -291,7 +291,7 @@ impl DecisionCache {
             GuardResult::Guard(guard) => {
                 let verdict = self.share(compute()?);
                 let answer = Verdict::clone(&verdict);
-                let _ = guard.insert(Entry { verdict, expires_at: Instant::now() + lifetime });
+                let _ = guard.insert(Entry { verdict, expires_at: now + lifetime });
                 Ok((answer, false))
             }
             // Filled by a concurrent miss for the same key just now.
@@ -351,7 +351,9 @@ mod tests {
             forbid_failed: false,
         };
         let fill = |key: u8, policy: &str| {
-            let (got, hit) = cache.get_or_compute([key; 32], Duration::from_secs(60), || Ok(verdict(policy))).unwrap();
+            let (got, hit) = cache
+                .get_or_compute([key; 32], Duration::from_secs(60), Instant::now(), || Ok(verdict(policy)))
+                .unwrap();
             assert!(!hit);
             assert_eq!(got, verdict(policy));
             cache.cache.get(&[key; 32]).map(|entry| entry.verdict).unwrap_or_else(|| unreachable!())

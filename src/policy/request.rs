@@ -97,14 +97,22 @@ pub fn check_limits<'a>(input: &'a CheckInput, limits: &LimitsConfig) -> Result<
     if http.headers.len() > limits.max_headers {
         return Err(RequestError::TooManyHeaders(http.headers.len()));
     }
-    if let Some((name, _)) = http.headers.iter().find(|(n, v)| n.len() + v.len() > limits.max_header_bytes) {
-        let name: String = name.chars().take(64).collect();
-        return Err(RequestError::HeaderTooLarge(name));
+    // One pass for both checks: most names differ from an override header's in
+    // length, which is compared before any byte.
+    let mut method_override = None;
+    for (name, value) in &http.headers {
+        if name.len() + value.len() > limits.max_header_bytes {
+            let name: String = name.chars().take(64).collect();
+            return Err(RequestError::HeaderTooLarge(name));
+        }
+        if method_override.is_none() {
+            method_override = METHOD_OVERRIDE_HEADERS.iter().find(|o| **o == name.as_str());
+        }
     }
-    if let Some(name) = METHOD_OVERRIDE_HEADERS.iter().find(|name| http.header(name).is_some()) {
-        return Err(RequestError::MethodOverride(name));
+    match method_override {
+        Some(name) => Err(RequestError::MethodOverride(name)),
+        None => Ok(http),
     }
-    Ok(http)
 }
 
 /// Everything the Cedar request for one Check is built from, and nothing else,
